@@ -1,0 +1,45 @@
+# The only entry points people and CI use. Every target installs what it needs first.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PACKAGES := dfu profiles simulator gateway_agent fota_service benchmarks tests
+
+.PHONY: setup system-deps demo test lint bench clean
+
+# System packages the tests need (Mosquitto for the MQTT end-to-end tests, venv support for Python).
+system-deps:
+	@missing=""; \
+	command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing="$$missing mosquitto"; \
+	$(PYTHON) -c 'import ensurepip, venv' >/dev/null 2>&1 || missing="$$missing python3-venv"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing system packages:$$missing"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	fi
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	@touch $(STAMP)
+
+setup: system-deps $(STAMP)
+
+lint: setup
+	$(VENV)/bin/ruff check $(PACKAGES)
+	$(VENV)/bin/ruff format --check $(PACKAGES)
+	$(VENV)/bin/mypy dfu profiles simulator gateway_agent fota_service
+
+test: lint
+	$(VENV)/bin/pytest -n 2 -q
+
+demo: setup
+	$(VENV)/bin/python -m gateway_agent demo
+
+bench: setup
+	$(VENV)/bin/python -m benchmarks.dfu_throughput
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
