@@ -1,0 +1,80 @@
+"""Synthetic firmware images for the simulator, tests and the demo.
+
+Real images are not needed to exercise DFU, but their *structure* is: the bootloader reads a SoftDevice's
+info structure to learn its FWID, and the post-update check reads the application's version. These builders
+produce deterministic bytes with exactly those structures.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from dataclasses import dataclass
+
+SD_INFO_OFFSET = 0x2000
+SD_MAGIC = 0x51B1E5DB
+SD_MAGIC_OFFSET = 0x2004
+SD_SIZE_OFFSET = 0x2008
+SD_FWID_OFFSET = 0x200C
+SD_INFO_SIZE = 0x18  # the size byte at 0x2000 must cover the FWID field at least
+
+
+def _filler(size: int, seed: bytes) -> bytes:
+    """Deterministic pseudo-random bytes (SHA-256 in counter mode), so images differ by version."""
+    out = bytearray()
+    counter = 0
+    while len(out) < size:
+        out += hashlib.sha256(seed + counter.to_bytes(4, "little")).digest()
+        counter += 1
+    return bytes(out[:size])
+
+
+def make_application(size: int, version: int, name: str = "app") -> bytes:
+    """An application image whose content depends on its version (and so its hash)."""
+    if size < 64:
+        raise ValueError("application image must be at least 64 bytes")
+    header = struct.pack("<4sI", b"APP\0", version)
+    return header + _filler(size - len(header), f"{name}:{version}".encode())
+
+
+def make_bootloader(size: int, version: int) -> bytes:
+    header = struct.pack("<4sI", b"BTL\0", version)
+    return header + _filler(size - len(header), f"bootloader:{version}".encode())
+
+
+def make_softdevice(fwid: int, size: int = 0x26000, *, valid_info: bool = True) -> bytes:
+    """A SoftDevice image with an info structure at 0x2000 (size, magic, image size, FWID)."""
+    if size < SD_INFO_OFFSET + SD_INFO_SIZE:
+        raise ValueError("SoftDevice image too small to hold its info structure")
+    image = bytearray(_filler(size, f"softdevice:{fwid:04x}".encode()))
+    magic = SD_MAGIC if valid_info else 0xFFFFFFFF
+    info = struct.pack("<B3xIIH", SD_INFO_SIZE, magic, size, fwid)
+    image[SD_INFO_OFFSET : SD_INFO_OFFSET + len(info)] = info
+    return bytes(image)
+
+
+@dataclass(frozen=True, slots=True)
+class SoftDeviceInfo:
+    info_size: int
+    image_size: int
+    fwid: int
+
+
+def read_softdevice_info(image: bytes) -> SoftDeviceInfo | None:
+    """The info structure as the nRF5 bootloader reads it, or None when the magic is absent."""
+    if len(image) < SD_FWID_OFFSET + 2:
+        return None
+    info_size = image[SD_INFO_OFFSET]
+    (magic,) = struct.unpack_from("<I", image, SD_MAGIC_OFFSET)
+    if magic != SD_MAGIC or info_size < (SD_FWID_OFFSET + 2 - SD_INFO_OFFSET):
+        return None
+    (image_size,) = struct.unpack_from("<I", image, SD_SIZE_OFFSET)
+    (fwid,) = struct.unpack_from("<H", image, SD_FWID_OFFSET)
+    return SoftDeviceInfo(info_size, image_size, fwid)
+
+
+def read_app_version(image: bytes) -> int | None:
+    """The version stamped by `make_application`, or None for foreign images."""
+    if len(image) >= 8 and image[:4] == b"APP\0":
+        return int(struct.unpack_from("<I", image, 4)[0])
+    return None
