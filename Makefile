@@ -8,11 +8,12 @@ PACKAGES := dfu profiles simulator gateway_agent fota_service benchmarks tests
 
 .PHONY: setup system-deps demo test lint bench clean
 
-# System packages the tests need (Mosquitto for the MQTT end-to-end tests, venv support for Python).
+# System packages the tests need: Mosquitto (MQTT end-to-end tests), venv support, systemd-analyze (unit checks).
 system-deps:
 	@missing=""; \
 	command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing="$$missing mosquitto"; \
 	$(PYTHON) -c 'import ensurepip, venv' >/dev/null 2>&1 || missing="$$missing python3-venv"; \
+	command -v systemd-analyze >/dev/null 2>&1 || missing="$$missing systemd"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing system packages:$$missing"; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
