@@ -36,9 +36,8 @@ def _directives() -> dict[str, list[str]]:
 def test_systemd_analyze_verify_passes(tmp_path: Path) -> None:
     analyze = shutil.which("systemd-analyze")
     assert analyze, "systemd-analyze missing: `make test` installs the systemd package"
-    result = subprocess.run(
-        [analyze, "verify", str(_unit_for_this_machine(tmp_path))], capture_output=True, text=True, check=False
-    )
+    unit = _unit_for_this_machine(tmp_path)
+    result = subprocess.run([analyze, "verify", str(unit)], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
     assert "gateway-agent.service" not in result.stderr, result.stderr  # no warnings about our unit
 
