@@ -189,9 +189,9 @@ def parse_init_packet(data: bytes) -> InitPacket:
         if init.hash.HasField("hash"):
             hash_value = init.hash.hash
     boot_validation = tuple(
-        BootValidation(ValidationType(bv.type), bv.bytes)
+        BootValidation(kind, bv.bytes)
         for bv in init.boot_validation
-        if bv.HasField("type") and bv.type in ValidationType._value2member_map_
+        if bv.HasField("type") and (kind := _enum_or_none(ValidationType, bv.type)) is not None
     )
     return InitPacket(
         op_code=_enum_or_none(CommandOpCode, command.op_code) if command.HasField("op_code") else None,
@@ -210,7 +210,7 @@ def parse_init_packet(data: bytes) -> InitPacket:
         signed=signed,
         signature_type=signature_type,
         signature=signature,
-        init_command_bytes=init.SerializeToString() if command.HasField("init") else b"",
+        init_command_bytes=init.SerializePartialToString() if command.HasField("init") else b"",
         is_complete=packet.IsInitialized(),
     )
 
