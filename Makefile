@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-PACKAGES := dfu profiles simulator gateway_agent fota_service benchmarks tests
+PACKAGES := dfu profiles simulator gateway_agent fota_service hil benchmarks tests
 
 .PHONY: setup system-deps demo test lint bench clean
 
@@ -31,7 +31,7 @@ setup: system-deps $(STAMP)
 lint: setup
 	$(VENV)/bin/ruff check $(PACKAGES)
 	$(VENV)/bin/ruff format --check $(PACKAGES)
-	$(VENV)/bin/mypy dfu profiles simulator gateway_agent fota_service
+	$(VENV)/bin/mypy dfu profiles simulator gateway_agent fota_service hil
 
 test: lint
 	$(VENV)/bin/pytest -n 2 -q

@@ -1,0 +1,1 @@
+"""Hardware-in-the-loop: the same DFU and gateway tests against a simulated peripheral or a real board."""
