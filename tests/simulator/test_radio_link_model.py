@@ -1,0 +1,181 @@
+"""The link model charges exactly the air time of reference §7, and one central's links share one air."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from profiles.model import LinkPreferences, Phy
+from simulator.radio import Central, CentralSettings, Direction, LinkConfigError, LinkModel, to_us
+
+DLE_1M = LinkModel.create(phy="1M", data_length=251, att_mtu=247)
+DLE_2M = LinkModel.create(phy="2M", data_length=251, att_mtu=247)
+NO_DLE_1M = LinkModel.create(phy="1M", data_length=27, att_mtu=247)
+
+
+def test_pdu_airtime_matches_reference_section_7() -> None:
+    assert DLE_1M.pdu_airtime_us(251) == 2088
+    assert DLE_1M.pdu_airtime_us(0) == 80
+    assert DLE_1M.exchange_us(251) == 2468
+    assert DLE_2M.pdu_airtime_us(251) == 1048
+    assert DLE_2M.pdu_airtime_us(0) == 44
+    assert DLE_2M.exchange_us(251) == 1392
+
+
+def test_encryption_adds_a_mic_to_data_pdus_but_not_to_empty_ones() -> None:
+    enc = LinkModel.create(phy="1M", data_length=251, att_mtu=247, encrypted=True)
+    assert enc.pdu_airtime_us(251) == 2088 + 4 * 8
+    assert enc.pdu_airtime_us(0) == 80
+
+
+def test_att_write_is_fragmented_at_the_data_length_with_its_l2cap_header() -> None:
+    assert DLE_1M.write_fragments(244) == (251,)
+    assert NO_DLE_1M.write_fragments(244) == (27,) * 9 + (8,)
+    assert LinkModel.create(att_mtu=23).write_fragments(20) == (27,)
+    assert DLE_1M.write_fragments(200) == (207,)
+
+
+def test_write_larger_than_the_mtu_is_refused() -> None:
+    with pytest.raises(LinkConfigError):
+        DLE_1M.write_fragments(245)
+
+
+def test_ceilings_are_computed_from_airtime() -> None:
+    assert DLE_1M.ceiling_bps == pytest.approx(244 / 2468e-6)
+    assert round(DLE_1M.ceiling_bps / 1000, 1) == 98.9
+    assert round(DLE_2M.ceiling_bps / 1000) == 175
+    assert NO_DLE_1M.ceiling_bps == pytest.approx(244 / (9 * 676 + 524) * 1e6)
+    assert 35_000 < NO_DLE_1M.ceiling_bps < 38_000
+
+
+def test_event_length_bounds_exchanges_per_event() -> None:
+    assert DLE_1M.exchanges_per_event == 3  # 3 × 2468 = 7404 ≤ 7500
+    assert DLE_2M.exchanges_per_event == 5  # 5 × 1392 = 6960
+    long_events = LinkModel.create(phy="2M", data_length=251, att_mtu=247, interval_ms=15, event_length_ms=15)
+    assert long_events.exchanges_per_event == 10
+
+
+def test_streaming_200kb_at_1m_dle_takes_273_full_events_and_a_tail() -> None:
+    # 819 full writes fill 273 events of 3; the last 164-byte write starts event 273.
+    tail = DLE_1M.exchange_us(164 + 7)
+    assert to_us(DLE_1M.stream_seconds(200_000)) == 273 * 15_000 + tail
+
+
+def test_sustained_rate_is_the_event_share_of_the_ceiling() -> None:
+    # 100 full events: 99 whole intervals plus the busy part of the last event.
+    assert to_us(DLE_1M.stream_seconds(244 * 3 * 100)) == 99 * 15_000 + 3 * 2468
+    assert to_us(DLE_2M.stream_seconds(244 * 5 * 100)) == 99 * 15_000 + 5 * 1392
+
+
+def test_negotiation_takes_the_lesser_of_central_and_peripheral() -> None:
+    prefs = LinkPreferences(
+        att_mtu=247, phy=Phy.LE_2M, data_length=251, conn_interval_ms=15, event_length_ms=7.5
+    )
+    old = CentralSettings(
+        att_mtu=185, supports_2m=False, max_data_length=27, min_interval_ms=30, event_length_ms=5
+    )
+    link = LinkModel.negotiate(prefs, old)
+    assert (link.phy, link.att_mtu, link.data_length) == (Phy.LE_1M, 185, 27)
+    assert (link.interval_us, link.event_length_us) == (30_000, 5_000)
+    assert LinkModel.negotiate(prefs, CentralSettings()) == DLE_2M
+
+
+def test_impossible_link_parameters_are_refused() -> None:
+    with pytest.raises(LinkConfigError):
+        LinkModel(data_length=300)
+    with pytest.raises(LinkConfigError):
+        LinkModel(interval_us=10_100)  # not on the 1.25 ms grid
+    with pytest.raises(LinkConfigError):
+        LinkModel(att_mtu=22)
+
+
+def test_back_to_back_writes_fill_the_event_then_wait_for_the_next_anchor() -> None:
+    central = Central()
+    link = central.open("a", DLE_1M, now=0.0)
+    done = []
+    t = 0.0
+    for _ in range(4):
+        t = central.transmit(link, DLE_1M.write_fragments(244), not_before=t)
+        done.append(to_us(t))
+    assert done == [2468, 4936, 7404, 15_000 + 2468]
+
+
+def test_a_response_costs_at_least_one_connection_interval() -> None:
+    central = Central()
+    link = central.open("a", DLE_2M, now=0.0)
+    request = central.transmit(link, DLE_2M.write_fragments(2), not_before=0.0)
+    response = central.transmit(
+        link,
+        DLE_2M.fragments(1),
+        not_before=request,
+        direction=Direction.PERIPHERAL_TO_CENTRAL,
+        next_event=True,
+    )
+    assert to_us(response) == 15_000 + DLE_2M.exchange_us(5)
+    assert central.next_event(link, request) == pytest.approx(0.015)
+
+
+def test_second_link_is_staggered_into_the_first_links_idle_time() -> None:
+    central = Central()
+    a = central.open("a", DLE_1M, now=0.0)
+    b = central.open("b", DLE_1M, now=0.0)
+    assert (a.anchor_us, b.anchor_us) == (0, 7_500)
+    ta = central.transmit(a, (251,) * 3, not_before=0.0)
+    tb = central.transmit(b, (251,) * 3, not_before=0.0)
+    assert (to_us(ta), to_us(tb)) == (7_404, 7_500 + 7_404)
+
+
+def test_links_beyond_the_air_capacity_share_it() -> None:
+    # A third link's events land on the first link's: together they get what one event holds.
+    central = Central()
+    links = [central.open(k, DLE_1M, now=0.0) for k in "abc"]
+    t = {k.key: 0.0 for k in links}
+    for _ in range(30):
+        for link in links:
+            t[link.key] = central.transmit(link, (251,), not_before=t[link.key])
+    assert links[2].anchor_us == links[0].anchor_us
+    assert to_us(t["b"]) == 9 * 15_000 + 7_500 + 7_404  # b alone in its window: 3 per event
+    assert to_us(max(t["a"], t["c"])) >= 19 * 15_000  # a and c split one window: 60 PDUs ≥ 20 events
+
+
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 2), st.integers(0, 27), st.booleans(), st.integers(0, 40_000)),
+        min_size=1,
+        max_size=40,
+    )
+)
+def test_reservations_never_overlap_and_stay_inside_their_events(
+    ops: list[tuple[int, int, bool, int]],
+) -> None:
+    central = Central()
+    models = [DLE_1M, DLE_2M, LinkModel.create(phy="1M", data_length=27, att_mtu=23, interval_ms=7.5)]
+    links = [central.open(str(i), m, now=0.0) for i, m in enumerate(models)]
+    spans: list[tuple[int, int, int]] = []
+    for index, payload, response, at in ops:
+        link = links[index]
+        before = {(s, e) for s, e in central.reserved()}
+        central.transmit(link, (payload,), not_before=at / 1e6, next_event=response)
+        new = [(s, e) for s, e in central.reserved() if (s, e) not in before]
+        spans += [(index, to_us(s), to_us(e)) for s, e in new]
+    ordered = sorted(spans, key=lambda x: x[1])
+    for (_, _, end), (_, start, _) in itertools.pairwise(ordered):
+        assert end <= start
+    for index, start, end in ordered:
+        link = links[index]
+        k = link.event_index(start)
+        event_start = link.event_start_us(k)
+        assert start >= event_start
+        assert end <= event_start + max(link.model.event_length_us, end - start)
+
+
+def test_a_late_link_is_anchored_in_the_idle_part_of_the_interval() -> None:
+    central = Central()
+    central.open("a", DLE_1M, now=0.0)
+    late = central.open("b", DLE_1M, now=1.002)  # a's event runs 1.005..1.0125: b starts when it ends
+    assert late.anchor_us == 1_012_500
+    third = central.open("c", DLE_1M, now=2.0)  # no room left: contention from its earliest anchor
+    assert third.anchor_us == 2_000_000
