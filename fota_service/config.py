@@ -1,0 +1,130 @@
+"""`fota-service serve --config FILE`: a TOML file validated by pydantic (unknown keys are errors).
+
+```toml
+[service]
+tenant = "bench"            # first segment of hosted paths; default topic prefix prod/<tenant>/
+token = "secret"            # bearer token of the REST API
+db_url = "sqlite:///fota.db"
+
+[http]
+host = "0.0.0.0"
+port = 8443
+tls_cert = "server.pem"     # both or neither: plain HTTP without them
+tls_key = "server.key"
+public_host = "fota.lab:8443"  # FILE_HOST in job tuples; default <host>:<port>
+
+[mqtt]                      # optional: no [mqtt] → REST only
+host = "localhost"
+port = 8883
+ca_file = "ca.pem"
+cert_file = "fota-service.pem"
+key_file = "fota-service.key"
+topic_prefix = "prod/bench/"
+client_id = "fota-service"
+
+[rollout]
+batch_size = 25
+batch_interval = 60.0
+max_gateways = 50
+```
+"""
+
+from __future__ import annotations
+
+import ssl
+import tomllib
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServiceSection(_Section):
+    tenant: str = Field(default="local", pattern=r"^[A-Za-z0-9_.-]+$")
+    token: str = Field(min_length=8)
+    db_url: str = "sqlite:///fota-service.db"
+
+    @model_validator(mode="after")
+    def _tenant_not_api(self) -> ServiceSection:
+        if self.tenant == "v1":  # hosted files live at /<tenant>/..., beside the /v1 API
+            raise ValueError("tenant may not be 'v1'")
+        return self
+
+
+class HttpSection(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8443, ge=0, le=65535)
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    public_host: str | None = None
+
+    @model_validator(mode="after")
+    def _pair(self) -> HttpSection:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together")
+        return self
+
+    @property
+    def file_host(self) -> str:
+        return self.public_host or f"{self.host}:{self.port}"
+
+
+class MqttSection(_Section):
+    host: str
+    port: int = Field(default=8883, ge=1, le=65535)
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    topic_prefix: str | None = None
+    client_id: str = "fota-service"
+
+    def tls_context(self) -> ssl.SSLContext | None:
+        """Mutual TLS when a client certificate is configured; server-only TLS with just a CA file."""
+        if self.ca_file is None and self.cert_file is None:
+            return None
+        ctx = ssl.create_default_context(
+            ssl.Purpose.SERVER_AUTH, cafile=str(self.ca_file) if self.ca_file else None
+        )
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        if self.cert_file is not None:
+            ctx.load_cert_chain(str(self.cert_file), str(self.key_file) if self.key_file else None)
+        return ctx
+
+
+class RolloutSection(_Section):
+    batch_size: int = Field(default=25, ge=1)
+    batch_interval: float = Field(default=60.0, gt=0)
+    max_gateways: int = Field(default=50, ge=1)
+
+
+class ServiceConfig(_Section):
+    service: ServiceSection
+    http: HttpSection = HttpSection()
+    mqtt: MqttSection | None = None
+    rollout: RolloutSection = RolloutSection()
+
+    @property
+    def topic_prefix(self) -> str:
+        if self.mqtt is not None and self.mqtt.topic_prefix is not None:
+            return self.mqtt.topic_prefix
+        return f"prod/{self.service.tenant}/"
+
+
+class ConfigError(Exception):
+    """The configuration file is missing, not TOML, or not valid."""
+
+
+def load_config(path: Path) -> ServiceConfig:
+    try:
+        data = tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
+    try:
+        return ServiceConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc

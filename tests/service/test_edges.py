@@ -1,0 +1,200 @@
+"""The service's edges without a broker: MQTT payload shapes, the config file, persistence round trips and
+the rollout scheduler (fast-forwarded loop time)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+
+from fota_service.config import ConfigError, load_config
+from fota_service.model import DeviceKind, ExecutionStatus, JobStatus, RolloutConfig
+from fota_service.schemas import BleJobRequest, JobUpdate, PayloadError, ShadowReport
+from fota_service.service import FotaService
+from fota_service.store import Store
+from tests.service.conftest import FakeClock, ServiceFactory, add_peripherals, app_zip
+
+# ------------------------------------------------------------------------------------------ payloads
+
+
+@pytest.mark.parametrize(
+    ("payload", "status", "progress", "details"),
+    [
+        (["P", "J", 7, 40], ExecutionStatus.DOWNLOADING, 40, ""),
+        (["P", "J", 7, "40"], ExecutionStatus.DOWNLOADING, 40, ""),
+        (["P", "J", 1, ""], ExecutionStatus.IN_PROGRESS, None, ""),
+        (["P", "J", 2, "Error applying update"], ExecutionStatus.FAILED, None, "Error applying update"),
+        (["P", "J", "SUCCEEDED", ""], ExecutionStatus.SUCCEEDED, None, ""),
+        (["P", "J", "CANCELED", ""], ExecutionStatus.CANCELLED, None, ""),
+        (["P", "J", 3], ExecutionStatus.SUCCEEDED, None, ""),
+    ],
+)
+def test_ble_update_tolerates_int_or_string_in_the_fourth_element(
+    payload: list[object], status: ExecutionStatus, progress: int | None, details: str
+) -> None:
+    """Reference §3: `[PERIPHERAL_ID, JOB_ID, STATUS:int, PROGRESS:int]` when DOWNLOADING, else
+    `[PERIPHERAL_ID, JOB_ID, STATUS:int, "details"]`."""
+    update = JobUpdate.parse_ble(json.dumps(payload).encode())
+    assert (update.device_id, update.job_id, update.status) == ("P", "J", status)
+    assert (update.progress, update.details) == (progress, details)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"",
+        b"nope",
+        b"{}",
+        b"[]",
+        b'["P"]',
+        b'["P", "J", 42, ""]',
+        b'["P", "J", true, ""]',
+        b'["", "J", 3, ""]',
+        b'["P", "J", 3, {}]',
+        b'["P", "J", 3, "", "extra"]',
+    ],
+)
+def test_malformed_ble_updates_raise_payload_error(payload: bytes) -> None:
+    with pytest.raises(PayloadError):
+        JobUpdate.parse_ble(payload)
+
+
+def test_ble_request_shapes() -> None:
+    """`jobs/ble/req` `["<PERIPHERAL_ID>"]` (reference §3)."""
+    assert BleJobRequest.parse(b'["C8:2E:1A:33:44:55"]').peripheral_id == "C8:2E:1A:33:44:55"
+    assert BleJobRequest.parse(b'["P", "J"]').job_id == "J"
+    assert BleJobRequest.parse(b'["P", ""]').job_id is None
+    for bad in (b"[]", b'[""]', b"[1]", b'"P"', b'["P", "J", "x"]'):
+        with pytest.raises(PayloadError):
+            BleJobRequest.parse(bad)
+
+
+def test_shadow_report_reads_support_and_connections() -> None:
+    """Reference §2: `fota_v2_ble` a plain boolean (an early array form existed); statusConnections map."""
+    doc = {
+        "state": {
+            "reported": {
+                "device": {"serviceInfo": {"fota_v2_ble": ["APP"], "fota_v2": ["APP", "BOOT", "WHAT"]}},
+                "statusConnections": {
+                    "AA:00:00:00:00:01": {"id": "AA:00:00:00:00:01", "status": {"connected": True}},
+                    "AA:00:00:00:00:02": {"id": "AA:00:00:00:00:02", "status": {"connected": False}},
+                    "AA:00:00:00:00:03": None,
+                },
+            }
+        }
+    }
+    report = ShadowReport.parse(json.dumps(doc).encode())
+    assert report.fota_v2_ble is True
+    assert report.fota_v2 == ["APP", "BOOT"]
+    assert report.connected == ["AA:00:00:00:00:01"]
+    withdrawn = ShadowReport.parse(b'{"state":{"reported":{"device":{"serviceInfo":{"fota_v2_ble":null}}}}}')
+    assert withdrawn.fota_v2_ble is False
+    silent = ShadowReport.parse(b'{"state":{"reported":{"other":1}}}')
+    assert silent.fota_v2_ble is None
+    with pytest.raises(PayloadError):
+        ShadowReport.parse(b'{"state":[]}')
+
+
+# -------------------------------------------------------------------------------------------- config
+
+
+def test_config_file_is_validated(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('[service]\ntoken = "long-enough"\ntenant = "lab"\n[mqtt]\nhost = "broker"\n')
+    config = load_config(path)
+    assert config.topic_prefix == "prod/lab/"
+    assert config.http.file_host == "127.0.0.1:8443"
+    assert config.rollout.batch_size == 25
+    assert config.mqtt is not None
+    assert config.mqtt.tls_context() is None
+    for bad in (
+        '[service]\ntoken = "short"\n',
+        '[service]\ntoken = "long-enough"\n[http]\ntls_cert = "a.pem"\n',
+        '[service]\ntoken = "long-enough"\nunknown = 1\n',
+        "not toml [",
+    ):
+        path.write_text(bad)
+        with pytest.raises(ConfigError):
+            load_config(path)
+    with pytest.raises(ConfigError):
+        load_config(tmp_path / "missing.toml")
+
+
+# --------------------------------------------------------------------------------------- persistence
+
+
+def test_every_kind_of_state_survives_a_restart(make_service: ServiceFactory, clock: FakeClock) -> None:
+    """Jobs (with their pending rollout), executions, batches, groups, devices and bundles all come back."""
+    first = make_service(batch_size=2)
+    bundle = first.upload_bundle(app_zip(), name="fw", version="1.2")
+    first.run(lambda m, now: m.upsert_device("gw", DeviceKind.IP, now, fota_v2_ble=True))
+    first.run(lambda m, now: m.upsert_device("ip", DeviceKind.IP, now, fota_v2=[]))
+    add_peripherals(first, "gw", ["A", "B", "C"])
+    first.run(lambda m, _now: m.set_group("g", ["A", "B", "C"]))
+    first.run(lambda m, now: m.create_job("J", now, bundle_id=bundle.bundle_id, name="n", tags=["g"]))
+    first.run(lambda m, now: m.create_job("K", now, bundle_id=bundle.bundle_id, name="k", auto_apply=False))
+    clock.now += 5
+    first.run(lambda m, now: m.apply_job("J", now))
+    first.run(lambda m, now: m.update_execution("A", "J", ExecutionStatus.DOWNLOADING, now, progress=30))
+    first.run(lambda m, now: m.delete_job("K", now))
+    before = first.model
+    first.store.close()
+
+    after = make_service(batch_size=2).model
+    assert after.devices == before.devices
+    assert after.groups == before.groups
+    assert after.bundles == before.bundles
+    assert after.jobs == before.jobs
+    assert after.executions == before.executions
+    assert after.job("J").pending == before.job("J").pending
+    assert len(after.job("J").pending) == 1
+    # and it carries on: the rest of batch 1 acknowledged → batch 2
+    effects = after.update_execution("B", "J", ExecutionStatus.IN_PROGRESS, clock.now)
+    assert len(effects) == 1
+
+
+def test_hosted_files_come_from_the_database(make_service: ServiceFactory) -> None:
+    first = make_service()
+    bundle = first.upload_bundle(app_zip())
+    first.store.close()
+    second = make_service()
+    assert second.firmware_file(bundle.bundle_id, "app.dat") is not None
+    assert second.firmware_file(bundle.bundle_id, "nope.bin") is None
+
+
+# ----------------------------------------------------------------------------------------- scheduler
+
+
+@pytest.mark.looptime
+async def test_scheduler_rolls_out_the_next_batch_after_the_interval(tmp_path: Path) -> None:
+    """Seed: "executions are rolled out progressively in batches of 25" — with silent devices, the next batch
+    follows `batch_interval` after the previous one (loop time fast-forwarded by looptime)."""
+    loop = asyncio.get_running_loop()
+    store = Store(f"sqlite:///{tmp_path / 's.db'}")
+    service = FotaService(
+        store, tenant="T", file_host="h", rollout=RolloutConfig(batch_interval=60.0), clock=loop.time
+    )
+    notified: list[object] = []
+    service.subscribe(notified.append)
+    bundle = service.upload_bundle(app_zip())
+    service.run(lambda m, now: m.upsert_device("gw", DeviceKind.IP, now, fota_v2_ble=True))
+    devices = [f"P{i:02d}" for i in range(30)]
+    add_peripherals(service, "gw", devices)
+    notified.clear()
+    scheduler = asyncio.create_task(service.run_scheduler())
+    try:
+        service.run(
+            lambda m, now: m.create_job("J", now, bundle_id=bundle.bundle_id, name="n", device_ids=devices)
+        )
+        service.run(lambda m, now: m.apply_job("J", now))
+        assert len(notified) == 25
+        await asyncio.sleep(59)
+        assert len(notified) == 25
+        await asyncio.sleep(2)
+        assert len(notified) == 30
+        assert service.model.job("J").status is JobStatus.IN_PROGRESS
+    finally:
+        scheduler.cancel()
+        store.close()

@@ -1,0 +1,179 @@
+"""`fota-service serve` as a real process: HTTPS REST + hosting, MQTT over mutual TLS, the bench CLI, and a
+restart of the process mid-job (SIGTERM, a new process on the same SQLite file) that resumes correctly.
+
+Readiness comes from the service's own log lines ("fota-service ready", "mqtt connected"), and MQTT
+ordering is the barrier that an update was handled (see test_mqtt_bridge.py). Timeouts only guard hangs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import signal
+import ssl
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+from click.testing import CliRunner
+
+from dfu.package import DfuPackage
+from fota_service.cli import main as cli
+from fota_service.model import ExecutionStatus
+from tests.service.conftest import app_zip
+from tests.service.test_mqtt_bridge import GUARD, FakeGateway, gateway, peripheral_ids
+from tests.support.mosquitto import MosquittoBroker, free_port, running_broker
+
+TOKEN = "process-token-1"
+pytestmark = pytest.mark.e2e
+
+
+def write_config(tmp_path: Path, broker: MosquittoBroker, port: int) -> Path:
+    server = broker.pki.ca.issue_cert("localhost", "127.0.0.1")
+    cert, key = tmp_path / "https.pem", tmp_path / "https.key"
+    server.cert_chain_pems[0].write_to_path(str(cert))
+    server.private_key_pem.write_to_path(str(key))
+    client = broker.pki.client("fota-service")
+    config = tmp_path / "fota.toml"
+    config.write_text(
+        f"""
+[service]
+tenant = "T"
+token = "{TOKEN}"
+db_url = "sqlite:///{tmp_path / "fota.db"}"
+
+[http]
+host = "127.0.0.1"
+port = {port}
+tls_cert = "{cert}"
+tls_key = "{key}"
+
+[mqtt]
+host = "{broker.host}"
+port = {broker.port}
+ca_file = "{broker.pki.ca_file}"
+cert_file = "{client.cert_file}"
+key_file = "{client.key_file}"
+topic_prefix = "prod/T/"
+
+[rollout]
+batch_size = 25
+max_gateways = 4
+"""
+    )
+    return config
+
+
+@contextlib.asynccontextmanager
+async def service_process(config: Path) -> AsyncIterator[asyncio.subprocess.Process]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "fota_service", "serve", "--config", str(config), stderr=asyncio.subprocess.PIPE
+    )
+    assert proc.stderr is not None
+    seen: list[str] = []
+    try:
+        async with asyncio.timeout(GUARD):
+            while not any("mqtt connected" in line for line in seen):
+                line = (await proc.stderr.readline()).decode()
+                assert line, f"service exited: {''.join(seen)}"
+                seen.append(line)
+        assert any("fota-service ready" in line for line in seen)
+        drain = asyncio.create_task(_drain(proc.stderr))  # DBG
+        yield proc
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+            async with asyncio.timeout(GUARD):
+                await proc.wait()
+        with contextlib.suppress(NameError):
+            drain.cancel()
+
+
+async def _drain(stream: asyncio.StreamReader) -> None:
+    while line := await stream.readline():
+        sys.stderr.write("SVC " + line.decode())
+
+
+async def shadow_barrier(gw: FakeGateway) -> None:
+    """Ask for the shadow and wait for both answers: everything gw sent before has been handled."""
+    await gw.publish(f"$aws/things/{gw.id}/shadow/get", b"")
+    topics = {(await gw.receive()).topic, (await gw.receive()).topic}
+    assert topics == {f"$aws/things/{gw.id}/shadow/get/accepted", f"{gw.id}/shadow/get/accepted"}
+
+
+def run_cli(env: dict[str, str], *args: str) -> str:
+    result = CliRunner().invoke(cli, list(args), env=env, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result.output.strip()
+
+
+async def acknowledge(
+    gw: FakeGateway, job_id: str, tuples: list[list[object]], status: ExecutionStatus
+) -> None:
+    for t in tuples:
+        await gw.update(str(t[0]), job_id, status, "")
+
+
+async def test_serve_cli_hosting_and_restart_mid_job(tmp_path: Path) -> None:
+    peripherals = peripheral_ids(30)
+    with running_broker(tmp_path / "broker") as broker:
+        port = free_port()
+        config = write_config(tmp_path, broker, port)
+        env = {
+            "FOTA_SERVICE_URL": f"https://127.0.0.1:{port}",
+            "FOTA_SERVICE_TOKEN": TOKEN,
+            "FOTA_SERVICE_CA": str(broker.pki.ca_file),
+        }
+        package = tmp_path / "app.zip"
+        package.write_bytes(app_zip(version=9))
+        (image,) = DfuPackage.from_zip(package.read_bytes()).images
+
+        async with gateway(broker, "gw-e2e") as gw:
+            async with service_process(config):
+                await gw.report(peripherals)
+                await shadow_barrier(gw)
+                bundle_id = run_cli(env, "bundle", "upload", str(package))
+                # ...no execution yet, so nothing answers; the CLI calls below are ordered after it anyway
+                args = [f"--device={p}" for p in peripherals]
+                job_id = run_cli(
+                    env, "job", "create", "--bundle", bundle_id, "--name", "e2e", "--apply", *args
+                )
+                first = await gw.receive_tuples(25)
+                assert {t[1] for t in first} == {job_id}
+                host, paths = first[0][4], str(first[0][5]).split()
+                assert host == f"127.0.0.1:{port}"
+                async with httpx.AsyncClient(
+                    verify=ssl.create_default_context(cafile=broker.pki.ca_file)
+                ) as http:
+                    files = {
+                        p.rsplit("/", 1)[1]: (await http.get(f"https://{host}/{p}")).content for p in paths
+                    }
+                assert files == {"app.dat": image.init_packet, "app.bin": image.firmware}
+                assert first[0][3] == len(image.init_packet) + len(image.firmware)
+                await acknowledge(gw, job_id, first[:10], ExecutionStatus.SUCCEEDED)
+                await gw.request(str(first[10][0]))
+                assert (await gw.receive_tuples(1))[0] == first[10]  # the 10 updates were handled before
+
+            async with service_process(config):  # a new process on the same database
+                listed = json.loads(run_cli(env, "job", "list", "--json"))
+                assert [(j["jobId"], j["status"]) for j in listed] == [(job_id, "IN_PROGRESS")]
+                assert listed[0]["executionStats"]["succeeded"] == 10
+                assert listed[0]["executionStats"]["executions"] == 25
+                await gw.request(str(first[20][0]))
+                assert (await gw.receive_tuples(1))[0] == first[20]
+                await acknowledge(gw, job_id, first[10:], ExecutionStatus.IN_PROGRESS)
+                rest = await gw.receive_tuples(5)
+                assert sorted(str(t[0]) for t in first + rest) == sorted(peripherals)
+                await acknowledge(gw, job_id, first[10:] + rest, ExecutionStatus.SUCCEEDED)
+                await shadow_barrier(gw)
+                watch = CliRunner().invoke(cli, ["job", "watch", job_id], env=env, catch_exceptions=False)
+                assert watch.exit_code == 0, watch.output
+                assert "30/30 done" in watch.output
+                refused = CliRunner().invoke(
+                    cli, ["execution", "set", str(rest[0][0]), job_id, "CANCELLED"], env=env
+                )
+                assert refused.exit_code == 1
+                assert "409" in refused.output
