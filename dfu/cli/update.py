@@ -1,0 +1,352 @@
+"""`nrf-dfu scan` and `nrf-dfu update`: the bench commands, on real radios or a simulated air.
+
+`--sim PROFILE` puts an in-process simulated peripheral on a simulated air and runs the whole command on a
+fast-forwarded (looptime) event loop: a rehearsal without hardware that takes no wall time and reports
+*simulated* seconds. `--sim-socket PATH` talks to `nrf-dfu sim serve` instead (real time, scaled there).
+
+Exit codes are part of the interface (scripts and the gateway's bench checks rely on them):
+0 ok, 2 usage, 3 bad package, 4 refused by the peripheral or preflight, 5 link / timeout, 1 anything else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+)
+
+from dfu.errors import (
+    ButtonlessError,
+    DfuError,
+    DfuLinkError,
+    DfuRejected,
+    DfuResponseError,
+    PackageError,
+    PreflightError,
+)
+from dfu.package import DfuPackage
+from dfu.protocol import ResultCode, describe_result
+from dfu.transport.backend import BleBackend
+from dfu.transport.ble import Seen, platform_backend
+from dfu.transport.ble import scan as ble_scan
+from dfu.updater import Phase, UpdateOptions, UpdateProgress, Updater, UpdateResult
+from profiles.model import PeripheralProfile, UnknownProfileError, load_profile
+
+log = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_OTHER = 1
+EXIT_USAGE = 2
+EXIT_PACKAGE = 3
+EXIT_REJECTED = 4
+EXIT_LINK = 5
+
+SIM_ADDRESS_BASE = "C0:FF:EE:00:00:"
+"""Simulated peripherals sit at C0:FF:EE:00:00:10, :20, ... (each bootloader at +1)."""
+
+_T = TypeVar("_T")
+
+
+def sim_address(index: int) -> str:
+    return f"{SIM_ADDRESS_BASE}{(index + 1) * 0x10:02X}"
+
+
+def exit_code_for(exc: BaseException) -> int:
+    """The documented exit code of an error (the same mapping the gateway uses for job outcomes)."""
+    if isinstance(exc, PackageError):
+        return EXIT_PACKAGE
+    if isinstance(exc, DfuRejected | PreflightError | ButtonlessError | DfuResponseError):
+        return EXIT_REJECTED
+    if isinstance(exc, DfuLinkError):
+        return EXIT_LINK
+    return EXIT_OTHER
+
+
+def describe_error(exc: BaseException) -> str:
+    """The bootloader's (or preflight's) code and its meaning, e.g. `hardware version mismatch (HW_...)`."""
+    if isinstance(exc, DfuResponseError):
+        return exc.description
+    if isinstance(exc, PreflightError) and exc.ext_error is not None:
+        return f"{describe_result(ResultCode.EXT_ERROR, exc.ext_error)}: {exc.reason}"
+    return str(exc) or type(exc).__name__
+
+
+def run_loop(coro: Coroutine[Any, Any, _T], *, simulated: bool) -> tuple[_T, float]:
+    """Run `coro`; simulated runs use a fast-forwarded looptime loop. Returns (result, loop seconds)."""
+    loop: asyncio.AbstractEventLoop
+    if simulated:
+        try:
+            import looptime
+        except ImportError:  # pragma: no cover - looptime ships with the test extras
+            loop = asyncio.new_event_loop()
+        else:
+            loop = looptime.new_event_loop(start=0.0)
+    else:
+        loop = asyncio.new_event_loop()
+
+    async def timed() -> tuple[_T, float]:
+        start = asyncio.get_running_loop().time()
+        result = await coro
+        return result, asyncio.get_running_loop().time() - start
+
+    try:
+        return loop.run_until_complete(timed())
+    finally:
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
+
+
+@dataclass(slots=True)
+class SimWorld:
+    """An in-process simulated air with peripherals, and the bleak backend over it."""
+
+    air: Any
+    backend: BleBackend
+    addresses: list[str]
+
+
+def make_sim_world(profiles: list[PeripheralProfile], *, first_address: str | None = None) -> SimWorld:
+    """Peripherals of `profiles` on a fresh in-process air (imported lazily: product code never needs it)."""
+    from simulator.air import Air
+    from simulator.bleak_backend import backend_for
+
+    air = Air()
+    addresses = []
+    for index, profile in enumerate(profiles):
+        address = first_address.upper() if first_address and index == 0 else sim_address(index)
+        air.add_profile(profile, address)
+        addresses.append(address)
+    return SimWorld(air, backend_for(air), addresses)
+
+
+def remote_backend(socket_path: str) -> tuple[BleBackend, Callable[[], Awaitable[None]]]:
+    """A backend over `nrf-dfu sim serve` at `socket_path`, and its closer."""
+    from simulator.bleak_backend import backend_for
+    from simulator.remote import RemoteAir
+
+    remote = RemoteAir(socket_path)
+    return backend_for(remote), remote.close
+
+
+def _profiles(spec: str) -> list[PeripheralProfile]:
+    try:
+        return [load_profile(name.strip()) for name in spec.split(",") if name.strip()]
+    except UnknownProfileError as exc:
+        raise click.BadParameter(str(exc), param_hint="--sim") from exc
+
+
+# --- scan --------------------------------------------------------------------------------------------------
+
+
+@click.command()
+@click.option("--timeout", "duration", type=float, default=5.0, show_default=True, help="seconds to scan")
+@click.option("--sim", "sim_spec", metavar="PROFILE[,PROFILE]", help="scan a simulated air with these")
+@click.option("--sim-socket", type=click.Path(), help="scan the air of `nrf-dfu sim serve` at this socket")
+@click.option("--json", "as_json", is_flag=True, help="one JSON object per line")
+def scan(duration: float, sim_spec: str | None, sim_socket: str | None, as_json: bool) -> None:
+    """List advertising peripherals: application or bootloader mode, RSSI, name."""
+    if sim_spec and sim_socket:
+        raise click.UsageError("--sim and --sim-socket exclude each other")
+
+    async def go() -> list[dict[str, Any]]:
+        closer: Callable[[], Awaitable[None]] | None = None
+        if sim_spec:
+            backend = make_sim_world(_profiles(sim_spec)).backend
+        elif sim_socket:
+            backend, closer = remote_backend(sim_socket)
+        else:
+            backend = platform_backend()
+        try:
+            seen = await ble_scan(backend, duration)
+        finally:
+            if closer is not None:
+                await closer()
+        return [
+            {
+                "address": s.address,
+                "name": s.name,
+                "rssi": s.rssi,
+                "mode": _mode(s),
+                "dfu": s.advertises_dfu,
+            }
+            for s in seen
+        ]
+
+    rows, _ = run_loop(go(), simulated=bool(sim_spec))
+    console = Console()
+    for row in rows:
+        if as_json:
+            click.echo(json.dumps(row))
+        else:
+            console.print(f"{row['address']}  {row['rssi']:>4} dBm  {row['mode']:<10}  {row['name'] or ''}")
+    if not as_json:
+        console.print(f"{len(rows)} peripheral(s)")
+
+
+def _mode(seen: Seen) -> str:
+    """Both modes advertise FE59; the bootloader's name (`DfuTarg`, or the `Dfu…` one we set) tells them
+    apart without connecting. Devices without FE59 cannot be updated by this tool."""
+    if not seen.advertises_dfu:
+        return "other"
+    return "bootloader" if (seen.name or "").startswith("Dfu") else "app"
+
+
+# --- update ------------------------------------------------------------------------------------------------
+
+
+@contextmanager
+def progress_bar(enabled: bool) -> Iterator[Callable[[UpdateProgress], None] | None]:
+    """A rich progress bar on stderr fed by update events (nothing when disabled, e.g. with --json)."""
+    if not enabled:
+        yield None
+        return
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TextColumn("{task.fields[rate]}"),
+    )
+    with Progress(*columns, console=Console(stderr=True), transient=False) as bar:
+        task: TaskID | None = None
+
+        def listener(event: UpdateProgress) -> None:
+            nonlocal task
+            if task is None:
+                task = bar.add_task(event.phase.value, total=event.bytes_total, rate="")
+            label = event.phase.value
+            if event.phase is Phase.TRANSFERRING and event.image_kind is not None:
+                label = f"{event.image_index}/{event.image_count} {event.image_kind.value}"
+            # The rate comes from the updater (loop time), which is simulated time in a rehearsal.
+            rate = f"{event.throughput_bps / 1000:.1f} kB/s" if event.throughput_bps else ""
+            bar.update(task, completed=event.bytes_sent, description=label, rate=rate)
+
+        yield listener
+
+
+def result_json(result: UpdateResult, *, simulated: bool) -> dict[str, Any]:
+    return {
+        "ok": True,
+        "address": result.address,
+        "bytes": result.bytes,
+        "bytes_sent": result.bytes_sent,
+        "seconds": round(result.seconds, 6),
+        "simulated": simulated,
+        "throughput_bps": round(result.throughput_bps, 1),
+        "resumes": result.resumes,
+        "retries": result.retries,
+        "firmware_revision": result.firmware_revision,
+        "images": [
+            {"kind": i.kind.value, "bytes": i.bytes, "skipped": i.skipped, "resumed_from": i.resumed_from}
+            for i in result.images
+        ],
+    }
+
+
+def summary_line(result: UpdateResult, *, simulated: bool) -> str:
+    clock = "simulated s" if simulated else "s"
+    return (
+        f"{result.address}: {result.bytes} bytes in {result.seconds:.2f} {clock} "
+        f"({result.throughput_bps:,.0f} bytes/s), resumes {result.resumes}, retries {result.retries}"
+    )
+
+
+def load_package(path: Path) -> DfuPackage:
+    return DfuPackage.load(path)
+
+
+@click.command()
+@click.argument("package_path", metavar="PKG", type=click.Path(path_type=Path))
+@click.option("--address", help="the peripheral's (application) address")
+@click.option("--name", help="the peripheral's advertised name (instead of --address)")
+@click.option("--profile", "profile_name", help="peripheral profile (shipped name or TOML path)")
+@click.option("--prn", type=click.IntRange(0, 0xFFFF), help="packet receipt notification interval")
+@click.option("--sim", "sim_profile", metavar="PROFILE", help="rehearse on a simulated peripheral of PROFILE")
+@click.option("--sim-socket", type=click.Path(), help="update a peripheral of `nrf-dfu sim serve`")
+@click.option("--json", "as_json", is_flag=True, help="print the result as JSON (no progress bar)")
+def update(
+    package_path: Path,
+    address: str | None,
+    name: str | None,
+    profile_name: str | None,
+    prn: int | None,
+    sim_profile: str | None,
+    sim_socket: str | None,
+    as_json: bool,
+) -> None:
+    """Update one peripheral with a DFU package (zip, or .dat/.bin pair)."""
+    if (address is None) == (name is None):
+        raise click.UsageError("give exactly one of --address and --name")
+    if sim_profile and sim_socket:
+        raise click.UsageError("--sim and --sim-socket exclude each other")
+    profile_ref = profile_name or sim_profile
+    if profile_ref is None:
+        raise click.UsageError("--profile is required (or --sim PROFILE)")
+    try:
+        profile = load_profile(profile_ref)
+    except UnknownProfileError as exc:
+        raise click.BadParameter(str(exc), param_hint="--profile") from exc
+    simulated = sim_profile is not None
+    try:
+        package = load_package(package_path)
+    except PackageError as exc:
+        _fail(exc, as_json)
+
+    options = UpdateOptions(prn=prn)
+
+    async def go(listener: Callable[[UpdateProgress], None] | None) -> UpdateResult:
+        closer: Callable[[], Awaitable[None]] | None = None
+        target = address
+        if sim_profile is not None:
+            world = make_sim_world([load_profile(sim_profile)], first_address=address)
+            backend = world.backend
+            if name is None:
+                target = world.addresses[0]
+        elif sim_socket is not None:
+            backend, closer = remote_backend(sim_socket)
+        else:
+            backend = platform_backend()
+        try:
+            updater = Updater(
+                backend, profile, package, address=target, name=name, options=options, on_progress=listener
+            )
+            return await updater.run()
+        finally:
+            if closer is not None:
+                await closer()
+
+    try:
+        with progress_bar(not as_json) as listener:
+            result, _ = run_loop(go(listener), simulated=simulated)
+    except (DfuError, OSError) as exc:
+        _fail(exc, as_json)
+    if as_json:
+        click.echo(json.dumps(result_json(result, simulated=simulated)))
+    else:
+        click.echo(summary_line(result, simulated=simulated))
+
+
+def _fail(exc: BaseException, as_json: bool) -> Any:
+    code = exit_code_for(exc)
+    if as_json:
+        click.echo(json.dumps({"ok": False, "error": describe_error(exc), "exit_code": code}))
+    else:
+        click.echo(f"error: {describe_error(exc)}", err=True)
+    sys.exit(code)
+
+
+__all__ = ["describe_error", "exit_code_for", "make_sim_world", "run_loop", "scan", "update"]

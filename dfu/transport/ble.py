@@ -1,0 +1,420 @@
+"""Secure DFU over bleak: connect, discover, subscribe, write, and drive a sans-I/O engine. I/O only.
+
+Every protocol decision (what to write next, what a notification means, when to give up) belongs to the
+engine (`dfu.engine`); this module executes its actions in order and feeds it what the radio delivers:
+
+    actions = transfer.start(now)
+    loop:  execute actions (WriteControl: write with response; WritePacket: sleep until not_before, write
+           without response; Progress: report; ImageComplete: done)
+           wait for the next event until transfer.deadline:
+             notification -> transfer.on_notification(data, now)
+             deadline     -> transfer.on_timeout(now)
+             disconnect   -> DisconnectedError (the caller reconnects and a new engine resumes from select)
+
+The link is given a `BleBackend`, never a concrete backend. Connecting follows what bleak-retry-connector
+learned about BlueZ (transient D-Bus errors, stale GATT caches, out-of-slot adapters): on BlueZ its
+`establish_connection` is used; elsewhere a plain `BleakClient` with a bounded exponential retry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import stamina
+from bleak import BleakClient, BleakScanner
+from bleak.backends.characteristic import BleakGATTCharacteristic
+from bleak.backends.device import BLEDevice
+from bleak.backends.scanner import AdvertisementData
+from bleak.exc import BleakError
+
+from dfu.engine import ImageComplete, Progress, WriteControl, WritePacket
+from dfu.errors import DeviceNotFoundError, DfuLinkError, DfuProtocolError, DfuTimeoutError, DisconnectedError
+from dfu.protocol import OpCode, ProtocolError, Response, decode_response, encode_request
+from dfu.transport.backend import PLATFORM, BleBackend
+from profiles.gatt import CONTROL_POINT, DFU_PACKET, SECURE_DFU_SERVICE
+
+log = logging.getLogger(__name__)
+
+# Failures of one connection attempt that are worth another attempt (bleak-retry-connector's list).
+_RETRYABLE = (BleakError, TimeoutError, EOFError, BrokenPipeError, AttributeError, KeyError)
+BLE_ATT_MTU_DEFAULT_WRITE = 20
+"""What bleak reports before an MTU exchange finished (ATT MTU 23 − 3)."""
+
+
+def platform_backend() -> BleBackend:
+    """The real radio of this machine (bleak's platform default backend)."""
+    return PLATFORM
+
+
+def is_bluez(backend: BleBackend) -> bool:
+    """BlueZ: named so, or bleak's platform default on Linux (a Raspberry Pi gateway)."""
+    return backend.name == "bluez" or (backend.client is None and sys.platform.startswith("linux"))
+
+
+class Transfer(Protocol):
+    """The sans-I/O engine surface the driver needs (`dfu.engine.ImageTransfer` provides it)."""
+
+    @property
+    def deadline(self) -> float | None: ...
+
+    def start(self, now: float) -> Sequence[object]: ...
+
+    def on_notification(self, data: bytes, now: float) -> Sequence[object]: ...
+
+    def on_timeout(self, now: float) -> Sequence[object]: ...
+
+
+ProgressCallback = Callable[[Progress], None]
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectPolicy:
+    """Bounds of one connect: per attempt timeout, attempts, backoff (deterministic: no jitter)."""
+
+    timeout_s: float = 10.0
+    attempts: int = 3
+    backoff_initial_s: float = 0.25
+    backoff_max_s: float = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class Seen:
+    """One advertiser as a scan saw it."""
+
+    device: BLEDevice
+    adv: AdvertisementData
+
+    @property
+    def address(self) -> str:
+        return self.device.address.upper()
+
+    @property
+    def name(self) -> str | None:
+        return self.adv.local_name or self.device.name
+
+    @property
+    def rssi(self) -> int:
+        return self.adv.rssi
+
+    @property
+    def advertises_dfu(self) -> bool:
+        return SECURE_DFU_SERVICE in {u.lower() for u in self.adv.service_uuids}
+
+
+async def scan(backend: BleBackend, duration_s: float) -> list[Seen]:
+    """Everything that advertised during `duration_s`, strongest first."""
+    async with BleakScanner(backend=backend.scanner) as scanner:
+        await asyncio.sleep(duration_s)
+        found = scanner.discovered_devices_and_advertisement_data
+    return sorted((Seen(d, a) for d, a in found.values()), key=lambda s: (-s.rssi, s.address))
+
+
+async def find(backend: BleBackend, match: Callable[[Seen], bool], *, timeout_s: float, what: str) -> Seen:
+    """The first advertiser `match` accepts, or DeviceNotFoundError after `timeout_s` (loop time)."""
+    async with BleakScanner(backend=backend.scanner) as scanner:
+        try:
+            async with asyncio.timeout(timeout_s):
+                async for device, adv in scanner.advertisement_data():
+                    seen = Seen(device, adv)
+                    if match(seen):
+                        log.debug("found address=%s name=%s rssi=%s", seen.address, seen.name, seen.rssi)
+                        return seen
+        except TimeoutError:
+            pass
+    raise DeviceNotFoundError(f"{what}: nothing advertised within {timeout_s:g} s")
+
+
+async def connect(
+    backend: BleBackend,
+    device: BLEDevice,
+    *,
+    policy: ConnectPolicy = ConnectPolicy(),
+    on_disconnect: Callable[[BleakClient], None] | None = None,
+) -> tuple[BleakClient, int]:
+    """A connected client with services resolved, and the number of failed attempts before it.
+
+    BlueZ goes through bleak-retry-connector (stale-cache clearing, D-Bus transient backoffs); other backends
+    get a plain BleakClient with a bounded, jitter-free exponential retry on loop time.
+    """
+    address = device.address.upper()
+    if is_bluez(backend) and backend.client is None:
+        return await _connect_bluez(backend, device, policy, on_disconnect), 0
+    failures = 0
+    try:
+        async for attempt in stamina.retry_context(
+            on=_RETRYABLE,
+            attempts=policy.attempts,
+            timeout=None,
+            wait_initial=policy.backoff_initial_s,
+            wait_max=policy.backoff_max_s,
+            wait_jitter=0.0,
+        ):
+            with attempt:
+                client = BleakClient(
+                    device,
+                    on_disconnect,
+                    timeout=policy.timeout_s,
+                    backend=backend.client,
+                    **backend.client_kwargs,
+                )
+                try:
+                    async with asyncio.timeout(policy.timeout_s):
+                        await client.connect()
+                except BaseException as exc:
+                    failures += 1
+                    log.info("connect failed address=%s attempt=%d error=%r", address, attempt.num, exc)
+                    with contextlib.suppress(Exception):
+                        await client.disconnect()
+                    raise
+                return client, failures
+    except _RETRYABLE as exc:
+        raise DfuLinkError(f"{address}: cannot connect after {policy.attempts} attempts: {exc!r}") from exc
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+async def _connect_bluez(
+    backend: BleBackend,
+    device: BLEDevice,
+    policy: ConnectPolicy,
+    on_disconnect: Callable[[BleakClient], None] | None,
+) -> BleakClient:
+    from bleak_retry_connector import BleakClientWithServiceCache, establish_connection
+
+    try:
+        async with asyncio.timeout(policy.timeout_s * policy.attempts + 5):
+            return await establish_connection(
+                BleakClientWithServiceCache,
+                device,
+                device.address,
+                disconnected_callback=on_disconnect,
+                max_attempts=policy.attempts,
+                **backend.client_kwargs,
+            )
+    except (BleakError, TimeoutError) as exc:
+        raise DfuLinkError(f"{device.address}: cannot connect: {exc}") from exc
+
+
+async def open_peripheral(
+    backend: BleBackend,
+    device: BLEDevice,
+    *,
+    policy: ConnectPolicy = ConnectPolicy(),
+    response_timeout_s: float = 10.0,
+) -> tuple[BleakClient, DfuLink | None, int]:
+    """Connect to a peripheral in either mode: a DFU link when it is a bootloader, else None (the client is
+    then its application's), plus the failed connect attempts. Saves a reconnect after a process restart."""
+    events = _Events()
+
+    def disconnected(_: BleakClient) -> None:
+        events.disconnected = True
+        events.queue.put_nowait(None)
+
+    client, failures = await connect(backend, device, policy=policy, on_disconnect=disconnected)
+    if not has_control_point(client):
+        return client, None, failures
+    try:
+        link = DfuLink(client, events, response_timeout_s=response_timeout_s)
+        if is_bluez(backend):
+            await _settle_mtu(link)
+        await link._subscribe()
+    except BaseException:
+        with contextlib.suppress(Exception):
+            await client.disconnect()
+        raise
+    return client, link, failures
+
+
+async def _settle_mtu(link: DfuLink, wait_s: float = 1.0) -> None:
+    """BlueZ publishes the exchanged MTU a moment after connecting (bleak reports 20 until then): wait a
+    little for it rather than send a whole image in 20-byte packets."""
+    step = 0.05
+    for _ in range(round(wait_s / step)):
+        if link.packet_size > BLE_ATT_MTU_DEFAULT_WRITE:
+            return
+        await asyncio.sleep(step)
+
+
+def has_control_point(client: BleakClient) -> bool:
+    """A device whose GATT shows the DFU control point is in bootloader mode (reference §1)."""
+    return client.services.get_characteristic(CONTROL_POINT) is not None
+
+
+@dataclass(slots=True)
+class _Events:
+    queue: asyncio.Queue[bytes | None] = field(default_factory=asyncio.Queue)
+    disconnected: bool = False
+
+
+class DfuLink:
+    """One connection to a Secure DFU bootloader: control point notifications on, packet size known."""
+
+    def __init__(self, client: BleakClient, events: _Events, *, response_timeout_s: float) -> None:
+        self.client = client
+        self.address = client.address.upper()
+        self._events = events
+        self._response_timeout_s = response_timeout_s
+        cp = client.services.get_characteristic(CONTROL_POINT)
+        pkt = client.services.get_characteristic(DFU_PACKET)
+        if cp is None or pkt is None:
+            raise DfuProtocolError(f"{self.address}: no Secure DFU control point / packet characteristic")
+        self._cp: BleakGATTCharacteristic = cp
+        self._pkt: BleakGATTCharacteristic = pkt
+        self.control_writes = 0
+        """control-point requests written: each costs at least one round trip (a connection interval)"""
+        self.packet_writes = 0
+        self.packet_bytes = 0
+        """bytes written to the packet characteristic (init packet and firmware, re-sends included)"""
+
+    @classmethod
+    async def open(
+        cls,
+        backend: BleBackend,
+        device: BLEDevice,
+        *,
+        policy: ConnectPolicy = ConnectPolicy(),
+        response_timeout_s: float = 10.0,
+    ) -> tuple[DfuLink, int]:
+        """Connect to a bootloader, subscribe to the control point; also returns failed connect attempts."""
+        client, link, failures = await open_peripheral(
+            backend, device, policy=policy, response_timeout_s=response_timeout_s
+        )
+        if link is None:
+            with contextlib.suppress(Exception):
+                await client.disconnect()
+            raise DfuLinkError(f"{device.address.upper()}: not in bootloader mode (no DFU control point)")
+        return link, failures
+
+    async def _subscribe(self) -> None:
+        try:
+            await self.client.start_notify(self._cp, self._on_notify)
+        except BleakError as exc:
+            raise DisconnectedError(
+                f"{self.address}: cannot enable control point notifications: {exc}"
+            ) from exc
+        log.info("dfu link open address=%s packet_size=%d", self.address, self.packet_size)
+
+    def _on_notify(self, _: BleakGATTCharacteristic, data: bytearray) -> None:
+        self._events.queue.put_nowait(bytes(data))
+
+    @property
+    def packet_size(self) -> int:
+        """Bytes per write without response: the negotiated ATT MTU − 3, as bleak reports it."""
+        return self._pkt.max_write_without_response_size
+
+    @property
+    def is_connected(self) -> bool:
+        return not self._events.disconnected and self.client.is_connected
+
+    async def close(self) -> None:
+        """Disconnect; never raises (the peripheral may already be gone, e.g. after its reset)."""
+        with contextlib.suppress(Exception):
+            await self.client.disconnect()
+
+    async def __aenter__(self) -> DfuLink:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # --- I/O primitives ----------------------------------------------------------------------------------
+
+    async def _write(self, char: BleakGATTCharacteristic, data: bytes, *, response: bool) -> None:
+        if self._events.disconnected:
+            raise DisconnectedError(f"{self.address}: link dropped")
+        try:
+            await self.client.write_gatt_char(char, data, response=response)
+        except (BleakError, EOFError, BrokenPipeError, OSError) as exc:
+            raise DisconnectedError(f"{self.address}: write failed: {exc}") from exc
+
+    async def _next_event(self, deadline: float | None) -> bytes | None:
+        """The next notification; None at the deadline; DisconnectedError when the link drops."""
+        try:
+            async with asyncio.timeout_at(deadline):
+                data = await self._events.queue.get()
+        except TimeoutError:
+            return None
+        if data is None:
+            raise DisconnectedError(f"{self.address}: link dropped")
+        return data
+
+    async def wait_disconnected(self, timeout_s: float) -> bool:
+        """Wait (bounded) for the peripheral to drop the link, e.g. its reset after the last execute."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                while not self._events.disconnected:
+                    await self._events.queue.get()
+        except TimeoutError:
+            return False
+        return True
+
+    async def send(self, opcode: OpCode, **params: Any) -> None:
+        """A control-point request whose response does not matter (abort: the device resets)."""
+        await self._write(self._cp, encode_request(opcode, **params), response=True)
+
+    async def request(self, opcode: OpCode, **params: Any) -> Response:
+        """One control-point request outside a transfer (e.g. firmware version) and its response."""
+        loop = asyncio.get_running_loop()
+        await self._write(self._cp, encode_request(opcode, **params), response=True)
+        self.control_writes += 1
+        deadline = loop.time() + self._response_timeout_s
+        while True:
+            data = await self._next_event(deadline)
+            if data is None:
+                raise DfuTimeoutError(f"{self.address}: no response to {opcode.name}")
+            try:
+                response = decode_response(data)
+            except ProtocolError as exc:
+                raise DfuProtocolError(f"{self.address}: {exc}") from exc
+            if response.request is opcode:
+                return response
+
+    # --- the driver -------------------------------------------------------------------------------------
+
+    async def run(self, transfer: Transfer, on_progress: ProgressCallback | None = None) -> ImageComplete:
+        """Execute the engine's actions until it reports the image complete; its errors propagate."""
+        loop = asyncio.get_running_loop()
+        actions: Sequence[object] = transfer.start(loop.time())
+        while True:
+            for action in actions:
+                if isinstance(action, WritePacket):
+                    delay = action.not_before - loop.time()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                    # Counted when handed to the radio: a write failing with the link may still have arrived.
+                    self.packet_writes += 1
+                    self.packet_bytes += len(action.data)
+                    await self._write(self._pkt, action.data, response=False)
+                elif isinstance(action, WriteControl):
+                    await self._write(self._cp, action.data, response=True)
+                    self.control_writes += 1
+                elif isinstance(action, Progress):
+                    if on_progress is not None:
+                        on_progress(action)
+                elif isinstance(action, ImageComplete):
+                    return action
+                else:  # pragma: no cover - a new engine action this driver does not know
+                    raise DfuProtocolError(f"unknown engine action {action!r}")
+            data = await self._next_event(transfer.deadline)
+            now = loop.time()
+            actions = transfer.on_timeout(now) if data is None else transfer.on_notification(data, now)
+
+
+__all__ = [
+    "ConnectPolicy",
+    "DfuLink",
+    "Seen",
+    "Transfer",
+    "connect",
+    "find",
+    "has_control_point",
+    "is_bluez",
+    "open_peripheral",
+    "platform_backend",
+    "scan",
+]

@@ -1,0 +1,536 @@
+"""The whole update of one peripheral: preflight, bootloader entry, every image, resume, verification.
+
+Phases (after Nordic's Android-DFU-Library): preflight → connect → enter bootloader → find bootloader →
+transfer each image (reconnecting between images) → verify the new firmware runs → done.
+
+Resume rules, written down:
+* A link failure (drop, timeout, a checksum that kept failing) during an image costs one *resume*: back off
+  (exponential, bounded), find the peripheral again in whatever mode it is now (still the bootloader, or the
+  application after an inactivity reset), and start a **new engine**, which resumes from what `select`
+  reports. After `max_resumes` resumes of one image the link error propagates.
+* A process restart needs no stored state: the bootloader keeps the executed init packet and (RAM or flash)
+  data progress, and the new engine recomputes from `select`. The updater therefore accepts a peripheral
+  that is already in bootloader mode, and skips a bootloader image the device already runs (its version
+  from the firmware-version request is not below the package's; re-sending it would be refused as a
+  downgrade). Applications are never skipped: re-sending an equal version is accepted, and resuming via
+  `select` keeps what already arrived.
+* A rejection (`DfuRejected`: version, hardware, signature, hash) is final: abort is sent so the bootloader
+  returns to the application at once, and the error propagates.
+* Cancellation (`asyncio.CancelledError`) only disconnects: no abort, so the peripheral stays resumable.
+
+No module-level state: any number of `Updater`s run concurrently in one process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from bleak import BleakClient
+from bleak.exc import BleakError
+
+from dfu.buttonless import buttonless_characteristic, enter_bootloader, find_bootloader
+from dfu.engine import ImageTransfer, Progress
+from dfu.errors import DfuError, DfuLinkError, DfuProtocolError, DfuRejected, DfuResponseError
+from dfu.package import DfuPackage, ImageKind, PackageImage
+from dfu.preflight import preflight
+from dfu.protocol import FirmwareImageType, OpCode
+from dfu.transport.backend import BleBackend
+from dfu.transport.ble import ConnectPolicy, DfuLink, Seen, connect, find, has_control_point, open_peripheral
+from profiles.gatt import FIRMWARE_REVISION
+from profiles.model import PeripheralProfile, bootloader_address
+
+log = logging.getLogger(__name__)
+
+
+class UpdateVerificationError(DfuError):
+    """The transfer completed but the peripheral does not run the new firmware."""
+
+
+class Phase(enum.StrEnum):
+    PREFLIGHT = "preflight"
+    CONNECTING = "connecting"
+    ENTERING_BOOTLOADER = "entering-bootloader"
+    FINDING_BOOTLOADER = "finding-bootloader"
+    TRANSFERRING = "transferring"
+    RECONNECTING = "reconnecting"
+    VERIFYING = "verifying"
+    DONE = "done"
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateProgress:
+    """One progress event. Byte counts are package firmware bytes the bootloader confirmed."""
+
+    address: str
+    phase: Phase
+    image_index: int
+    """1-based index of the current image in send order (0 before the first)"""
+    image_count: int
+    image_kind: ImageKind | None
+    bytes_sent: int
+    bytes_total: int
+    image_bytes_sent: int
+    image_bytes_total: int
+    throughput_bps: float
+    """packet bytes written in this run / seconds since the first transfer started"""
+    resumes: int
+    retries: int
+
+
+ProgressListener = Callable[[UpdateProgress], None]
+
+
+@dataclass(frozen=True, slots=True)
+class ImageReport:
+    kind: ImageKind
+    bytes: int
+    skipped: bool = False
+    resumed_from: int = 0
+    """bytes the bootloader already held when this run first reached the image"""
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateResult:
+    address: str
+    bootloader_address: str
+    bytes: int
+    """firmware bytes of the package"""
+    bytes_sent: int
+    """bytes this run wrote to the packet characteristic: init packets and firmware, re-sends included,
+    what the bootloader already held (resumed) excluded"""
+    seconds: float
+    """loop time from the first connection to the verified new firmware"""
+    resumes: int
+    retries: int
+    """failed connection attempts plus objects the engine had to re-send"""
+    round_trips: int
+    """control-point requests of the transfers (each costs at least one connection interval)"""
+    images: tuple[ImageReport, ...]
+    firmware_revision: str | None
+
+    @property
+    def throughput_bps(self) -> float:
+        return self.bytes / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateOptions:
+    """Knobs of one update; defaults come from the profile where it has an opinion."""
+
+    prn: int | None = None
+    """packet receipt notification interval; None = the profile's"""
+    max_resumes: int = 8
+    """per image"""
+    backoff_initial_s: float = 0.25
+    backoff_max_s: float = 4.0
+    connect_attempts: int = 3
+    bootloader_name: str | None = None
+    """advertising name for an unbonded bootloader (`02 len name`), to find it among others by name"""
+    verify: bool = True
+    skip_installed: bool = True
+    preflight: bool = True
+    """False only to rehearse what the bootloader itself answers (`nrf-dfu simulate`)"""
+
+
+@dataclass(slots=True)
+class _Run:
+    """Mutable bookkeeping of one run (one per Updater.run call)."""
+
+    started: float = 0.0
+    transfer_started: float | None = None
+    resumes: int = 0
+    retries: int = 0
+    round_trips: int = 0
+    sent_over_air: int = 0
+    done_bytes: int = 0
+    reports: list[ImageReport] = field(default_factory=list)
+
+
+class _ProgressTracker:
+    """Turns the engine's per-image progress into update progress events."""
+
+    def __init__(self, updater: Updater, image: PackageImage) -> None:
+        self.updater = updater
+        self.image = image
+        self.last: Progress | None = None
+
+    def __call__(self, progress: Progress) -> None:
+        self.last = progress
+        self.updater._image_sent = progress.sent
+        self.updater._emit(Phase.TRANSFERRING, self.image)
+
+
+class Updater:
+    """Updates one peripheral, identified by `address` (or `name`, resolved by a scan) with `package`."""
+
+    def __init__(
+        self,
+        backend: BleBackend,
+        profile: PeripheralProfile,
+        package: DfuPackage,
+        *,
+        address: str | None = None,
+        name: str | None = None,
+        options: UpdateOptions | None = None,
+        on_progress: ProgressListener | None = None,
+    ) -> None:
+        if (address is None) == (name is None):
+            raise ValueError("give exactly one of address and name")
+        self.backend = backend
+        self.profile = profile
+        self.package = package
+        self.address = address.upper() if address else None
+        self.name = name
+        self.options = options or UpdateOptions()
+        self.on_progress = on_progress
+        self._policy = ConnectPolicy(
+            timeout_s=profile.timeouts.connect_s,
+            attempts=self.options.connect_attempts,
+            backoff_initial_s=self.options.backoff_initial_s,
+            backoff_max_s=self.options.backoff_max_s,
+        )
+        self._run = _Run()
+        self._image_index = 0
+        self._image_sent = 0
+
+    # --- public -----------------------------------------------------------------------------------------
+
+    async def run(self) -> UpdateResult:
+        """Do the whole update; raises `PreflightError`, `DfuRejected`, `DfuLinkError`, ... on failure."""
+        self._emit(Phase.PREFLIGHT)
+        if self.options.preflight:
+            preflight(self.package, self.profile)
+        loop = asyncio.get_running_loop()
+        self._run = _Run(started=loop.time())
+        self._emit(Phase.CONNECTING)
+        first_link = await self._reach_bootloader()
+        assert self.address is not None
+        boot_address = first_link.address
+        link: DfuLink | None = first_link
+        try:
+            for index, image in enumerate(self.package.images, start=1):
+                self._image_index, self._image_sent = index, 0
+                link = await self._send_image(link, image)
+                self._run.done_bytes += len(image.firmware)
+                if self._run.reports[-1].skipped:
+                    continue
+                # The bootloader activates the image and resets: let the link drop, find it again later.
+                await link.wait_disconnected(self.profile.timeouts.response_s)
+                await link.close()
+                link = None
+            if link is not None:
+                # Every image was already installed: abort makes the bootloader reset to the application.
+                await self._abort(link)
+                link = None
+        finally:
+            if link is not None:
+                await link.close()
+        revision = await self._verify() if self.options.verify else None
+        seconds = loop.time() - self._run.started
+        self._emit(Phase.DONE)
+        result = UpdateResult(
+            address=self.address,
+            bootloader_address=boot_address,
+            bytes=self.package.total_firmware_bytes,
+            bytes_sent=self._run.sent_over_air,
+            seconds=seconds,
+            resumes=self._run.resumes,
+            retries=self._run.retries,
+            round_trips=self._run.round_trips,
+            images=tuple(self._run.reports),
+            firmware_revision=revision,
+        )
+        log.info(
+            "update done address=%s bytes=%d seconds=%.3f resumes=%d retries=%d",
+            self.address, result.bytes, seconds, result.resumes, result.retries,
+        )  # fmt: skip
+        return result
+
+    # --- finding and connecting -------------------------------------------------------------------------
+
+    async def _locate(self) -> Seen:
+        """The peripheral in either mode: its application address, its bootloader's, or its name."""
+        timeout = self.profile.timeouts.app_scan_s
+        if self.address is None:
+            name = self.name
+            seen = await find(
+                self.backend, lambda s: s.name == name, timeout_s=timeout, what=f"name {name!r}"
+            )
+            self.address = seen.address
+            return seen
+        wanted = {self.address, bootloader_address(self.address, self.profile.address_rule)}
+        names = {self.options.bootloader_name} - {None}
+        return await find(
+            self.backend,
+            lambda s: s.address in wanted or (s.name in names and s.advertises_dfu),
+            timeout_s=timeout,
+            what=f"peripheral {self.address}",
+        )
+
+    async def _reach_bootloader(self) -> DfuLink:
+        """Whatever mode the device is in, end with an open DFU link to its bootloader.
+
+        The GATT decides the mode (a control point means bootloader), not the address: a bonded bootloader
+        shares its application's address.
+        """
+        seen = await self._locate()
+        assert self.address is not None
+        client, link, failures = await open_peripheral(
+            self.backend,
+            seen.device,
+            policy=self._policy,
+            response_timeout_s=self.profile.timeouts.response_s,
+        )
+        self._run.retries += failures
+        if link is None and seen.address != self.address:
+            # An application at our bootloader's address is another peripheral (adjacent addresses): never
+            # switch a device we were not asked to update.
+            await _quiet_disconnect(client)
+            raise DfuLinkError(
+                f"{seen.address} runs an application: it is not the bootloader of {self.address}"
+            )
+        if link is None:
+            if buttonless_characteristic(client) is None:
+                await _quiet_disconnect(client)
+                raise DfuProtocolError(f"{seen.address}: neither a bootloader nor a buttonless application")
+            self._emit(Phase.ENTERING_BOOTLOADER)
+            try:
+                switched = await enter_bootloader(
+                    client, adv_name=self.options.bootloader_name, timeout_s=self.profile.timeouts.response_s
+                )
+            finally:
+                await _quiet_disconnect(client)
+            self._emit(Phase.FINDING_BOOTLOADER)
+            seen = await find_bootloader(
+                self.backend, self.address, self.profile, adv_name=switched.adv_name, bonded=switched.bonded
+            )
+            link, failures = await DfuLink.open(
+                self.backend,
+                seen.device,
+                policy=self._policy,
+                response_timeout_s=self.profile.timeouts.response_s,
+            )
+            self._run.retries += failures
+        log.info("bootloader reached address=%s bootloader=%s", self.address, link.address)
+        return link
+
+    # --- images -----------------------------------------------------------------------------------------
+
+    async def _installed(self, link: DfuLink, image: PackageImage) -> bool:
+        """A bootloader image the device already runs (re-sending it would be refused as a downgrade)."""
+        if not self.options.skip_installed or image.kind not in (
+            ImageKind.BOOTLOADER,
+            ImageKind.SOFTDEVICE_BOOTLOADER,
+        ):
+            return False
+        wanted = image.init.fw_version
+        if wanted is None:
+            return False
+        # The request takes an image *number* (nrf_dfu_req_handler.c: 0 is the bootloader, then the
+        # SoftDevice, then the application); the response says which type it described.
+        response = await link.request(OpCode.FIRMWARE_VERSION, image=0)
+        if not response.ok or response.payload is None:
+            return False
+        if response.payload["type"] != FirmwareImageType.BOOTLOADER:
+            return False
+        installed = int(response.payload["version"])
+        log.info("installed bootloader address=%s version=%d package=%d", self.address, installed, wanted)
+        return installed >= wanted
+
+    def _new_transfer(self, link: DfuLink, image: PackageImage) -> ImageTransfer:
+        prn = self.options.prn if self.options.prn is not None else self.profile.prn
+        return ImageTransfer(
+            image.init_packet,
+            image.firmware,
+            packet_size=link.packet_size,
+            prn=prn,
+            flash=self.profile.flash,
+            response_timeout=self.profile.timeouts.response_s,
+        )
+
+    async def _send_image(self, link: DfuLink | None, image: PackageImage) -> DfuLink:
+        """Send one image, resuming across link failures; returns the link the image completed on.
+
+        `link` None means: find the bootloader first. Each link failure (during the transfer or while
+        finding the device again) costs one of `max_resumes` attempts, after an exponential backoff.
+        """
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        if self._run.transfer_started is None:
+            self._run.transfer_started = started
+        first_resumed_from: int | None = None
+        failures = 0
+        checked_installed = False
+        while True:
+            try:
+                if link is None:
+                    self._emit(Phase.RECONNECTING, image)
+                    link = await self._reach_bootloader()
+                if not checked_installed:
+                    if await self._installed(link, image):
+                        self._run.reports.append(ImageReport(image.kind, len(image.firmware), skipped=True))
+                        log.info(
+                            "image skipped address=%s kind=%s (already installed)", self.address, image.kind
+                        )
+                        return link
+                    checked_installed = True
+                self._emit(Phase.TRANSFERRING, image)
+                tracker = _ProgressTracker(self, image)
+                writes_before, bytes_before = link.control_writes, link.packet_bytes
+                transfer = self._new_transfer(link, image)
+                try:
+                    await link.run(transfer, tracker)
+                finally:
+                    self._run.round_trips += link.control_writes - writes_before
+                    self._run.sent_over_air += link.packet_bytes - bytes_before
+                    self._run.retries += transfer.stats.retries
+                    if first_resumed_from is None and tracker.last is not None:
+                        first_resumed_from = tracker.last.resumed_from
+            except DfuRejected:
+                if link is not None:
+                    await self._abort(link)
+                raise
+            except (DfuLinkError, DfuResponseError, BleakError) as exc:
+                # A refusal that is not a rejection (e.g. an execute out of step) is re-synchronised the same
+                # way as a drop: a new engine starts from what `select` reports.
+                if link is not None:
+                    await link.close()
+                    link = None
+                failures += 1
+                self._run.resumes += 1
+                if failures > self.options.max_resumes:
+                    raise _as_link_error(exc) from exc
+                delay = min(self.options.backoff_max_s, self.options.backoff_initial_s * 2 ** (failures - 1))
+                log.warning(
+                    "link failure address=%s kind=%s sent=%d attempt=%d backoff=%.2f error=%s",
+                    self.address, image.kind.value, self._image_sent, failures, delay, exc,
+                )  # fmt: skip
+                await asyncio.sleep(delay)
+                continue
+            self._image_sent = len(image.firmware)
+            self._run.reports.append(
+                ImageReport(
+                    image.kind,
+                    len(image.firmware),
+                    resumed_from=first_resumed_from or 0,
+                    seconds=loop.time() - started,
+                )
+            )
+            return link
+
+    async def _abort(self, link: DfuLink) -> None:
+        """Best effort: a rejected transfer is discarded and the device returns to its application."""
+        with contextlib.suppress(DfuError, BleakError, TimeoutError):
+            await link.send(OpCode.ABORT)
+        await link.close()
+
+    # --- verification -----------------------------------------------------------------------------------
+
+    async def _verify(self) -> str | None:
+        """The peripheral must come back as an application (not its bootloader) before we report success;
+        with an application image, its Device Information firmware revision is read for the record."""
+        self._emit(Phase.VERIFYING)
+        assert self.address is not None
+        address = self.address
+        seen = await find(
+            self.backend,
+            lambda s: s.address == address,
+            timeout_s=self.profile.timeouts.app_scan_s,
+            what=f"{address} running its new application",
+        )
+        client, failures = await connect(self.backend, seen.device, policy=self._policy)
+        self._run.retries += failures
+        try:
+            if has_control_point(client):
+                raise UpdateVerificationError(f"{address}: still in bootloader mode after the update")
+            if client.services.get_characteristic(FIRMWARE_REVISION) is None:
+                return None
+            try:
+                raw = await client.read_gatt_char(FIRMWARE_REVISION)
+            except BleakError as exc:
+                raise DfuLinkError(f"{address}: cannot read the firmware revision: {exc}") from exc
+            revision = bytes(raw).decode("utf-8", "replace").strip("\0 ")
+            app = self.package.image(ImageKind.APPLICATION)
+            expected = app.init.fw_version if app is not None else None
+            # Device Information carries free text; a decimal one is the application's fw_version.
+            if expected is not None and revision.isdigit() and int(revision) != expected:
+                raise UpdateVerificationError(
+                    f"{address}: runs firmware revision {revision} after the update, expected {expected}"
+                )
+            log.info("verified address=%s firmware_revision=%s", address, revision)
+            return revision
+        finally:
+            await _quiet_disconnect(client)
+
+    # --- progress ---------------------------------------------------------------------------------------
+
+    def _emit(self, phase: Phase, image: PackageImage | None = None) -> None:
+        self._phase = phase
+        if self.on_progress is None:
+            return
+        loop = asyncio.get_running_loop()
+        elapsed = loop.time() - self._run.transfer_started if self._run.transfer_started is not None else 0.0
+        size = len(image.firmware) if image is not None else 0
+        self.on_progress(
+            UpdateProgress(
+                address=self.address or self.name or "?",
+                phase=phase,
+                image_index=self._image_index,
+                image_count=len(self.package.images),
+                image_kind=image.kind if image is not None else None,
+                bytes_sent=self._run.done_bytes + (self._image_sent if image is not None else 0),
+                bytes_total=self.package.total_firmware_bytes,
+                image_bytes_sent=self._image_sent if image is not None else 0,
+                image_bytes_total=size,
+                throughput_bps=self._run.sent_over_air / elapsed if elapsed > 0 else 0.0,
+                resumes=self._run.resumes,
+                retries=self._run.retries,
+            )
+        )
+
+
+def _as_link_error(exc: Exception) -> DfuError:
+    if isinstance(exc, DfuError):
+        return exc
+    return DfuLinkError(str(exc))
+
+
+async def _quiet_disconnect(client: BleakClient) -> None:
+    with contextlib.suppress(Exception):
+        await client.disconnect()
+
+
+async def update(
+    backend: BleBackend,
+    profile: PeripheralProfile,
+    package: DfuPackage,
+    *,
+    address: str | None = None,
+    name: str | None = None,
+    options: UpdateOptions | None = None,
+    on_progress: ProgressListener | None = None,
+) -> UpdateResult:
+    """One whole update (see `Updater`)."""
+    updater = Updater(
+        backend, profile, package, address=address, name=name, options=options, on_progress=on_progress
+    )
+    return await updater.run()
+
+
+__all__ = [
+    "ImageReport",
+    "Phase",
+    "ProgressListener",
+    "UpdateOptions",
+    "UpdateProgress",
+    "UpdateResult",
+    "UpdateVerificationError",
+    "Updater",
+    "update",
+]

@@ -1,0 +1,99 @@
+"""`nrf-dfu scan` / `nrf-dfu update` on an in-process simulated air: output, JSON and exit codes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from dfu.cli import main
+from dfu.cli.update import EXIT_LINK, EXIT_PACKAGE, EXIT_REJECTED, EXIT_USAGE
+from tests.support.dfu_sim import app_zip
+
+
+@pytest.fixture
+def pkg(tmp_path: Path) -> Path:
+    path = tmp_path / "app.zip"
+    path.write_bytes(app_zip(version=2, size=0x4000))
+    return path
+
+
+def run(*args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(main, list(args))
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_scan_simulated_air_lists_peripherals_with_rssi_and_mode() -> None:
+    code, out, _ = run("scan", "--sim", "nrf52840-s140,nrf52832-s132", "--timeout", "2", "--json")
+    assert code == 0
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert {r["address"] for r in rows} == {"C0:FF:EE:00:00:10", "C0:FF:EE:00:00:20"}
+    assert all(r["mode"] == "app" and r["rssi"] < 0 and r["name"] == "Nordic_Buttonless" for r in rows)
+
+
+def test_scan_table() -> None:
+    code, out, _ = run("scan", "--sim", "nrf52840-s140", "--timeout", "1")
+    assert code == 0
+    assert "C0:FF:EE:00:00:10" in out
+    assert "1 peripheral(s)" in out
+
+
+def test_update_simulated_json(pkg: Path) -> None:
+    code, out, _ = run(
+        "update", str(pkg), "--sim", "nrf52840-s140", "--address", "C0:FF:EE:00:00:10", "--json"
+    )
+    assert code == 0, out
+    body = json.loads(out)
+    assert body["ok"] is True
+    assert body["bytes"] == 0x4000
+    assert body["simulated"] is True
+    assert body["seconds"] > 0
+    assert body["throughput_bps"] > 0
+    assert body["resumes"] == 0
+    assert body["firmware_revision"] == "2"
+
+
+def test_update_simulated_summary_line(pkg: Path) -> None:
+    code, out, _ = run(
+        "update", str(pkg), "--sim", "nrf52840-s140", "--name", "Nordic_Buttonless", "--prn", "8"
+    )
+    assert code == 0
+    assert "16384 bytes in" in out
+    assert "simulated s" in out
+    assert "resumes 0, retries" in out
+
+
+def test_usage_errors_exit_2(pkg: Path) -> None:
+    assert run("update", str(pkg), "--sim", "nrf52840-s140")[0] == EXIT_USAGE
+    assert run("update", str(pkg), "--address", "C0:FF:EE:00:00:10")[0] == EXIT_USAGE  # no profile
+    assert run("update", str(pkg), "--sim", "nope", "--address", "C0:FF:EE:00:00:10")[0] == EXIT_USAGE
+
+
+def test_bad_package_exits_3(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.zip"
+    bad.write_bytes(b"not a zip")
+    code, out, _ = run(
+        "update", str(bad), "--sim", "nrf52840-s140", "--address", "C0:FF:EE:00:00:10", "--json"
+    )
+    assert code == EXIT_PACKAGE
+    assert json.loads(out)["ok"] is False
+
+
+def test_preflight_rejection_exits_4(tmp_path: Path) -> None:
+    path = tmp_path / "hw.zip"
+    path.write_bytes(app_zip(hw_version=53))
+    code, out, _ = run(
+        "update", str(path), "--sim", "nrf52840-s140", "--address", "C0:FF:EE:00:00:10", "--json"
+    )
+    assert code == EXIT_REJECTED
+    assert "HW_VERSION_FAILURE" in json.loads(out)["error"]
+
+
+def test_missing_peripheral_exits_5(pkg: Path) -> None:
+    code, _, err = run("update", str(pkg), "--sim", "nrf52840-s140", "--name", "Nobody")
+    assert code == EXIT_LINK
+    assert "'Nobody'" in err

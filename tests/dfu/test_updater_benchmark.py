@@ -1,0 +1,31 @@
+"""The throughput benchmark runs end to end (small image) and reports every row and component."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from benchmarks import dfu_throughput
+
+
+def test_benchmark_json_rows(capsys: pytest.CaptureFixture[str]) -> None:
+    assert dfu_throughput.main(["--json", "--size", str(24 * 1024)]) == 0
+    body = json.loads(capsys.readouterr().out)
+    rows = body["rows"]
+    assert [(r["model"], r["peripherals"]) for r in rows] == [
+        ("2M PHY + DLE", 1),
+        ("1M PHY + DLE", 1),
+        ("1M PHY, no DLE", 1),
+        ("2M PHY + DLE", 1),
+        ("2M PHY + DLE", 4),
+        ("2M PHY + DLE", 8),
+    ]
+    for row in rows:
+        for key in ("ceiling_bps", "bound_s", "achieved_s", "achieved_bps", "efficiency", "cpu_s_per_mb"):
+            assert row[key] > 0, (key, row)
+        assert row["round_trips"] > 0
+        assert row["bound_s"] <= row["achieved_s"] * 1.001, "nothing beats the device bound"
+    fast, slow = rows[0], rows[2]
+    assert fast["ceiling_bps"] > rows[1]["ceiling_bps"] > slow["ceiling_bps"]
+    assert all(f["completed"] for f in body["faults"])

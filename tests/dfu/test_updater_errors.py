@@ -1,0 +1,89 @@
+"""Refusals: preflight before any radio work, and each bootloader error as the right typed error."""
+
+from __future__ import annotations
+
+import pytest
+
+from dfu.errors import DfuRejected, PreflightError
+from dfu.package import DfuPackage
+from dfu.preflight import preflight
+from dfu.protocol import ExtError, ResultCode
+from dfu.updater import UpdateOptions, update
+from profiles.model import load_profile
+from tests.support.dfu_sim import (
+    APP_ADDRESS,
+    OTHER_KEY,
+    app_package,
+    bootloader_package,
+    full_package,
+    mismatched_hash_package,
+    world,
+)
+
+S140 = load_profile("nrf52840-s140")
+NO_PREFLIGHT = UpdateOptions(preflight=False, skip_installed=False)
+
+
+@pytest.mark.parametrize(
+    ("package", "ext", "words"),
+    [
+        (lambda: app_package(hw_version=53), ExtError.HW_VERSION_FAILURE, "hardware version mismatch"),
+        (lambda: app_package(sd_req=(0x00AE,)), ExtError.SD_VERSION_FAILURE, "requires SoftDevice 0x00AE"),
+        (lambda: app_package(key=None), ExtError.SIGNATURE_MISSING, "not signed"),
+        (lambda: app_package(key=OTHER_KEY), None, "signature invalid"),
+        (lambda: app_package(size=0xD1000), ExtError.INSUFFICIENT_SPACE, "does not fit"),
+    ],
+)
+def test_preflight_refuses_before_any_radio_work(package, ext, words) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(PreflightError, match=words) as info:
+        preflight(package(), S140)
+    assert info.value.ext_error is ext
+
+
+def test_preflight_accepts_good_packages_and_skips_sd_check_after_a_new_softdevice() -> None:
+    for package in (app_package(), bootloader_package(), full_package()):
+        report = preflight(package, S140)
+        assert report.images == len(package.images)
+        assert report.signature_checked
+
+
+@pytest.mark.looptime
+async def test_preflight_error_touches_no_radio() -> None:
+    w = world(S140)
+    with pytest.raises(PreflightError):
+        await update(w.backend, S140, app_package(hw_version=53), address=APP_ADDRESS)
+    assert w.state()["mode"] == "app"
+    assert w.state()["settings"]["init_command"] == ""
+
+
+@pytest.mark.looptime
+@pytest.mark.parametrize(
+    ("package", "result", "ext"),
+    [
+        (lambda: app_package(hw_version=53), ResultCode.EXT_ERROR, ExtError.HW_VERSION_FAILURE),
+        (lambda: app_package(sd_req=(0x00AE,)), ResultCode.EXT_ERROR, ExtError.SD_VERSION_FAILURE),
+        (lambda: app_package(version=0), ResultCode.EXT_ERROR, ExtError.FW_VERSION_FAILURE),
+        (lambda: bootloader_package(version=1), ResultCode.EXT_ERROR, ExtError.FW_VERSION_FAILURE),
+        (lambda: app_package(key=OTHER_KEY), ResultCode.INVALID_OBJECT, None),
+        (lambda: app_package(key=None), ResultCode.EXT_ERROR, ExtError.SIGNATURE_MISSING),
+        (mismatched_hash_package, ResultCode.EXT_ERROR, ExtError.VERIFICATION_FAILED),
+    ],
+)
+async def test_bootloader_refusals_are_dfu_rejected(package, result, ext) -> None:  # type: ignore[no-untyped-def]
+    w = world(S140)
+    pkg: DfuPackage = package()
+    with pytest.raises(DfuRejected) as info:
+        await update(w.backend, S140, pkg, address=APP_ADDRESS, options=NO_PREFLIGHT)
+    assert info.value.result is result
+    assert info.value.ext_error is ext
+    # The updater aborted: the bootloader resets to the (still valid) application.
+    assert w.state()["app"]["version"] == 1
+
+
+@pytest.mark.looptime
+async def test_bootloader_of_the_installed_version_is_skipped_not_refused() -> None:
+    w = world(S140)
+    result = await update(w.backend, S140, bootloader_package(version=1), address=APP_ADDRESS)
+    assert [i.skipped for i in result.images] == [True]
+    assert result.bytes_sent == 0
+    assert w.state()["mode"] == "app"

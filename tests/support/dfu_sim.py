@@ -1,0 +1,127 @@
+"""Packages and simulated airs for the DFU client tests (updater, transport, buttonless, CLI).
+
+Packages are built with the real `build_package` (nrfutil-compatible) from the simulator's synthetic firmware,
+signed with the demo key the shipped profiles trust. The air is the real in-process simulator reached through
+the real bleak API (`backend_for(air)`): nothing above bleak is mocked.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from dfu.package import DfuPackage, FirmwareFile, build_package
+from dfu.signing import generate_private_key, load_private_key
+from dfu.transport.backend import BleBackend
+from profiles.model import PeripheralProfile, load_profile
+from simulator.air import Air
+from simulator.bleak_backend import backend_for
+from simulator.firmware import make_application, make_bootloader, make_softdevice
+
+REPO = Path(__file__).resolve().parents[2]
+DEMO_KEY = load_private_key(REPO / "profiles" / "keys" / "demo-private.pem")
+OTHER_KEY: ec.EllipticCurvePrivateKey = generate_private_key()
+
+S140 = 0x0100
+S140_NEW = 0x0123
+APP_ADDRESS = "C0:FF:EE:00:00:10"
+
+
+def app_zip(
+    version: int = 2,
+    size: int = 0x5000,
+    *,
+    hw_version: int = 52,
+    sd_req: tuple[int, ...] = (S140,),
+    key: ec.EllipticCurvePrivateKey | None = DEMO_KEY,
+) -> bytes:
+    return build_package(
+        hw_version=hw_version,
+        sd_req=list(sd_req),
+        application=FirmwareFile("app.bin", make_application(size, version)),
+        application_version=version,
+        key=key,
+    )
+
+
+def app_package(version: int = 2, size: int = 0x5000, **kwargs: Any) -> DfuPackage:
+    return DfuPackage.from_zip(app_zip(version, size, **kwargs))
+
+
+def bootloader_package(
+    version: int = 2, size: int = 0x6000, *, sd_req: tuple[int, ...] = (S140,)
+) -> DfuPackage:
+    data = build_package(
+        hw_version=52,
+        sd_req=list(sd_req),
+        bootloader=FirmwareFile("bl.bin", make_bootloader(size, version)),
+        bootloader_version=version,
+        key=DEMO_KEY,
+    )
+    return DfuPackage.from_zip(data)
+
+
+def full_package(
+    *, app_version: int = 2, bl_version: int = 2, sd_fwid: int = S140_NEW, sd_size: int = 0x27000
+) -> DfuPackage:
+    """SoftDevice + bootloader (one image) then application: the three-part update of reference §5."""
+    return DfuPackage.from_zip(
+        full_zip(app_version=app_version, bl_version=bl_version, sd_fwid=sd_fwid, sd_size=sd_size)
+    )
+
+
+def full_zip(
+    *, app_version: int = 2, bl_version: int = 2, sd_fwid: int = S140_NEW, sd_size: int = 0x27000
+) -> bytes:
+    return build_package(
+        hw_version=52,
+        sd_req=[S140],
+        softdevice=FirmwareFile("sd.bin", make_softdevice(sd_fwid, sd_size)),
+        sd_id=[sd_fwid],
+        bootloader=FirmwareFile("bl.bin", make_bootloader(0x6000, bl_version)),
+        bootloader_version=bl_version,
+        application=FirmwareFile("app.bin", make_application(0x5000, app_version)),
+        application_version=app_version,
+        key=DEMO_KEY,
+    )
+
+
+def mismatched_hash_package(version: int = 2, size: int = 0x3000) -> DfuPackage:
+    """An init packet describing one image, paired with another of the same size: only the final hash
+    check of the bootloader can tell."""
+    good = app_package(version, size)
+    image = good.images[0]
+    other = make_application(size, version, name="impostor")
+    return DfuPackage.from_pair(image.init_packet, other, strict=False)
+
+
+@dataclass(slots=True)
+class World:
+    air: Air
+    backend: BleBackend
+    addresses: list[str]
+
+    def state(self, index: int = 0) -> dict[str, Any]:
+        return self.air.device_state(self.addresses[index])
+
+
+def address_of(index: int) -> str:
+    return f"C0:FF:EE:00:{index // 256:02X}:{(index * 0x10) % 256 + 0x10:02X}"
+
+
+def world(profile: PeripheralProfile | str = "nrf52840-s140", count: int = 1, **add: Any) -> World:
+    """`count` factory-fresh peripherals of `profile` on a new air, one shared central."""
+    prof = load_profile(profile) if isinstance(profile, str) else profile
+    air = Air()
+    addresses = [APP_ADDRESS] if count == 1 else [address_of(i) for i in range(count)]
+    for address in addresses:
+        air.add_profile(prof, address, **add)
+    return World(air, backend_for(air), addresses)
+
+
+def in_bootloader(profile: PeripheralProfile) -> PeripheralProfile:
+    """The same profile, but devices start in bootloader mode (a restart after the switch, or a DK)."""
+    return profile.model_copy(update={"initial": profile.initial.model_copy(update={"in_bootloader": True})})
