@@ -36,7 +36,9 @@ _E = TypeVar("_E", bound=enum.IntEnum)
 UNSET_VERSION = 0xFFFFFFFF
 """nrfutil's value for "no version" (fw_version of a SoftDevice, hw_version in debug packages)."""
 SD_REQ_ANY = 0xFFFE
-"""sd_req entry meaning "any SoftDevice, or none"."""
+"""nrfutil's `--debug-mode` default sd_req. Legacy DFU (SDK <= 11, `DFU_SOFTDEVICE_ANY`) and Adafruit's
+bootloader read it as "any SoftDevice"; the nRF5 SDK 15-17 secure bootloader does NOT (it compares sd_req
+with the installed FWID only; a debug bootloader skips the check for `is_debug` packets). docs/packages.md."""
 
 _P256_HALF = 32
 

@@ -490,7 +490,7 @@ def build_package(
     if application is not None and softdevice is not None and sd_id is None:
         raise PackageError("sd_id (the new SoftDevice's FWID) is required with softdevice and application")
     if not sd_req:
-        raise PackageError("sd_req must list at least one SoftDevice FWID (0xFFFE: any)")
+        raise PackageError("sd_req must list at least one SoftDevice FWID")
 
     base_req = list(sd_req)
     if sd_id is not None:

@@ -218,21 +218,25 @@ def decode_request(data: bytes) -> Request:
 
 
 def encode_response(
-    request: OpCode,
+    request: OpCode | int,
     result: ResultCode,
     ext_error: ExtError | None = None,
     **payload: Any,
 ) -> bytes:
+    """`60 <request> <result> [ext | payload]`. `request` may be a raw byte the codec has no name for: a
+    bootloader echoes whatever opcode came in (with a non-success result)."""
+    if not 0 <= request <= 0xFF:
+        raise ProtocolError(f"request opcode {request} is not a byte")
     head = bytes([OpCode.RESPONSE, request, result])
     if result is ResultCode.EXT_ERROR:
         return head + bytes([ext_error if ext_error is not None else ExtError.NO_ERROR])
     if result is not ResultCode.SUCCESS:
         return head
     try:
-        body: bytes = RESPONSE_PAYLOADS[request].build(payload)
+        body: bytes = RESPONSE_PAYLOADS[OpCode(request)].build(payload)
         return head + body
-    except (cs.ConstructError, KeyError) as exc:
-        raise ProtocolError(f"cannot encode {request.name} response with {payload!r}: {exc}") from exc
+    except (cs.ConstructError, KeyError, ValueError) as exc:
+        raise ProtocolError(f"cannot encode a response to 0x{request:02X} with {payload!r}: {exc}") from exc
 
 
 def decode_response(data: bytes) -> Response:
@@ -354,7 +358,10 @@ def decode_buttonless_request(data: bytes) -> ButtonlessRequest:
     raise ProtocolError("a response opcode is not a request")
 
 
-def encode_buttonless_response(request: ButtonlessOpCode, result: ButtonlessResult) -> bytes:
+def encode_buttonless_response(request: ButtonlessOpCode | int, result: ButtonlessResult) -> bytes:
+    """`20 <request> <result>`; `request` may be a raw byte (the SDK echoes unknown opcodes)."""
+    if not 0 <= request <= 0xFF:
+        raise ProtocolError(f"buttonless opcode {request} is not a byte")
     return bytes([ButtonlessOpCode.RESPONSE, request, result])
 
 

@@ -56,6 +56,12 @@ class ChipInfo(_Model):
         return self.rom_size - self.bootloader_settings_size - self.bootloader_start
 
 
+SETTINGS_WRITE_BYTES = 0x400
+"""Bytes per settings-page copy the bootloader writes (init Execute, saved progress, activation): the page
+and its backup each cost one erase plus this many bytes of word writes. Shared by the simulated bootloader and
+the client's flash pacing, so both charge the same time."""
+
+
 class FlashTiming(_Model):
     """Flash costs of the bootloader (nRF52 product specification figures) and its receive buffers."""
 
@@ -133,6 +139,12 @@ class PeripheralProfile(_Model):
     max_init_packet_size: int = 512
     data_object_size: int = 4096
     save_progress_in_flash: bool = False
+    progress_survives_disconnect: bool = Field(
+        True,
+        description="SDK 15.0-15.2: RAM transfer progress outlives a BLE disconnect. False for SDK 16/17 "
+        "(and 15.3?), whose bootloader reloads its settings from flash on NRF_DFU_EVT_TRANSPORT_DEACTIVATED: "
+        "only the executed init packet (and, with save_progress_in_flash, executed objects) survive",
+    )
     inactivity_timeout_s: float = 120.0
     initial: DeviceState
 
@@ -211,6 +223,7 @@ def load_profile(name_or_path: str | Path) -> PeripheralProfile:
 
 
 __all__ = [
+    "SETTINGS_WRITE_BYTES",
     "BootloaderAddressRule",
     "ChipInfo",
     "DeviceState",

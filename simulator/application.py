@@ -88,7 +88,7 @@ class Application:
         if not data:
             raise AttError(AttError.INVALID_ATTRIBUTE_LENGTH, "empty buttonless write")
         if self.entering_bootloader:
-            return [self._indicate_raw(data[0], ButtonlessResult.BUSY, now)]
+            return [self._indicate(data[0], ButtonlessResult.BUSY, now)]
         if data[0] == ButtonlessOpCode.ENTER_BOOTLOADER:
             return self._enter_bootloader(now)  # the SDK reads the opcode only; trailing bytes are ignored
         try:
@@ -120,19 +120,14 @@ class Application:
         """Undecodable: a set-name with a lying length byte is an invalid name; anything else unsupported."""
         if data[0] == ButtonlessOpCode.SET_ADV_NAME:
             if self.bonded_variant:
-                return self._indicate_raw(data[0], ButtonlessResult.OP_CODE_NOT_SUPPORTED, now)
-            return self._indicate_raw(data[0], ButtonlessResult.INVALID_ADV_NAME, now)
-        return self._indicate_raw(data[0], ButtonlessResult.OP_CODE_NOT_SUPPORTED, now)
+                return self._indicate(data[0], ButtonlessResult.OP_CODE_NOT_SUPPORTED, now)
+            return self._indicate(data[0], ButtonlessResult.INVALID_ADV_NAME, now)
+        return self._indicate(data[0], ButtonlessResult.OP_CODE_NOT_SUPPORTED, now)
 
-    def _indicate(self, op: ButtonlessOpCode, result: ButtonlessResult, now: float) -> Notify:
+    def _indicate(self, op: ButtonlessOpCode | int, result: ButtonlessResult, now: float) -> Notify:
+        """The response indication; `op` may be a byte the codec has no name for (the SDK echoes it)."""
         assert self.buttonless_uuid is not None
         return Notify(self.buttonless_uuid, encode_buttonless_response(op, result), now, indication=True)
-
-    def _indicate_raw(self, op: int, result: ButtonlessResult, now: float) -> Notify:
-        """A response echoing an opcode byte the codec has no name for (the SDK echoes whatever came in)."""
-        assert self.buttonless_uuid is not None
-        payload = bytes([ButtonlessOpCode.RESPONSE, op, result])
-        return Notify(self.buttonless_uuid, payload, now, indication=True)
 
 
 __all__ = ["MANUFACTURER", "Application"]

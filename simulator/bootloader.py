@@ -37,7 +37,8 @@ Rules (every request; checks in the SDK's order; "ext X" = result 0x0B + extende
   OPERATION_NOT_PERMITTED; past the object's end -> INVALID_PARAMETER; fstorage queue full -> dropped.
   Over BLE a write is never answered, so every failure above is a silent drop (counted in `drops`) — except
   that the PRN counter still runs, and a PRN falling due on a failed write carries that write's result
-  (`60 03 <result>`), as `dfu_req_handler_rsp_clbk` does.
+  (`60 03 <result>`), as `ble_dfu_req_handler_callback` does; one falling due on a write the fstorage queue
+  refused reports `60 03 01` with offset 0 and CRC 0 (the response struct was never filled in).
 - PRN = N > 0: every N-th packet that got a buffer is answered `60 03 01 <offset> <crc>` of the current object
   type (byte-identical to a Calculate checksum response); the counter runs during init packet writes too.
 - Execute command: bytes missing -> OPERATION_NOT_PERMITTED; already validated -> SUCCESS (the SDK's
@@ -66,7 +67,8 @@ Rules (every request; checks in the SDK's order; "ext X" = result 0x0B + extende
   after the answer and the settings write; a failed update is discarded.
 - Activation: application -> new app version/size/hash; bootloader -> new bootloader version (app kept);
   SoftDevice(+bootloader) -> FWID and size read from the new SoftDevice's info structure (magic, and its size
-  field >= sd_size, else INVALID_OBJECT), bootloader version from the init packet. A *major* SoftDevice
+  field, the SoftDevice's end address, >= ALIGN_TO_PAGE(sd_size + MBR size), else INVALID_OBJECT; the app
+  then starts at that end address), bootloader version from the init packet. A *major* SoftDevice
   update invalidates the application ("may not be compatible with the new SD"), so the device comes back in
   the bootloader and the app must be sent again; a major update of the SoftDevice alone (no bootloader) is
   refused with INVALID_OBJECT, as SDK 17 does. Synthetic SoftDevices carry no version number, so "major"
@@ -79,6 +81,10 @@ Rules (every request; checks in the SDK's order; "ext X" = result 0x0B + extende
 - Abort -> SUCCESS, then the device resets (into the app if valid, else back into the bootloader).
 - Inactivity: no Create, data Execute or connection for profile.inactivity_timeout_s -> reset (into the app
   if valid; with no valid app the bootloader restarts, losing RAM progress).
+
+Disconnect: with `profile.progress_survives_disconnect` (SDK 15.0-15.2, the default) RAM progress outlives the
+link; without it (SDK 16/17) the bootloader reloads the settings page on disconnect, so `select` then reports
+the last *stored* progress: the executed init packet, data only as far as `save_progress_in_flash` saved it.
 
 Deliberate simplifications (documented, not hidden): the receive-buffer pool is sized at build time from the
 profile's maximum MTU (`MAX_DFU_BUFFERS` in nrf_dfu_ble.c), not from the negotiated one; executing a data
@@ -111,7 +117,7 @@ from dfu.protocol import (
     encode_response,
 )
 from profiles.gatt import CONTROL_POINT
-from profiles.model import PeripheralProfile
+from profiles.model import SETTINGS_WRITE_BYTES, PeripheralProfile
 from simulator.device import (
     DeviceState,
     Emission,
@@ -124,7 +130,7 @@ from simulator.device import (
     ResetTarget,
     SavedDataProgress,
 )
-from simulator.firmware import read_softdevice_info
+from simulator.firmware import read_softdevice_info, softdevice_end
 from simulator.flash import Flash
 
 PROTOCOL_VERSION = 1
@@ -132,8 +138,6 @@ SD_REQ_APP_OVERWRITES_SD = 0x00
 """sd_req[0] == 0: "no SoftDevice needed" (an app replacing the SoftDevice)."""
 APP_DATA_RESERVED_PAGES = 3
 """NRF_DFU_APP_DATA_AREA_SIZE of the SDK examples (12 kB below the bootloader kept for app data)."""
-SETTINGS_WRITE_BYTES = 0x400
-"""Bytes written per settings page copy (the page and its backup)."""
 ECDSA_VERIFY_S = 0.1
 """CPU time of one ECDSA P-256 verification on an nRF52 with micro-ecc (about 100-200 ms)."""
 HASH_BYTES_PER_S = 2_000_000.0
@@ -193,20 +197,17 @@ class Bootloader:
         self._cpu_free_at = now
         self._pending_reset: tuple[float, Reset] | None = None
         self._inactivity_deadline = now + profile.inactivity_timeout_s
-        # RAM copy of the settings page.
-        saved = state.settings
-        self._command = bytearray(saved.init_command[: saved.command_offset])
-        self._command_size = saved.command_size
-        self._command_crc = saved.command_crc
         self._init: InitPacket | None = None
         self._firmware_size = 0
         self._in_place = False  # a single-bank app update is written over bank 0: nothing to copy on boot
-        if saved.init_executed:
-            self._restore_init(saved.init_command)
-        self._data = _DataProgress()
-        if profile.save_progress_in_flash and saved.data is not None and self._init is not None:
-            d = saved.data
-            self._data = _DataProgress(0, d.offset, d.crc, d.offset, d.crc, bytearray(d.image[: d.offset]))
+        if state.settings.init_executed:
+            self._restore_init(state.settings.init_command)
+        # RAM copy of the settings page (set by `_load_settings`, reset by `_wipe_progress`)
+        self._command: bytearray
+        self._command_size: int
+        self._command_crc: int
+        self._data: _DataProgress
+        self._load_settings()
 
     # --- introspection -------------------------------------------------------------------------------------
 
@@ -253,8 +254,12 @@ class Bootloader:
         self._restart_inactivity(now)
 
     def on_disconnect(self, now: float) -> None:
-        """The bootloader keeps running and advertising: RAM progress survives a disconnect."""
+        """The bootloader keeps running and advertising. SDK 15.0-15.2 keep RAM progress; later ones reload
+        the settings page (`nrf_dfu_settings_reinit()` on NRF_DFU_EVT_TRANSPORT_DEACTIVATED), so only what
+        reached it survives (the init packet's validity is a RAM flag of nrf_dfu_validation.c and is kept)."""
         self.connected = False
+        if not self.profile.progress_survives_disconnect:
+            self._load_settings()
 
     def poll(self, now: float) -> list[Emission]:
         if self.halted:
@@ -276,9 +281,8 @@ class Bootloader:
         try:
             opcode = OpCode(data[0])
         except ValueError:
-            # encode_response needs a known opcode; the SDK echoes whatever byte came in.
-            raw = bytes([OpCode.RESPONSE, data[0], ResultCode.OP_CODE_NOT_SUPPORTED])
-            return [self._notify(raw, now)]
+            # the SDK echoes whatever byte came in
+            return [self._notify(encode_response(data[0], ResultCode.OP_CODE_NOT_SUPPORTED), now)]
         if opcode in (OpCode.RESPONSE, OpCode.MTU_GET, OpCode.WRITE):
             return [self._respond(opcode, ResultCode.OP_CODE_NOT_SUPPORTED, now)]
         if opcode is OpCode.CREATE:
@@ -297,7 +301,7 @@ class Bootloader:
         if not self.flash.has_free_buffer(now):
             self.drops.no_buffer += 1
             return []
-        result = self._write(bytes(data), now)
+        result, stored = self._write(bytes(data), now)
         if self._prn == 0:
             return []
         self._prn_count -= 1
@@ -306,7 +310,9 @@ class Bootloader:
         self._prn_count = self._prn
         if result is not ResultCode.SUCCESS:
             return [self._respond(OpCode.CALC_CHECKSUM, result, now)]
-        offset, crc = self._offset_crc()
+        # The PRN carries the write response's offset/CRC; a write the fstorage queue refused never filled
+        # them in, so it reports the zeroed response struct (`on_data_obj_write_request` returns early).
+        offset, crc = self._offset_crc() if stored else (0, 0)
         return [self._respond(OpCode.CALC_CHECKSUM, ResultCode.SUCCESS, now, offset=offset, crc=crc)]
 
     # --- requests ------------------------------------------------------------------------------------------
@@ -635,43 +641,50 @@ class Bootloader:
             return
         sd_size = init.sd_size or 0
         info = read_softdevice_info(image[:sd_size])
-        if info is None or info.image_size < sd_size:
+        chip = self.profile.chip
+        if info is None or info.end_address < softdevice_end(
+            sd_size, mbr_size=chip.mbr_size, page_size=chip.page_size
+        ):
             raise _Refused(ResultCode.INVALID_OBJECT)  # `softdevice_info_ok()`
         major = info.fwid != st.softdevice.fwid
         if major and fw_type is FwType.SOFTDEVICE:
             raise _Refused(ResultCode.INVALID_OBJECT)  # "Major SD update but no BL": would strand the BL
-        st.softdevice = InstalledSoftDevice(fwid=info.fwid, size=sd_size)
+        # The application now starts where the info struct says (`SD_SIZE_GET(MBR_SIZE)`).
+        st.softdevice = InstalledSoftDevice(fwid=info.fwid, size=info.end_address - chip.mbr_size)
         if major:
             st.app = None  # "Invalidate app since it may not be compatible with new SD."
         if fw_type is FwType.SOFTDEVICE_BOOTLOADER:
             st.bootloader = InstalledBootloader(version=version, size=init.bl_size or 0)
 
-    def _write(self, data: bytes, now: float) -> ResultCode:
-        """One packet, as `on_*_obj_write_request` handles it; failures are silent drops over BLE."""
+    def _write(self, data: bytes, now: float) -> tuple[ResultCode, bool]:
+        """One packet, as `on_*_obj_write_request` handles it; failures are silent drops over BLE.
+
+        Returns the write's result and whether the write response's offset/CRC were filled in (False only when
+        the fstorage queue refused the data: the result stays SUCCESS, the offset/CRC stay zero)."""
         if self._current is ObjectType.COMMAND:
             if len(self._command) + len(data) > self._command_size:
                 self.drops.past_object_end += 1
-                return ResultCode.INVALID_PARAMETER
+                return ResultCode.INVALID_PARAMETER, True
             self._command += data
             self._command_crc = zlib.crc32(data, self._command_crc)
-            return ResultCode.SUCCESS
+            return ResultCode.SUCCESS, True
         if self._current is not ObjectType.DATA:
             self.drops.invalid_object += 1
-            return ResultCode.INVALID_OBJECT
+            return ResultCode.INVALID_OBJECT, True
         d = self._data
         if self._init is None:
             self.drops.not_permitted += 1
-            return ResultCode.OPERATION_NOT_PERMITTED
+            return ResultCode.OPERATION_NOT_PERMITTED, True
         if d.offset - d.executed_offset + len(data) > d.object_size:
             self.drops.past_object_end += 1
-            return ResultCode.INVALID_PARAMETER
+            return ResultCode.INVALID_PARAMETER, True
         if not self.flash.write(now, len(data)):
             self.drops.queue_full += 1
-            return ResultCode.SUCCESS
+            return ResultCode.SUCCESS, False
         d.image += data
         d.offset += len(data)
         d.crc = zlib.crc32(data, d.crc)
-        return ResultCode.SUCCESS
+        return ResultCode.SUCCESS, True
 
     # --- helpers -------------------------------------------------------------------------------------------
 
@@ -698,6 +711,17 @@ class Bootloader:
         except (PackageError, _Refused):
             return
         self._init = init
+
+    def _load_settings(self) -> None:
+        """The RAM copy of the settings page: command object progress, and data progress when saved."""
+        saved = self.state.settings
+        self._command = bytearray(saved.init_command[: saved.command_offset])
+        self._command_size = saved.command_size
+        self._command_crc = saved.command_crc
+        self._data = _DataProgress()
+        if self.profile.save_progress_in_flash and saved.data is not None and self._init is not None:
+            d = saved.data
+            self._data = _DataProgress(0, d.offset, d.crc, d.offset, d.crc, bytearray(d.image[: d.offset]))
 
     def _wipe_progress(self) -> None:
         """`nrf_dfu_settings_progress_reset()` in RAM: init packet, its validity and data progress."""

@@ -17,6 +17,19 @@ SD_MAGIC_OFFSET = 0x2004
 SD_SIZE_OFFSET = 0x2008
 SD_FWID_OFFSET = 0x200C
 SD_INFO_SIZE = 0x18  # the size byte at 0x2000 must cover the FWID field at least
+MBR_SIZE = 0x1000
+"""The MBR below every SoftDevice: a SoftDevice image (as in a DFU package) starts at this address."""
+PAGE_SIZE = 0x1000
+
+
+def softdevice_end(image_size: int, *, mbr_size: int = MBR_SIZE, page_size: int = PAGE_SIZE) -> int:
+    """The value of a SoftDevice's info-struct size field (`SD_SIZE_GET`) for an image of `image_size` bytes.
+
+    It is the SoftDevice's end address in flash, MBR included, page-aligned: where the application starts.
+    The SDK's `softdevice_info_ok()` refuses a new SoftDevice whose field is below
+    `ALIGN_TO_PAGE(sd_size + MBR_SIZE)` (sd_size from the init packet, i.e. the image length).
+    """
+    return -(-(image_size + mbr_size) // page_size) * page_size
 
 
 def _filler(size: int, seed: bytes) -> bytes:
@@ -43,12 +56,16 @@ def make_bootloader(size: int, version: int) -> bytes:
 
 
 def make_softdevice(fwid: int, size: int = 0x26000, *, valid_info: bool = True) -> bytes:
-    """A SoftDevice image with an info structure at 0x2000 (size, magic, image size, FWID)."""
+    """A SoftDevice image with an info structure at 0x2000 (info size, magic, SD_SIZE, FWID).
+
+    The SD_SIZE field holds `softdevice_end(size)` (end address incl. the MBR), as real SoftDevices do:
+    S140 6.1.1 is a 0x25000-byte image whose field reads 0x26000.
+    """
     if size < SD_INFO_OFFSET + SD_INFO_SIZE:
         raise ValueError("SoftDevice image too small to hold its info structure")
     image = bytearray(_filler(size, f"softdevice:{fwid:04x}".encode()))
     magic = SD_MAGIC if valid_info else 0xFFFFFFFF
-    info = struct.pack("<B3xIIH", SD_INFO_SIZE, magic, size, fwid)
+    info = struct.pack("<B3xIIH", SD_INFO_SIZE, magic, softdevice_end(size), fwid)
     image[SD_INFO_OFFSET : SD_INFO_OFFSET + len(info)] = info
     return bytes(image)
 
@@ -57,7 +74,12 @@ def make_softdevice(fwid: int, size: int = 0x26000, *, valid_info: bool = True) 
 class SoftDeviceInfo:
     info_size: int
     image_size: int
+    """The raw SD_SIZE field: the SoftDevice's end address in flash, MBR included (see `softdevice_end`)."""
     fwid: int
+
+    @property
+    def end_address(self) -> int:
+        return self.image_size
 
 
 def read_softdevice_info(image: bytes) -> SoftDeviceInfo | None:

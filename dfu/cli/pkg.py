@@ -68,7 +68,9 @@ def pkg() -> None:
 @click.option("--softdevice", type=_FILE, help=".hex/.bin")
 @click.option("--hw-version", type=NRFUTIL_INT, help="Hardware version the device must report.")
 @click.option(
-    "--sd-req", help="SoftDevice FWIDs accepted on the device, comma-separated: 0xB6,0x100 (0xFFFE any)."
+    "--sd-req",
+    help="SoftDevice FWIDs accepted on the device, comma-separated: 0xB6,0x100. 0xFFFE is no wildcard for "
+    "SDK 15-17 secure bootloaders (docs/packages.md).",
 )
 @click.option(
     "--sd-id", help="FWIDs of the SoftDevice in this package; the application's sd_req (with --softdevice)."
@@ -106,11 +108,19 @@ def generate(
     if hw_version is None:
         raise click.UsageError("--hw-version is required")
     if not sd_req:
-        raise click.UsageError("--sd-req is required (0xFFFE accepts any SoftDevice)")
+        raise click.UsageError("--sd-req is required (the FWID of the SoftDevice on the device)")
     try:
+        sd_req_list = parse_sd_list(sd_req)
+        if not debug_mode and SD_REQ_ANY in sd_req_list and len(set(sd_req_list)) == 1:
+            click.echo(
+                f'warning: --sd-req {SD_REQ_ANY:#x} is not "any SoftDevice" for nRF5 SDK 15-17 secure '
+                "bootloaders: they refuse this package (SD_VERSION_FAILURE) unless it is a debug package "
+                "for a debug bootloader. List the FWID of the installed SoftDevice.",
+                err=True,
+            )
         data = build_package(
             hw_version=hw_version,
-            sd_req=parse_sd_list(sd_req),
+            sd_req=sd_req_list,
             sd_id=parse_sd_list(sd_id) if sd_id else None,
             application=FirmwareFile.from_path(application) if application else None,
             application_version=application_version,

@@ -175,3 +175,17 @@ def test_application_version_string(files: dict[str, Path], tmp_path: Path) -> N
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     assert DfuPackage.load(out).images[0].init.fw_version == 20731
+
+
+def test_generate_warns_that_0xfffe_is_no_wildcard(files: dict[str, Path], tmp_path: Path) -> None:
+    """SDK 15-17 secure bootloaders compare sd_req with the installed FWID only (docs/packages.md)."""
+    args = ["pkg", "generate", "--application", files["app.hex"], "--application-version", "1"]
+    args += ["--hw-version", "52"]
+    warned = run(*args, "--sd-req", "0xFFFE", tmp_path / "any.zip")
+    assert warned.exit_code == 0
+    assert 'not "any SoftDevice"' in warned.output
+    quiet = run(*args, "--sd-req", "0xFFFE,0x100", tmp_path / "listed.zip")
+    assert quiet.exit_code == 0
+    assert "warning" not in quiet.output
+    debug = run("pkg", "generate", "--application", files["app.hex"], "--debug-mode", tmp_path / "d.zip")
+    assert "warning" not in debug.output

@@ -239,3 +239,49 @@ def test_activation_charges_the_copy_into_place_unless_written_in_place() -> Non
     reset = small.run_until_reset()
     assert kind(reset) == ("app", ResetReason.ACTIVATED)
     assert reset.boot_work_s == 0.0
+
+
+def test_prn_due_on_a_write_the_flash_queue_refused_reports_zeros() -> None:
+    """`on_data_obj_write_request` returns before filling in offset/CRC; the PRN sends the zeroed struct."""
+    d = Driver.fresh()
+    assert d.send_init(signed_init(d.profile, APP)).ok
+    d.request(OpCode.SET_PRN, prn=1)
+    d.request(OpCode.CREATE, type=ObjectType.DATA, size=4096)
+    seen: list[tuple[bool, dict[str, int] | None]] = []
+    for i in range(0, 4096, 244):
+        before = d.bl.drops.queue_full
+        (note,) = d.packet(APP[i : i + 244])
+        response = decode_response(note.payload)
+        assert response.ok
+        seen.append((d.bl.drops.queue_full > before, response.payload))
+    refused = [payload for dropped, payload in seen if dropped]
+    stored = [payload for dropped, payload in seen if not dropped]
+    assert refused
+    assert stored
+    assert all(p == {"offset": 0, "crc": 0} for p in refused)
+    assert all(
+        p is not None and p["offset"] > 0 and p["crc"] == zlib.crc32(APP[: p["offset"]]) for p in stored
+    )
+
+
+@pytest.mark.parametrize(("saved_in_flash", "resume_at"), [(False, 0), (True, 4096)])
+def test_sdk17_disconnect_reloads_the_settings_page(saved_in_flash: bool, resume_at: int) -> None:
+    """SDK 16/17: NRF_DFU_EVT_TRANSPORT_DEACTIVATED -> nrf_dfu_settings_reinit(): RAM progress is gone, the
+    executed init packet (and executed objects saved to flash) remain."""
+    d = Driver.fresh(profile(progress_survives_disconnect=False, save_progress_in_flash=saved_in_flash))
+    init = signed_init(d.profile, APP)
+    assert d.send_init(init).ok
+    d.request(OpCode.SELECT, type=ObjectType.DATA)
+    assert d.send_object(APP, 0, 4096).ok
+    d.request(OpCode.CREATE, type=ObjectType.DATA, size=4096)
+    d.stream(APP[4096:6000])
+    d.bl.on_disconnect(d.now)
+    d.advance(5.0)
+    d.bl.on_connect(d.now, 247)
+    command = d.request(OpCode.SELECT, type=ObjectType.COMMAND)
+    assert command.payload == {"max_size": 512, "offset": len(init), "crc": zlib.crc32(init)}
+    assert d.request(OpCode.EXECUTE).ok  # already valid: no effect
+    select = d.request(OpCode.SELECT, type=ObjectType.DATA)
+    assert select.payload == {"max_size": 4096, "offset": resume_at, "crc": zlib.crc32(APP[:resume_at])}
+    assert d.send_data(APP, first=resume_at).ok
+    assert d.run_until_reset().reason is ResetReason.ACTIVATED

@@ -18,7 +18,14 @@ from dfu.init_packet import (
 )
 from dfu.protocol import ExtError, ObjectType, OpCode, ResultCode
 from simulator.device import Reset, ResetReason
-from simulator.firmware import make_application, make_bootloader, make_softdevice
+from simulator.firmware import (
+    SD_SIZE_OFFSET,
+    make_application,
+    make_bootloader,
+    make_softdevice,
+    read_softdevice_info,
+    softdevice_end,
+)
 from tests.simulator.bootloader_driver import Driver, demo_key, kind, profile, signed_init
 
 APP = make_application(6000, 2)
@@ -267,3 +274,38 @@ def test_minor_softdevice_update_keeps_the_app() -> None:
     assert d.update(signed_init(d.profile, image, FwType.SOFTDEVICE), image).ok
     assert kind(d.run_until_reset()) == ("app", ResetReason.ACTIVATED)
     assert d.state.app is not None
+
+
+def _with_size_field(image: bytes, value: int) -> bytes:
+    patched = bytearray(image)
+    patched[SD_SIZE_OFFSET : SD_SIZE_OFFSET + 4] = value.to_bytes(4, "little")
+    return bytes(patched)
+
+
+@pytest.mark.parametrize(
+    ("size_field", "ok"),
+    [
+        (0x27000 + 0x1000, True),  # what real SoftDevices carry: the end address, MBR included
+        (0x29000, True),  # larger is fine (the SDK only checks a lower bound)
+        (0x27000 + 0x1000 - 1, False),
+        (0x27000, False),  # the plain image length: below ALIGN_TO_PAGE(sd_size + MBR_SIZE)
+    ],
+)
+def test_softdevice_info_size_field_is_the_end_address(size_field: int, ok: bool) -> None:
+    """`softdevice_info_ok()`: SD_SIZE_GET(new) >= ALIGN_TO_PAGE(sd_size + MBR_SIZE), else invalid object."""
+    d = Driver.fresh()
+    image = _with_size_field(make_softdevice(0x0100, 0x27000), size_field)
+    response = d.update(signed_init(d.profile, image, FwType.SOFTDEVICE), image)
+    assert response.ok is ok
+    if ok:
+        assert kind(d.run_until_reset()) == ("app", ResetReason.ACTIVATED)
+        assert d.state.softdevice.size == size_field - d.profile.chip.mbr_size  # the app starts there
+    else:
+        assert response.result is ResultCode.INVALID_OBJECT
+        assert d.run_until_reset() == Reset("app", ResetReason.UPDATE_FAILED)
+
+
+def test_synthetic_softdevice_size_field_is_page_aligned_end_address() -> None:
+    info = read_softdevice_info(make_softdevice(0x0100, 0x25004))
+    assert info is not None
+    assert info.end_address == softdevice_end(0x25004) == 0x27000
