@@ -1,0 +1,74 @@
+"""`gateway-agent`: run the daemon, validate a configuration, (later) run the demo."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+
+import click
+
+from gateway_agent.config import ConfigError, check_config, load_config
+from gateway_agent.logs import kv, setup_logging
+
+log = logging.getLogger("gateway_agent")
+
+
+@click.group()
+def main() -> None:
+    """nRF Cloud BLE FOTA gateway agent."""
+
+
+@main.command("check-config")
+@click.argument("config_file", type=click.Path(path_type=Path))
+def check_config_cmd(config_file: Path) -> None:
+    """Validate CONFIG_FILE (with environment overrides) and print every problem at once."""
+    cfg, problems = check_config(config_file)
+    if problems:
+        for problem in problems:
+            click.echo(problem, err=True)
+        click.echo(f"{len(problems)} problem(s) in {config_file}", err=True)
+        sys.exit(1)
+    assert cfg is not None
+    click.echo(f"{config_file}: OK (gateway {cfg.gateway.id}, {len(cfg.peripherals)} peripheral(s))")
+
+
+@main.command()
+@click.option("--config", "config_file", required=True, type=click.Path(path_type=Path), help="TOML file")
+@click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
+def run(config_file: Path, log_level: str) -> None:
+    """Run the agent until SIGTERM/SIGINT; exits 0 after a graceful stop."""
+    setup_logging(getattr(logging, log_level.upper()))
+    try:
+        cfg = load_config(config_file)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            log.error("config_invalid", extra=kv(problem=problem))
+        sys.exit(2)
+    asyncio.run(_run(cfg))
+
+
+async def _run(cfg: object) -> None:
+    from gateway_agent.app import Agent
+    from gateway_agent.config import AgentConfig
+
+    assert isinstance(cfg, AgentConfig)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    agent = Agent(cfg)
+    await agent.run(stop)
+
+
+@main.command()
+def demo() -> None:
+    """The end-to-end demo (not yet available)."""
+    click.echo("gateway-agent demo: not yet available")
+    sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,256 @@
+"""The MQTT link to nRF Cloud (aiomqtt): mutual TLS, reconnect with capped backoff, the outbox drain.
+
+After every (re)connect the link subscribes again, asks for the shadow, reports `fota_v2_ble` and the
+peripherals, and tells the agent (`on_connected`) so it can ask for pending jobs. Incoming job tuples and
+shadow documents are handed to the agent as bytes; the link never decides anything about jobs.
+
+Outgoing statuses come only from the journal's outbox: published with QoS 1 one at a time, in order, and
+deleted only once aiomqtt's `publish` returned (it waits for the PUBACK), so a broken connection resends the
+unacknowledged row after the reconnect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import aiomqtt
+
+from gateway_agent.cloud.shadow import ShadowView, read_shadow, reported_state
+from gateway_agent.cloud.topics import ShadowFamily, Topics
+from gateway_agent.journal import Journal, MessageKind
+from gateway_agent.logs import kv
+from gateway_agent.outbox import next_batch
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Backoff:
+    """Capped exponential backoff with jitter (sans-I/O: the caller sleeps)."""
+
+    initial_s: float
+    max_s: float
+    rng: random.Random = field(default_factory=random.Random)
+    attempt: int = 0
+
+    def next_delay(self) -> float:
+        base = min(self.max_s, self.initial_s * (2**self.attempt))
+        self.attempt = min(self.attempt + 1, 30)
+        return float(base * (0.5 + self.rng.random() / 2))
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+
+@dataclass(frozen=True)
+class LinkSettings:
+    gateway_id: str
+    host: str
+    port: int
+    ca_file: str
+    cert_file: str
+    key_file: str
+    topic_prefix: str | None = None
+    shadow_family: ShadowFamily = "aws"
+    keepalive_s: int = 60
+    connect_timeout_s: float = 10.0
+    reconnect_min_s: float = 1.0
+    reconnect_max_s: float = 60.0
+    publish_timeout_s: float = 30.0
+
+
+def tls_context(settings: LinkSettings) -> ssl.SSLContext:
+    """TLS 1.2+, the broker verified against our CA file, our device certificate presented."""
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=settings.ca_file)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(settings.cert_file, settings.key_file)
+    return ctx
+
+
+def _explain(exc: BaseException) -> str:
+    """An operator's reading of a failed connection."""
+    text = str(exc)
+    low = text.lower()
+    if "certificate verify failed" in low:
+        return f"the broker's certificate is not trusted by broker.ca_file ({text})"
+    if any(s in low for s in ("unknown ca", "bad certificate", "certificate required", "alert", "eof")):
+        return f"the broker refused our certificate or closed the TLS handshake ({text})"
+    if "timed out" in low or "timeout" in low:
+        return (
+            f"no answer to CONNECT ({text}): the broker may have refused our certificate "
+            "(broker.cert_file/key_file, TLS 1.3 reports it late) or is overloaded"
+        )
+    if "refused" in low:
+        return f"connection refused ({text})"
+    return text or type(exc).__name__
+
+
+class CloudLink:
+    def __init__(
+        self,
+        settings: LinkSettings,
+        journal: Journal,
+        *,
+        on_job: Callable[[bytes], None],
+        on_shadow: Callable[[ShadowView], None],
+        on_connected: Callable[[], None],
+        peripherals: Callable[[], dict[str, bool]],
+        rng: random.Random | None = None,
+    ) -> None:
+        self.settings = settings
+        self.journal = journal
+        self.topics = Topics(settings.gateway_id, settings.topic_prefix, settings.shadow_family)
+        self._on_job = on_job
+        self._on_shadow = on_shadow
+        self._on_connected = on_connected
+        self._peripherals = peripherals
+        self._backoff = Backoff(settings.reconnect_min_s, settings.reconnect_max_s, rng or random.Random())
+        self.outbox_wake = asyncio.Event()
+        self.connected = asyncio.Event()
+        self._client: aiomqtt.Client | None = None
+        self.connects = 0
+        self.failures = 0
+        self.failure = asyncio.Event()
+        """set on every failed or lost connection (tests and benchmarks wait on it)"""
+        self.last_error = ""
+        self.connected_at: float | None = None
+        self.first_request_at: float | None = None
+
+    def wake(self) -> None:
+        """New rows in the outbox."""
+        self.outbox_wake.set()
+
+    async def run(self) -> None:
+        """Forever: connect, serve, and after any failure wait (backoff) and connect again."""
+        while True:
+            try:
+                await self._session()
+            except aiomqtt.MqttError as exc:
+                self._failed(
+                    exc, "broker_disconnected" if self.connected.is_set() else "broker_connect_failed"
+                )
+            except (OSError, ssl.SSLError) as exc:
+                self._failed(exc, "broker_unreachable")
+            except Exception as exc:  # a bug in one session must not end the link for good
+                log.exception("broker_session_crashed", extra=kv(host=self.settings.host))
+                self._failed(exc, "broker_session_crashed")
+            finally:
+                self.connected.clear()
+                self._client = None
+            delay = self._backoff.next_delay()
+            log.info("broker_reconnect_wait", extra=kv(seconds=f"{delay:.2f}"))
+            await asyncio.sleep(delay)
+
+    def _failed(self, exc: BaseException, event: str) -> None:
+        self.last_error = _explain(exc)
+        self.failures += 1
+        self.failure.set()
+        log.warning(event, extra=kv(host=self.settings.host, port=self.settings.port, error=self.last_error))
+
+    async def _session(self) -> None:
+        s = self.settings
+        client = aiomqtt.Client(
+            s.host,
+            s.port,
+            identifier=s.gateway_id,
+            tls_context=tls_context(s),
+            protocol=aiomqtt.ProtocolVersion.V311,
+            keepalive=s.keepalive_s,
+            clean_session=True,
+            timeout=s.connect_timeout_s,  # aiomqtt's default for every operation; the CONNACK wait above all
+        )
+        async with client:
+            self._client = client
+            self.connects += 1
+            self.connected_at = asyncio.get_running_loop().time()
+            self._backoff.reset()
+            log.info("broker_connected", extra=kv(host=s.host, port=s.port, client_id=s.gateway_id))
+            for topic in self.topics.subscriptions():
+                await client.subscribe(topic, qos=1, timeout=s.publish_timeout_s)
+            await client.publish(self.topics.shadow_get, b"", qos=1, timeout=s.publish_timeout_s)
+            await self.report_shadow()
+            self.connected.set()
+            self._on_connected()
+            self.wake()
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._drain_outbox(client))
+                tg.create_task(self._receive(client))
+
+    async def report_shadow(self) -> None:
+        if self._client is None:
+            return
+        await self._client.publish(
+            self.topics.shadow_update,
+            reported_state(self._peripherals()),
+            qos=1,
+            timeout=self.settings.publish_timeout_s,
+        )
+
+    async def _receive(self, client: aiomqtt.Client) -> None:
+        async for message in client.messages:
+            topic = str(message.topic)
+            payload = message.payload if isinstance(message.payload, bytes) else str(message.payload).encode()
+            if self.topics.prefix is not None and topic == self.topics.job_receive:
+                self._on_job(payload)
+            elif topic in self.topics.shadow_get_accepted or topic == self.topics.shadow_delta:
+                await self._shadow(client, read_shadow(payload))
+            else:
+                log.debug("mqtt_ignored", extra=kv(topic=topic))
+
+    async def _shadow(self, client: aiomqtt.Client, view: ShadowView) -> None:
+        if view.topic_prefix is not None and self.topics.prefix is None:
+            self.topics = Topics(self.topics.gateway_id, view.topic_prefix, self.topics.shadow_family)
+            log.info("topic_prefix_learned", extra=kv(prefix=view.topic_prefix))
+            await client.subscribe(self.topics.job_receive, qos=1, timeout=self.settings.publish_timeout_s)
+            self._on_shadow(view)
+            self._on_connected()  # now the job topics exist: ask for pending jobs
+            self.wake()
+            return
+        self._on_shadow(view)
+
+    async def _drain_outbox(self, client: aiomqtt.Client) -> None:
+        while True:
+            self.outbox_wake.clear()
+            rows = self.journal.outbox_peek()
+            if not rows or self.topics.prefix is None:
+                await self.outbox_wake.wait()
+                continue
+            batch = next_batch(rows)
+            self.journal.outbox_ack(batch.drop)
+            for row in batch.send:
+                msg = row.message
+                topic = self.topics.job_update if msg.kind is MessageKind.UPDATE else self.topics.job_request
+                await client.publish(topic, msg.payload, qos=1, timeout=self.settings.publish_timeout_s)
+                self.journal.outbox_ack([row.id])
+                if msg.kind is MessageKind.UPDATE:
+                    log.debug("status_published", extra=kv(job=msg.job_id, peripheral=msg.peripheral))
+                    continue
+                now = asyncio.get_running_loop().time()
+                if self.first_request_at is None:
+                    self.first_request_at = now
+                since = now - self.connected_at if self.connected_at is not None else 0.0
+                log.info(
+                    "jobs_requested",
+                    extra=kv(peripheral=msg.peripheral, since_connect_ms=f"{since * 1e3:.1f}"),
+                )
+
+    async def flush(self) -> bool:
+        """Wait until the outbox is empty (True) or the link is down (False). For graceful shutdown."""
+        while self.journal.outbox_len():
+            if not self.connected.is_set():
+                return False
+            self.wake()
+            await asyncio.sleep(0.05)
+        return True
+
+
+async def cancel_and_wait(task: asyncio.Task[object]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task

@@ -1,0 +1,367 @@
+"""Execution state of BLE FOTA jobs: which status to report when. Sans-I/O, idempotent, deduplicated.
+
+Theory of operation
+-------------------
+The I/O shell feeds events (`on_message`, `on_download_progress`, `on_downloaded`, `on_dfu_progress`,
+`on_dfu_finished`, ...) each with an explicit `now`. The core answers a list of effects:
+
+- `Report(update)`      — a `jobs/ble/update` tuple for the persistent outbox (the ONE status channel);
+- `StartDownload(exe)`  — fetch the job's files;       - `StartDfu(exe)` — update the peripheral;
+- `RequestJobs(addr)`   — publish `jobs/ble/req` for a peripheral;
+- `Dropped(reason)`     — nothing to answer (unreadable payload, duplicate delivery): log it.
+
+After each call the shell persists `take_dirty()` together with the reports in one journal transaction, so the
+state and the statuses it implies are never out of step after a crash.
+
+Status per execution: DOWNLOADING 0..100 % (rate-limited) → IN_PROGRESS (transfer %, rate-limited) →
+SUCCEEDED / FAILED / REJECTED exactly once. A job id that reached a terminal status for a peripheral is
+ignored if delivered again; an unfinished one delivered again is a duplicate (ignored); a different job for a
+busy peripheral waits its turn (scheduler.py).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
+
+from dfu.errors import (
+    DfuError,
+    DfuRejected,
+    PackageError,
+    PreflightError,
+)
+from gateway_agent.cloud.messages import (
+    Details,
+    InvalidJob,
+    JobOffer,
+    JobStatus,
+    JobUpdate,
+    UnreadableJob,
+    details,
+    parse_job,
+)
+from gateway_agent.scheduler import Phase, Slot, plan
+
+ExecKey = tuple[str, str]
+"""(PERIPHERAL_ID, JOB_ID)"""
+
+NOT_SERVED = "Peripheral is not served by this gateway"
+
+
+@dataclass(slots=True)
+class Execution:
+    """One job for one peripheral, as the journal stores it."""
+
+    offer: JobOffer
+    seq: int
+    phase: Phase = Phase.QUEUED
+    status: JobStatus | None = None
+    """last status reported (None: nothing reported yet)"""
+    last_percent: int = -1
+    last_report_at: float = float("-inf")
+    details: str = ""
+
+    @property
+    def key(self) -> ExecKey:
+        return (self.offer.peripheral_id, self.offer.job_id)
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    update: JobUpdate
+
+
+@dataclass(frozen=True, slots=True)
+class StartDownload:
+    execution: Execution
+
+
+@dataclass(frozen=True, slots=True)
+class StartDfu:
+    execution: Execution
+
+
+@dataclass(frozen=True, slots=True)
+class RequestJobs:
+    peripheral_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Dropped:
+    reason: str
+    peripheral_id: str = ""
+    job_id: str = ""
+
+
+Effect = Report | StartDownload | StartDfu | RequestJobs | Dropped
+
+
+class DfuOutcome(enum.Enum):
+    SUCCEEDED = "succeeded"
+    REJECTED = "rejected"
+    FAILED = "failed"
+    INTERRUPTED = "interrupted"
+    """cancelled by shutdown: the peripheral is left resumable; resume on the next start"""
+
+
+def classify_dfu_error(exc: BaseException) -> tuple[DfuOutcome, str]:
+    """The peripheral's refusals are REJECTED (final), the rest FAILED with the typed error as the cause."""
+    if isinstance(exc, DfuRejected | PreflightError):
+        return DfuOutcome.REJECTED, f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, PackageError):
+        return DfuOutcome.FAILED, details(Details.APPLY_ERROR, f"PackageError: {exc}")
+    if isinstance(exc, DfuError):
+        return DfuOutcome.FAILED, details(Details.APPLY_ERROR, f"{type(exc).__name__}: {exc}")
+    return DfuOutcome.FAILED, details(Details.APPLY_ERROR, f"{type(exc).__name__}: {exc}")
+
+
+@dataclass
+class JobPolicy:
+    """Configuration the core decides with (from config.py; kept free of pydantic inside)."""
+
+    firmware_types: Mapping[int, frozenset[str]]
+    concurrency: int = 2
+    progress_step_percent: int = 5
+    progress_interval_s: float = 2.0
+    admit: Callable[[JobOffer], str | None] = field(default=lambda offer: None)
+    """why an offer cannot be downloaded (host not allowed, too large), or None"""
+    serve_any_peripheral: bool = False
+    """True when a default profile exists: a job may arrive before the shadow named its peripheral"""
+
+
+class Jobs:
+    """All executions of this gateway. Not thread-safe: one event loop feeds it."""
+
+    def __init__(self, policy: JobPolicy, peripherals: Iterable[str] = ()) -> None:
+        self.policy = policy
+        self._active: dict[ExecKey, Execution] = {}
+        self._terminal: set[ExecKey] = set()
+        self._peripherals: set[str] = set(peripherals)
+        self._seq = 0
+        self._dirty: dict[ExecKey, Execution] = {}
+        self.accepting = True
+
+    # ---- state --------------------------------------------------------------------------------------------
+    def restore(self, executions: Iterable[Execution], terminal: Iterable[ExecKey]) -> None:
+        """Load the journal after a (re)start. Interrupted transfers go back to waiting for a radio slot;
+        interrupted downloads restart their download (which resumes from the partial files)."""
+        self._terminal |= set(terminal)
+        for exe in executions:
+            if exe.phase is Phase.DONE:
+                self._terminal.add(exe.key)
+                continue
+            if exe.phase is Phase.APPLYING:
+                exe.phase = Phase.DOWNLOADED
+            elif exe.phase is Phase.DOWNLOADING:
+                exe.phase = Phase.QUEUED
+            self._active[exe.key] = exe
+            self._seq = max(self._seq, exe.seq)
+
+    @property
+    def active(self) -> list[Execution]:
+        return sorted(self._active.values(), key=lambda e: e.seq)
+
+    def is_terminal(self, key: ExecKey) -> bool:
+        return key in self._terminal
+
+    def take_dirty(self) -> list[Execution]:
+        dirty = list(self._dirty.values())
+        self._dirty.clear()
+        return dirty
+
+    @property
+    def peripherals(self) -> frozenset[str]:
+        return frozenset(self._peripherals)
+
+    def set_peripherals(self, peripherals: Iterable[str]) -> list[Effect]:
+        """The peripherals this gateway serves changed; ask for jobs of the new ones."""
+        new = set(peripherals)
+        added = sorted(new - self._peripherals)
+        self._peripherals = new
+        return [RequestJobs(p) for p in added]
+
+    def on_connected(self) -> list[Effect]:
+        """After each (re)connection to the broker: ask for every peripheral's pending job."""
+        return [RequestJobs(p) for p in sorted(self._peripherals)]
+
+    def stop(self) -> None:
+        """Stop taking work (shutdown): nothing new starts; running work finishes or is interrupted."""
+        self.accepting = False
+
+    # ---- cloud --------------------------------------------------------------------------------------------
+    def on_message(self, payload: bytes, now: float) -> list[Effect]:
+        parsed = parse_job(payload)
+        if isinstance(parsed, UnreadableJob):
+            return [Dropped(f"unreadable job: {parsed.reason}")]
+        if isinstance(parsed, InvalidJob):
+            key = (parsed.peripheral_id, parsed.job_id)
+            if key in self._terminal or key in self._active:
+                return [Dropped(f"invalid redelivery of a known job: {parsed.reason}", *key)]
+            return self._finish_new(key, JobStatus.REJECTED, details(Details.INVALID, parsed.reason))
+        return self.on_offer(parsed, now)
+
+    def on_offer(self, offer: JobOffer, now: float) -> list[Effect]:
+        key = (offer.peripheral_id, offer.job_id)
+        if key in self._terminal:
+            return [Dropped("job already finished for this peripheral", *key)]
+        if key in self._active:
+            return [Dropped("job already in progress (duplicate delivery)", *key)]
+        if not self.accepting:
+            return [Dropped("shutting down: not taking new jobs", *key)]
+        if offer.peripheral_id not in self._peripherals and not self.policy.serve_any_peripheral:
+            return self._finish_new(key, JobStatus.REJECTED, NOT_SERVED)
+        if offer.firmware_type not in self.policy.firmware_types:
+            return self._finish_new(
+                key,
+                JobStatus.REJECTED,
+                details(Details.TYPE_UNSUPPORTED, f"FIRMWARE_TYPE {offer.firmware_type}"),
+            )
+        refusal = self.policy.admit(offer)
+        if refusal is not None:
+            return self._finish_new(key, JobStatus.FAILED, details(Details.DOWNLOAD_ERROR, refusal))
+        self._seq += 1
+        exe = Execution(offer, self._seq)
+        self._active[key] = exe
+        self._dirty[key] = exe
+        return self._schedule(now)
+
+    def _finish_new(self, key: ExecKey, status: JobStatus, text: str) -> list[Effect]:
+        """Answer a job that never starts. The terminal key is remembered so a redelivery is ignored."""
+        self._terminal.add(key)
+        self._seq += 1
+        offer = JobOffer(key[0], key[1], -1, 1, "-", "-")
+        exe = Execution(offer, self._seq, Phase.DONE, status, details=text)
+        self._dirty[key] = exe
+        return [Report(JobUpdate(key[0], key[1], status, details=text))]
+
+    # ---- download -----------------------------------------------------------------------------------------
+    def on_download_progress(self, key: ExecKey, received: int, now: float) -> list[Effect]:
+        exe = self._active.get(key)
+        if exe is None or exe.phase is not Phase.DOWNLOADING:
+            return []
+        percent = max(0, min(100, received * 100 // max(1, exe.offer.file_size)))
+        return self._progress(exe, JobStatus.DOWNLOADING, percent, now)
+
+    def on_downloaded(self, key: ExecKey, image_kinds: Iterable[str], now: float) -> list[Effect]:
+        """Files on disk and parsed; `image_kinds` are the package's images (from their init packets)."""
+        exe = self._active.get(key)
+        if exe is None or exe.phase is not Phase.DOWNLOADING:
+            return []
+        kinds = set(image_kinds)
+        allowed = self.policy.firmware_types.get(exe.offer.firmware_type, frozenset())
+        if not kinds or not kinds <= allowed:
+            found = ", ".join(sorted(kinds)) or "nothing"
+            return self._finish(
+                exe, JobStatus.REJECTED, details(Details.TYPE_MISMATCH, f"package holds {found}"), now
+            )
+        effects: list[Effect] = []
+        if exe.last_percent < 100:
+            effects += self._progress(exe, JobStatus.DOWNLOADING, 100, now, force=True)
+        exe.phase = Phase.DOWNLOADED
+        self._dirty[key] = exe
+        return effects + self._schedule(now)
+
+    def on_download_failed(
+        self, key: ExecKey, cause: str, now: float, *, package: bool = False
+    ) -> list[Effect]:
+        exe = self._active.get(key)
+        if exe is None:
+            return []
+        base = Details.APPLY_ERROR if package else Details.DOWNLOAD_ERROR
+        return self._finish(exe, JobStatus.FAILED, details(base, cause), now)
+
+    def on_download_interrupted(self, key: ExecKey) -> list[Effect]:
+        """Shutdown during a download: resume (with Range) on the next start."""
+        exe = self._active.get(key)
+        if exe is not None and exe.phase is Phase.DOWNLOADING:
+            self._dirty[key] = exe  # phase stays DOWNLOADING in the journal; restore() restarts it
+        return []
+
+    # ---- DFU ----------------------------------------------------------------------------------------------
+    def on_dfu_progress(self, key: ExecKey, sent: int, total: int, now: float) -> list[Effect]:
+        exe = self._active.get(key)
+        if exe is None or exe.phase is not Phase.APPLYING:
+            return []
+        percent = max(0, min(100, sent * 100 // max(1, total)))
+        return self._progress(exe, JobStatus.IN_PROGRESS, percent, now)
+
+    def on_dfu_finished(self, key: ExecKey, outcome: DfuOutcome, text: str, now: float) -> list[Effect]:
+        exe = self._active.get(key)
+        if exe is None or exe.phase is not Phase.APPLYING:
+            return []
+        if outcome is DfuOutcome.INTERRUPTED:
+            self._dirty[key] = exe  # stays APPLYING in the journal: resumed on the next start
+            return []
+        status = {
+            DfuOutcome.SUCCEEDED: JobStatus.SUCCEEDED,
+            DfuOutcome.REJECTED: JobStatus.REJECTED,
+            DfuOutcome.FAILED: JobStatus.FAILED,
+        }[outcome]
+        return [*self._finish(exe, status, text, now), RequestJobs(exe.offer.peripheral_id)]
+
+    # ---- internals ----------------------------------------------------------------------------------------
+    def _progress(
+        self, exe: Execution, status: JobStatus, percent: int, now: float, *, force: bool = False
+    ) -> list[Effect]:
+        """At most one update per `progress_step_percent` or per `progress_interval_s`."""
+        if exe.status is status and not force:
+            if percent <= exe.last_percent:
+                return []
+            step = percent - exe.last_percent >= self.policy.progress_step_percent
+            waited = now - exe.last_report_at >= self.policy.progress_interval_s
+            if not (step or waited or percent == 100):
+                return []
+        return [self._report(exe, status, percent, now)]
+
+    def _report(self, exe: Execution, status: JobStatus, percent: int, now: float) -> Report:
+        exe.status = status
+        exe.last_percent = percent
+        exe.last_report_at = now
+        self._dirty[exe.key] = exe
+        peripheral, job = exe.key
+        if status is JobStatus.DOWNLOADING:
+            return Report(JobUpdate(peripheral, job, status, progress=percent))
+        text = "" if percent <= 0 else f"transfer {percent}%"
+        return Report(JobUpdate(peripheral, job, status, details=text))
+
+    def _finish(self, exe: Execution, status: JobStatus, text: str, now: float) -> list[Effect]:
+        assert status.terminal
+        exe.phase = Phase.DONE
+        exe.status = status
+        exe.details = text
+        exe.last_report_at = now
+        del self._active[exe.key]
+        self._terminal.add(exe.key)
+        self._dirty[exe.key] = exe
+        effects: list[Effect] = [Report(JobUpdate(exe.key[0], exe.key[1], status, details=text))]
+        return effects + self._schedule(now)
+
+    def _schedule(self, now: float) -> list[Effect]:
+        slots = [Slot(e.offer.peripheral_id, e.offer.job_id, e.seq, e.phase) for e in self._active.values()]
+        decided = plan(slots, self.policy.concurrency, accepting=self.accepting)
+        effects: list[Effect] = []
+        for key in decided.start_downloads:
+            exe = self._active[key]
+            exe.phase = Phase.DOWNLOADING
+            self._dirty[key] = exe
+            if exe.status is None:
+                effects.append(self._report(exe, JobStatus.DOWNLOADING, 0, now))
+            effects.append(StartDownload(exe))
+        for key in decided.start_dfus:
+            exe = self._active[key]
+            exe.phase = Phase.APPLYING
+            self._dirty[key] = exe
+            if exe.status is not JobStatus.IN_PROGRESS:
+                effects.append(self._report(exe, JobStatus.IN_PROGRESS, 0, now))
+            effects.append(StartDfu(exe))
+        return effects
+
+    def resume(self, now: float) -> list[Effect]:
+        """Start whatever the restored journal allows (call once after `restore`)."""
+        return self._schedule(now)
+
+
+def snapshot(exe: Execution) -> Execution:
+    """A copy, so effects handed to I/O tasks do not change under them."""
+    return replace(exe)

@@ -1,0 +1,341 @@
+"""Real parts for the agent's tests: an HTTPS firmware server, a fake cloud over the real broker, configs.
+
+The firmware server is a small HTTP/1.1 server on asyncio + ssl (trustme certificates) because the tests need
+what off-the-shelf servers do not offer on demand: break a connection mid-body, ignore Range, change a file's
+ETag, or pause mid-body until the test says go (to kill the agent while it downloads).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import ssl
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+import trustme
+
+from dfu.package import DfuPackage
+from gateway_agent.cloud.messages import JobStatus, JobUpdate
+from tests.support.dfu_sim import app_zip
+from tests.support.mosquitto import MosquittoBroker, Pki
+
+PREFIX = "test/T1/"
+GATEWAY = "gw-test-1"
+
+
+@dataclass
+class Request:
+    path: str
+    headers: dict[str, str]
+    status: int = 0
+
+
+@dataclass
+class FirmwareServer:
+    """HTTPS server of static files with Range/If-Range/ETag, and faults on demand."""
+
+    ca: trustme.CA
+    files: dict[str, bytes] = field(default_factory=dict)
+    ignore_range: bool = False
+    break_after: dict[str, list[int]] = field(default_factory=dict)
+    """path -> byte counts: each request of that path sends that many body bytes, then aborts (consumed)"""
+    pause_after: dict[str, int] = field(default_factory=dict)
+    """path -> bytes: send them, set `paused`, wait for `resume` (consumed)"""
+    etag_salt: str = ""
+    requests: list[Request] = field(default_factory=list)
+    paused: asyncio.Event = field(default_factory=asyncio.Event)
+    resume: asyncio.Event = field(default_factory=asyncio.Event)
+    host: str = "127.0.0.1"
+    port: int = 0
+    _server: asyncio.Server | None = None
+
+    def etag(self, path: str) -> str:
+        return '"' + hashlib.sha256(self.files[path] + self.etag_salt.encode()).hexdigest()[:16] + '"'
+
+    async def start(self) -> None:
+        cert = self.ca.issue_cert("127.0.0.1", "localhost")
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        cert.configure_cert(ctx)
+        self._server = await asyncio.start_server(self._handle, self.host, 0, ssl=ctx)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    @property
+    def file_host(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError, ssl.SSLError):
+            writer.close()
+            return
+        lines = head.decode("latin-1").split("\r\n")
+        _method, target, _ = lines[0].split(" ", 2)
+        headers = {
+            k.strip().lower(): v.strip() for k, v in (ln.split(":", 1) for ln in lines[1:] if ":" in ln)
+        }
+        path = target.lstrip("/")
+        req = Request(path, headers)
+        self.requests.append(req)
+        try:
+            await self._respond(req, writer)
+        except (ConnectionError, ssl.SSLError):
+            pass
+        finally:
+            with contextlib.suppress(Exception):
+                writer.close()
+
+    async def _respond(self, req: Request, writer: asyncio.StreamWriter) -> None:
+        body = self.files.get(req.path)
+        if body is None:
+            req.status = 404
+            writer.write(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            await writer.drain()
+            return
+        etag = self.etag(req.path)
+        start = 0
+        rng = req.headers.get("range")
+        if rng and not self.ignore_range and rng.startswith("bytes=") and rng.endswith("-"):
+            if_range = req.headers.get("if-range")
+            if if_range is None or if_range == etag:
+                start = int(rng[len("bytes=") : -1])
+        part = body[start:]
+        if start:
+            req.status = 206
+            status = f"206 Partial Content\r\nContent-Range: bytes {start}-{len(body) - 1}/{len(body)}"
+        else:
+            req.status = 200
+            status = "200 OK"
+        writer.write(
+            f"HTTP/1.1 {status}\r\nContent-Length: {len(part)}\r\nETag: {etag}\r\n"
+            f"Accept-Ranges: bytes\r\nConnection: close\r\n\r\n".encode()
+        )
+        cut = self.break_after.get(req.path)
+        if cut:
+            n = cut.pop(0)
+            writer.write(part[:n])
+            await writer.drain()
+            writer.transport.abort()
+            return
+        pause = self.pause_after.pop(req.path, None)
+        if pause is not None:
+            writer.write(part[:pause])
+            await writer.drain()
+            self.paused.set()
+            await self.resume.wait()
+            part = part[pause:]
+        writer.write(part)
+        await writer.drain()
+
+
+@contextlib.asynccontextmanager
+async def firmware_server(ca: trustme.CA, files: dict[str, bytes]) -> AsyncIterator[FirmwareServer]:
+    server = FirmwareServer(ca, dict(files))
+    await server.start()
+    try:
+        yield server
+    finally:
+        server.resume.set()
+        await server.close()
+
+
+@contextlib.contextmanager
+def persistent_broker(directory: Path) -> Iterator[MosquittoBroker]:
+    """The suite's Mosquitto with persistence on, so a stop/start keeps sessions and their queued QoS 1
+    messages: the fake cloud (clean_session false) then misses nothing the agent published meanwhile."""
+    pki = Pki(directory / "pki")
+    broker = MosquittoBroker(pki, directory)
+    store = directory / "store"
+    store.mkdir()
+    text = broker.config_file.read_text().replace(
+        "persistence false", f"persistence true\npersistence_location {store}/\nautosave_interval 1"
+    )
+    broker.config_file.write_text(text)
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """An application update as nRF Cloud delivers it: a `.dat` and a `.bin` on the firmware host."""
+
+    dat: bytes
+    bin: bytes
+    version: int
+
+    @property
+    def size(self) -> int:
+        return len(self.dat) + len(self.bin)
+
+    def files(self, stem: str) -> dict[str, bytes]:
+        return {f"{stem}.dat": self.dat, f"{stem}.bin": self.bin}
+
+
+def app_bundle(version: int = 2, size: int = 0x5000) -> Bundle:
+    image = DfuPackage.from_zip(app_zip(version, size)).images[0]
+    return Bundle(image.init_packet, image.firmware, version)
+
+
+def job_tuple(peripheral: str, job_id: str, host: str, stem: str, size: int, fw_type: int = 0) -> bytes:
+    return json.dumps([peripheral, job_id, fw_type, size, host, f"{stem}.bin {stem}.dat"]).encode()
+
+
+class FakeCloud:
+    """The cloud's side of the MQTT conversation, through the same broker: answers jobs/ble/req from a
+    queue of pending jobs and collects every jobs/ble/update in arrival order."""
+
+    def __init__(
+        self,
+        broker: MosquittoBroker,
+        gateway: str = GATEWAY,
+        prefix: str = PREFIX,
+        *,
+        persistent: bool = False,
+    ) -> None:
+        self.broker = broker
+        self.persistent = persistent
+        self.base = f"{prefix}{gateway}/jobs/ble"
+        self.pending: dict[str, bytes] = {}
+        """peripheral -> job tuple sent when the gateway asks"""
+        self.updates: list[JobUpdate] = []
+        self.requests: list[str] = []
+        self.shadow_reports: list[dict[str, Any]] = []
+        self.changed = asyncio.Event()
+        self._client: aiomqtt.Client | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.gateway = gateway
+
+    async def __aenter__(self) -> FakeCloud:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.disconnect()
+
+    async def connect(self) -> None:
+        ctx = self.broker.pki.client_ssl_context("cloud")
+        self._client = aiomqtt.Client(
+            self.broker.host,
+            self.broker.port,
+            identifier="cloud",
+            tls_context=ctx,
+            clean_session=not self.persistent,
+        )
+        await self._client.__aenter__()
+        await self._client.subscribe(f"{self.base}/update", qos=1)
+        await self._client.subscribe(f"{self.base}/req", qos=1)
+        await self._client.subscribe(f"$aws/things/{self.gateway}/shadow/#", qos=1)
+        self._task = asyncio.create_task(self._loop())
+
+    async def disconnect(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
+                await self._task
+        if self._client is not None:
+            with contextlib.suppress(Exception):
+                await self._client.__aexit__(None, None, None)
+        self._client = None
+
+    async def send_job(self, payload: bytes) -> None:
+        assert self._client is not None
+        await self._client.publish(f"{self.base}/rcv", payload, qos=1)
+
+    async def publish(self, topic: str, payload: bytes) -> None:
+        assert self._client is not None
+        await self._client.publish(topic, payload, qos=1)
+
+    async def _loop(self) -> None:
+        assert self._client is not None
+        async for message in self._client.messages:
+            topic = str(message.topic)
+            payload = message.payload if isinstance(message.payload, bytes) else b""
+            if topic.endswith("/jobs/ble/update"):
+                self.updates.append(JobUpdate.from_payload(payload))
+            elif topic.endswith("/jobs/ble/req"):
+                (peripheral,) = json.loads(payload)
+                self.requests.append(peripheral)
+                job = self.pending.get(peripheral)
+                if job is not None:
+                    await self._client.publish(f"{self.base}/rcv", job, qos=1)
+            elif topic.endswith("/shadow/update") and payload:
+                self.shadow_reports.append(json.loads(payload))
+            self.changed.set()
+
+    async def wait_for(self, predicate: Any, what: str = "condition") -> None:
+        """Wait (no timer: the suite's timeout bounds it) until predicate() holds."""
+        while not predicate():
+            self.changed.clear()
+            await self.changed.wait()
+
+    def statuses(self, job_id: str) -> list[JobUpdate]:
+        return [u for u in self.updates if u.job_id == job_id]
+
+    def terminal(self, job_id: str) -> list[JobUpdate]:
+        return [u for u in self.statuses(job_id) if u.status.terminal]
+
+
+def assert_honest_sequence(updates: list[JobUpdate], final: JobStatus = JobStatus.SUCCEEDED) -> None:
+    """DOWNLOADING (non-decreasing %), then IN_PROGRESS, then exactly one terminal status, last."""
+    statuses = [u.status for u in updates]
+    assert statuses[-1] is final, updates
+    assert sum(1 for s in statuses if s.terminal) == 1, updates
+    order = {JobStatus.DOWNLOADING: 0, JobStatus.IN_PROGRESS: 1}
+    ranks = [order.get(s, 2) for s in statuses]
+    assert ranks == sorted(ranks), updates
+    progress = [u.progress for u in updates if u.status is JobStatus.DOWNLOADING]
+    assert progress == sorted(progress), updates  # type: ignore[type-var]
+
+
+def write_config(
+    path: Path,
+    broker: MosquittoBroker,
+    state_dir: Path,
+    *,
+    peripherals: list[tuple[str, str]],
+    identity: str = GATEWAY,
+    ca_file: Path | None = None,
+    download_ca: Path | None = None,
+    extra: str = "",
+) -> Path:
+    cert = broker.pki.client(identity)
+    lines = [
+        "[gateway]",
+        f'id = "{GATEWAY}"',
+        "[broker]",
+        f'host = "{broker.host}"',
+        f"port = {broker.port}",
+        f'ca_file = "{ca_file or broker.pki.ca_file}"',
+        f'cert_file = "{cert.cert_file}"',
+        f'key_file = "{cert.key_file}"',
+        "reconnect_min_s = 0.05",
+        "reconnect_max_s = 0.5",
+        "[cloud]",
+        f'topic_prefix = "{PREFIX}"',
+        "[dfu]",
+        "concurrency = 2",
+        "[download]",
+        'allowed_hosts = ["127.0.0.1:*"]',
+        f'ca_file = "{download_ca or broker.pki.ca_file}"',
+        "[state]",
+        f'dir = "{state_dir}"',
+        extra,
+    ]
+    for address, profile in peripherals:
+        lines += ["[[peripherals]]", f'address = "{address}"', f'profile = "{profile}"']
+    path.write_text("\n".join(lines) + "\n")
+    return path

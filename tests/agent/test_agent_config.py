@@ -1,0 +1,173 @@
+"""Configuration: TOML + environment overrides; `check-config` lists every problem by key; docs generated."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import trustme
+from click.testing import CliRunner
+
+from gateway_agent.__main__ import main
+from gateway_agent.config import ConfigError, check_config, load_config, markdown_reference
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def tls(tmp_path: Path) -> dict[str, Path]:
+    ca = trustme.CA()
+    leaf = ca.issue_cert("gw-1")
+    out = {"ca": tmp_path / "ca.pem", "cert": tmp_path / "gw.pem", "key": tmp_path / "gw.key"}
+    ca.cert_pem.write_to_path(str(out["ca"]))
+    leaf.cert_chain_pems[0].write_to_path(str(out["cert"]))
+    leaf.private_key_pem.write_to_path(str(out["key"]))
+    return out
+
+
+def good(tls: dict[str, Path], tmp_path: Path) -> str:
+    return f"""
+[gateway]
+id = "gw-1"
+[broker]
+host = "mqtt.example.com"
+ca_file = "{tls["ca"]}"
+cert_file = "{tls["cert"]}"
+key_file = "{tls["key"]}"
+[cloud]
+shadow_topics = "aws"
+[[peripherals]]
+address = "c8:2e:1a:33:44:55"
+profile = "nrf52840-s140"
+[dfu.firmware_types]
+"0" = ["application"]
+"4" = ["softdevice", "softdevice_bootloader"]
+[state]
+dir = "{tmp_path / "state"}"
+"""
+
+
+def test_agent_config_loads_with_defaults_and_env_overrides(
+    tmp_path: Path, tls: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(good(tls, tmp_path))
+    monkeypatch.setenv("GATEWAY_AGENT__BROKER__PORT", "18883")
+    monkeypatch.setenv("GATEWAY_AGENT__DFU__CONCURRENCY", "3")
+    cfg = load_config(path)
+    assert cfg.broker.port == 18883
+    assert cfg.broker.host == "mqtt.example.com"
+    assert cfg.dfu.concurrency == 3
+    assert cfg.peripherals[0].address == "C8:2E:1A:33:44:55"
+    assert set(cfg.dfu.firmware_types) == {0, 4}
+    assert cfg.download.require_https is True
+    assert cfg.cloud.topic_prefix is None
+    assert check_config(path)[1] == []
+
+
+def test_agent_check_config_reports_every_schema_problem(tmp_path: Path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(
+        """
+[gateway]
+id = ""
+[broker]
+port = 70000
+ca_file = "/x"
+[cloud]
+shadow_topics = "other"
+[[peripherals]]
+address = "not-an-address"
+profile = "nrf52840-s140"
+[dfu]
+concurrency = 0
+[surprise]
+"""
+    )
+    result = CliRunner().invoke(main, ["check-config", str(path)])
+    assert result.exit_code == 1
+    for key in (
+        "gateway.id:",
+        "broker.port:",
+        "broker.cert_file:",
+        "broker.key_file:",
+        "cloud.shadow_topics:",
+        "peripherals[0].address:",
+        "dfu.concurrency:",
+        "surprise:",
+        "broker.ca_file: file not found: /x",
+    ):
+        assert key in result.output, (key, result.output)
+
+
+def test_agent_check_config_checks_files_certificates_and_profiles(
+    tmp_path: Path, tls: dict[str, Path]
+) -> None:
+    text = good(tls, tmp_path).replace(str(tls["ca"]), str(tmp_path / "missing.pem"))
+    text = text.replace('profile = "nrf52840-s140"', 'profile = "nrf99999"')
+    tls["key"].write_text(
+        trustme.CA().issue_cert("x").private_key_pem.bytes().decode()
+    )  # key of another cert
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    cfg, problems = check_config(path)
+    assert cfg is not None
+    assert any(p.startswith("broker.ca_file: file not found") for p in problems), problems
+    assert any(p.startswith("peripherals[0].profile: ") for p in problems), problems
+    path.write_text(good(tls, tmp_path))
+    _, problems = check_config(path)
+    assert any(p.startswith("broker.cert_file: certificate and key do not load") for p in problems), problems
+
+
+def test_agent_check_config_rejects_unreadable_toml(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text("[gateway\nid=")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(path)
+    assert CliRunner().invoke(main, ["check-config", str(tmp_path / "absent.toml")]).exit_code == 1
+
+
+def test_agent_prefixed_shadow_needs_a_prefix(tmp_path: Path, tls: dict[str, Path]) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(good(tls, tmp_path).replace('shadow_topics = "aws"', 'shadow_topics = "prefixed"'))
+    with pytest.raises(ConfigError, match=r"cloud: .*topic_prefix"):
+        load_config(path)
+
+
+def test_agent_config_markdown_reference_covers_every_key() -> None:
+    text = markdown_reference()
+    for key in (
+        "gateway.id",
+        "broker.ca_file",
+        "cloud.shadow_topics",
+        "peripherals[].address",
+        "dfu.concurrency",
+        "download.allowed_hosts",
+        "state.dir",
+        "ble.backend",
+        "simulator.socket",
+    ):
+        assert f"`{key}`" in text
+    out = subprocess.run(
+        [sys.executable, "-m", "gateway_agent.config", "--markdown"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        check=True,
+    )
+    assert out.stdout.strip() == text.strip()
+
+
+def test_agent_demo_slot_and_example_config() -> None:
+    result = CliRunner().invoke(main, ["demo"])
+    assert "not yet available" in result.output
+    cfg, problems = check_config(REPO / "systemd" / "config.example.toml")
+    assert cfg is not None  # schema-valid; its certificate paths exist only on a gateway
+    assert all(p.split(":")[0].startswith("broker.") or p.startswith("state.") for p in problems), problems
+
+
+def test_agent_docs_configuration_table_is_current() -> None:
+    doc = (REPO / "docs" / "gateway-agent.md").read_text()
+    assert markdown_reference().strip() in doc, "regenerate: python -m gateway_agent.config --markdown"

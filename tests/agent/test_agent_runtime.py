@@ -1,0 +1,277 @@
+"""The agent's runtime with a scripted DFU behind the `DfuRunner` seam, real broker and real HTTPS host.
+
+These pin the status mapping of DFU outcomes (typed errors → REJECTED / FAILED), the scheduler's limits as
+seen from outside and the answers to bad jobs, without the radio; tests/e2e/test_agent_*.py run the updater.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import random
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from dfu.errors import DfuLinkError, DfuRejected, PreflightError
+from dfu.package import DfuPackage
+from dfu.protocol import ExtError, OpCode, ResultCode
+from gateway_agent.app import Agent
+from gateway_agent.cloud.messages import JobStatus
+from gateway_agent.config import load_config
+from gateway_agent.dfu_runner import TransferProgress
+from profiles.model import PeripheralProfile
+from tests.agent.support import (
+    FakeCloud,
+    app_bundle,
+    assert_honest_sequence,
+    firmware_server,
+    job_tuple,
+    persistent_broker,
+    write_config,
+)
+from tests.support.mosquitto import running_broker
+
+A = "C8:2E:1A:00:00:10"
+B = "C8:2E:1A:00:00:20"
+C = "C8:2E:1A:00:00:30"
+
+
+class ScriptedRunner:
+    """Stands in for the radio: reports progress in 10 steps, then does what the test scripted."""
+
+    def __init__(self) -> None:
+        self.outcome: dict[str, BaseException | None] = {}
+        self.gates: dict[str, asyncio.Event] = {}
+        self.running: set[str] = set()
+        self.max_running = 0
+        self.order: list[str] = []
+        self.started = asyncio.Event()
+        self.finished = asyncio.Event()
+
+    async def run(
+        self, address: str, profile: PeripheralProfile, package: DfuPackage, on_progress: TransferProgress
+    ) -> None:
+        self.running.add(address)
+        self.order.append(address)
+        self.max_running = max(self.max_running, len(self.running))
+        self.started.set()
+        try:
+            total = package.total_firmware_bytes
+            for i in range(11):
+                on_progress(total * i // 10, total)
+                await asyncio.sleep(0)
+            gate = self.gates.get(address)
+            if gate is not None:
+                await gate.wait()
+            error = self.outcome.get(address)
+            if error is not None:
+                raise error
+        finally:
+            self.running.discard(address)
+            self.finished.set()
+
+
+@contextlib.asynccontextmanager
+async def agent_world(
+    tmp_path: Path, peripherals: list[str], extra: str = ""
+) -> AsyncIterator[tuple[Agent, ScriptedRunner, FakeCloud, str, int]]:
+    bundle = app_bundle(version=2, size=0x3000)
+    with running_broker(tmp_path / "broker") as broker:
+        async with firmware_server(broker.pki.ca, bundle.files("fw/app")) as server:
+            path = write_config(
+                tmp_path / "agent.toml",
+                broker,
+                tmp_path / "state",
+                peripherals=[(p, "nrf52840-s140") for p in peripherals],
+                extra=extra,
+            )
+            runner = ScriptedRunner()
+            agent = Agent(load_config(path), runner=runner)
+            stop = asyncio.Event()
+            async with FakeCloud(broker) as cloud:
+                task = asyncio.create_task(agent.run(stop))
+                try:
+                    # the agent subscribed before it asked: from now on pushed jobs reach it
+                    await cloud.wait_for(lambda: set(cloud.requests) >= set(peripherals))
+                    yield agent, runner, cloud, server.file_host, bundle.size
+                finally:
+                    stop.set()
+                    await task
+
+
+async def test_agent_rejected_and_failed_dfus_are_reported_with_their_cause(tmp_path: Path) -> None:
+    async with agent_world(tmp_path, [A, B, C]) as (_agent, runner, cloud, host, size):
+        runner.outcome[A] = DfuRejected(OpCode.EXECUTE, ResultCode.EXT_ERROR, ExtError.FW_VERSION_FAILURE)
+        runner.outcome[B] = PreflightError("hardware version 53 is not this peripheral's 52")
+        runner.outcome[C] = DfuLinkError("peripheral stopped answering")
+        for p, job in ((A, "job-a"), (B, "job-b"), (C, "job-c")):
+            await cloud.send_job(job_tuple(p, job, host, "fw/app", size))
+        await cloud.wait_for(lambda: all(cloud.terminal(j) for j in ("job-a", "job-b", "job-c")))
+    assert_honest_sequence(cloud.statuses("job-a"), JobStatus.REJECTED)
+    assert_honest_sequence(cloud.statuses("job-b"), JobStatus.REJECTED)
+    assert_honest_sequence(cloud.statuses("job-c"), JobStatus.FAILED)
+    assert (
+        "FW_VERSION_FAILURE" in cloud.terminal("job-a")[0].details
+        or "version" in cloud.terminal("job-a")[0].details
+    )
+    assert "hardware version" in cloud.terminal("job-b")[0].details
+    assert cloud.terminal("job-c")[0].details.startswith("Error applying update: DfuLinkError")
+
+
+async def test_agent_runs_at_most_concurrency_dfus_one_per_peripheral(tmp_path: Path) -> None:
+    async with agent_world(tmp_path, [A, B, C]) as (_agent, runner, cloud, host, size):
+        for p in (A, B, C):
+            runner.gates[p] = asyncio.Event()
+        for p, job in ((A, "j1"), (A, "j2"), (B, "j3"), (C, "j4")):
+            await cloud.send_job(job_tuple(p, job, host, "fw/app", size))
+        await cloud.wait_for(lambda: len(runner.running) == 2)
+        assert runner.order == [A, B]  # FIFO across peripherals; A's second job waits for A
+        for gate in runner.gates.values():
+            gate.set()
+        await cloud.wait_for(lambda: all(cloud.terminal(j) for j in ("j1", "j2", "j3", "j4")))
+    assert runner.max_running == 2
+    assert runner.order.index(C) < runner.order.index(A, 1)  # C was queued before A's second job ran
+    for job in ("j1", "j2", "j3", "j4"):
+        assert_honest_sequence(cloud.statuses(job))
+
+
+async def test_agent_answers_invalid_unknown_and_duplicate_jobs(tmp_path: Path) -> None:
+    async with agent_world(tmp_path, [A]) as (_agent, runner, cloud, host, size):
+        await cloud.send_job(b'["C8:2E:1A:00:00:10","bad-1",0,"big","h","a.bin a.dat"]')
+        await cloud.send_job(job_tuple(A, "type-9", host, "fw/app", size, fw_type=9))
+        await cloud.send_job(job_tuple(A, "wrong-type", host, "fw/app", size, fw_type=3))
+        await cloud.send_job(b"not json at all")
+        await cloud.send_job(job_tuple(A, "ok", host, "fw/app", size))
+        await cloud.wait_for(lambda: all(cloud.terminal(j) for j in ("bad-1", "type-9", "wrong-type", "ok")))
+        await cloud.send_job(job_tuple(A, "ok", host, "fw/app", size))  # redelivered after it finished
+        await cloud.send_job(job_tuple(A, "final", host, "fw/app", size))
+        await cloud.wait_for(lambda: cloud.terminal("final"))
+    assert cloud.terminal("bad-1")[0].details.startswith("Job info is invalid")
+    assert cloud.terminal("type-9")[0].details.startswith("FOTA type not supported")
+    assert cloud.terminal("wrong-type")[0].details.startswith("FW file does not match specified FOTA type")
+    assert [u.status for u in cloud.statuses("ok")].count(JobStatus.SUCCEEDED) == 1
+    assert runner.order == [A, A]  # "ok" and "final" only
+
+
+async def test_agent_delivers_every_status_in_order_across_a_broker_restart(tmp_path: Path) -> None:
+    bundle = app_bundle(version=2, size=0x3000)
+    with persistent_broker(tmp_path / "broker") as broker:
+        async with firmware_server(broker.pki.ca, bundle.files("fw/app")) as server:
+            path = write_config(
+                tmp_path / "agent.toml", broker, tmp_path / "state", peripherals=[(A, "nrf52840-s140")]
+            )
+            runner = ScriptedRunner()
+            runner.gates[A] = asyncio.Event()
+            agent = Agent(load_config(path), runner=runner)
+            cloud = FakeCloud(broker, persistent=True)
+            await cloud.connect()
+            cloud.pending[A] = job_tuple(A, "job-r", server.file_host, "fw/app", bundle.size)
+            stop = asyncio.Event()
+            task = asyncio.create_task(agent.run(stop))
+            await runner.started.wait()
+            await cloud.disconnect()
+            await asyncio.to_thread(broker.stop)
+            failures = agent.link.failures
+            while agent.link.failures == failures:
+                agent.link.failure.clear()
+                await agent.link.failure.wait()
+            runner.gates[A].set()  # the DFU finishes while the broker is away: SUCCEEDED waits in the outbox
+            await runner.finished.wait()  # the agent fed the outcome to its core in the same step
+            assert not agent.jobs.active
+            queued = agent.journal.outbox_len()
+            await asyncio.to_thread(broker.start)
+            await cloud.connect()
+            await cloud.wait_for(lambda: cloud.terminal("job-r"))
+            stop.set()
+            await task
+    updates = cloud.statuses("job-r")
+    assert_honest_sequence(updates)
+    assert queued >= 2  # in-progress updates and the terminal one were held back, then all delivered
+    assert agent.outbox_left == 0
+
+
+def _hostile_payloads() -> list[tuple[bytes, str | None]]:
+    """(payload, the JOB_ID it must be answered under, or None when it must be dropped)."""
+    rng = random.Random(7)
+    out: list[tuple[bytes, str | None]] = [
+        (b"", None),
+        (b"\xff\xfe", None),
+        (b"{}", None),
+        (b"[" * 5000 + b"]" * 5000, None),
+        (b'"just a string"', None),
+        (json.dumps(["x" * 100_000]).encode(), None),
+    ]
+    bad_fields: list[tuple[int, object]] = [
+        (0, "not-an-address"), (0, 42), (2, "0"), (2, None), (3, -1), (3, 2**40), (3, 1.5),
+        (4, "http://evil.example.com"), (4, "evil.example.com/path"), (4, ""),
+        (5, "../../etc/passwd.bin a.dat"),
+        (5, "/abs/a.bin a.dat"), (5, "a.bin"), (5, "a.exe a.dat"), (5, "a.bin a.dat " + "x" * 2000),
+    ]  # fmt: skip
+    for i, (index, value) in enumerate(bad_fields):
+        data: list[object] = [A, f"hostile-{i}", 0, 100, "127.0.0.1:1", "fw/app.bin fw/app.dat"]
+        data[index] = value
+        out.append((json.dumps(data).encode(), f"hostile-{i}"))
+    for i in range(10):
+        arity = rng.choice([0, 1, 2, 5, 7, 9])
+        data = [A, f"arity-{i}", *(rng.randint(0, 9) for _ in range(max(0, arity - 2)))][:arity]
+        out.append((json.dumps(data).encode(), f"arity-{i}" if arity >= 2 else None))
+    return out
+
+
+async def test_agent_answers_hostile_payloads_through_the_broker_and_keeps_working(tmp_path: Path) -> None:
+    payloads = _hostile_payloads()
+    async with agent_world(tmp_path, [A]) as (_agent, runner, cloud, host, size):
+        for payload, _ in payloads:
+            await cloud.send_job(payload)
+        await cloud.send_job(job_tuple(A, "after-the-storm", host, "fw/app", size))
+        await cloud.wait_for(lambda: cloud.terminal("after-the-storm"))
+    answered = {u.job_id: u for u in cloud.updates}
+    for payload, job_id in payloads:
+        if job_id is None:
+            assert not any(u.job_id == "" for u in cloud.updates)
+            continue
+        update = answered[job_id]
+        assert update.status is JobStatus.REJECTED, (payload[:80], update)
+        assert update.details.startswith("Job info is invalid"), update
+        assert len(cloud.statuses(job_id)) == 1
+    assert_honest_sequence(cloud.statuses("after-the-storm"))
+    assert runner.order == [A]
+
+
+async def test_agent_graceful_stop_mid_dfu_resumes_after_restart_without_repeating(tmp_path: Path) -> None:
+    bundle = app_bundle(version=2, size=0x3000)
+    with running_broker(tmp_path / "broker") as broker:
+        async with (
+            firmware_server(broker.pki.ca, bundle.files("fw/app")) as server,
+            FakeCloud(broker) as cloud,
+        ):
+            path = write_config(
+                tmp_path / "agent.toml", broker, tmp_path / "state", peripherals=[(A, "nrf52840-s140")]
+            )
+            cloud.pending[A] = job_tuple(A, "job-s", server.file_host, "fw/app", bundle.size)
+            first = ScriptedRunner()
+            first.gates[A] = asyncio.Event()  # never opened: the DFU is running when SIGTERM comes
+            agent = Agent(load_config(path), runner=first)
+            stop = asyncio.Event()
+            task = asyncio.create_task(agent.run(stop))
+            await first.started.wait()
+            await cloud.wait_for(lambda: any(u.status is JobStatus.IN_PROGRESS for u in cloud.updates))
+            stop.set()
+            await task
+            assert agent.outbox_left == 0
+            assert not cloud.terminal("job-s")
+            second = ScriptedRunner()
+            again = Agent(load_config(path), runner=second)
+            stop = asyncio.Event()
+            task = asyncio.create_task(again.run(stop))
+            await cloud.wait_for(lambda: cloud.terminal("job-s"))
+            stop.set()
+            await task
+    updates = cloud.statuses("job-s")
+    assert_honest_sequence(updates)
+    assert [u.details for u in updates if u.status is JobStatus.IN_PROGRESS].count("") == 1  # not restarted
+    assert [u.progress for u in updates if u.status is JobStatus.DOWNLOADING].count(
+        0
+    ) == 1  # not re-downloaded
+    assert second.order == [A]
