@@ -64,10 +64,18 @@ async def _run(cfg: object) -> None:
 
 
 @main.command()
-def demo() -> None:
-    """The end-to-end demo (not yet available)."""
-    click.echo("gateway-agent demo: not yet available")
-    sys.exit(1)
+@click.option(
+    "--keep",
+    "keep",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="keep certificates, configs and every process's log in this directory",
+)
+def demo(keep: Path | None) -> None:
+    """The whole product on simulated peripherals: broker, job service, peripherals, agent, one job."""
+    from gateway_agent.demo import main as demo_main
+
+    sys.exit(demo_main(keep))
 
 
 if __name__ == "__main__":

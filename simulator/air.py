@@ -63,6 +63,7 @@ DEFAULT_RSSI = -55
 TRANSMIT_WINDOW_S = 0.00125
 CONNECT_FAIL_EVENTS = 6  # a CONNECT_IND that the peripheral ignores fails after 6 intervals (0x3E)
 SUPERVISION_TIMEOUT_S = 0.42  # BlueZ's default LE supervision timeout
+LINK_TERMINATE_S = 1e-6  # a reset's link drop is ordered after the notifications already on the air
 ATT_MAX_VALUE = 512
 
 # --- what the air needs from a peripheral (the SimPeripheral contract of docs/design.md) --------------------
@@ -894,13 +895,14 @@ class Air:
             cen.transmit(slot, model.fragments(1), not_before=done, next_event=True)
         self._link_timer(link, done, lambda: link.events.on_notify(char_uuid, payload))
 
-    def _on_reset(self, node: _Node, reset: Reset, now: float) -> None:
+    def _on_reset(self, node: _Node, reset: Reset, now: float, *, drained: bool = False) -> None:
         link = node.link
-        if link is not None and link.alive:
-            drained = to_s(link.slot.p2c_free_us)
-            if drained > now:  # the firmware disconnects once its queued notifications went out
-                self._call_at(drained, functools.partial(self._on_reset, node, reset, drained))
-                return
+        if link is not None and link.alive and not drained:
+            # The firmware disconnects once its queued notifications went out, and strictly after their
+            # delivery: a timer tie must never cancel the last indication (e.g. buttonless `20 01 01`).
+            later = max(now, to_s(link.slot.p2c_free_us)) + LINK_TERMINATE_S
+            self._call_at(later, functools.partial(self._on_reset, node, reset, later, drained=True))
+            return
         log.info(
             "reset", extra={"address": node.peripheral.address, "into": reset.into, "reason": reset.reason}
         )

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from tests.support.fleet import (
+from hil.fleet import (
     Fleet,
     WireEvent,
     app_bundle,
@@ -41,15 +41,8 @@ ODD = "C8:2E:1A:03:01:01"
 """An nRF52832 with S132 behind gateway 3: an S140 bundle does not suit it (preflight refuses: REJECTED)."""
 ODD_PROFILE = "nrf52832-s132"
 JOB_TIMEOUT_S = 100.0
-CONCURRENCY = 1
-"""`[dfu] concurrency` of each agent. Meant to be 3; held at 1 because of a simulator bug (reported): with two
-or more links on one simulated central, `simulator/air.py` may drop the link for the buttonless Reset before
-delivering the ENTER_BOOTLOADER indication queued just before it (`_on_reset` waits until
-`link.slot.p2c_free_us`, the very instant `_send` schedules the delivery; with a time scale the two timers
-tie or round either way, and `_drop` then cancels the delivery). `dfu/buttonless.enter_bootloader` then
-waits its whole 10 s timeout although the link is gone; at `--time-scale 0.05` that is 200 s of air, past
-the bootloader's 120 s inactivity timeout, so the bootloader resets to the app before it is looked for and
-the execution ends FAILED ("its bootloader did not advertise"). Set back to 3 once air.py is fixed."""
+CONCURRENCY = 3
+"""`[dfu] concurrency` of each agent: several links share each gateway's simulated central."""
 
 ZERO_STATS = {
     "devices": 0,

@@ -1,4 +1,5 @@
-"""A whole fleet as real processes: Mosquitto (mutual TLS), the FOTA job service, `nrf-dfu sim serve` airs
+"""A whole fleet as real processes, the bench of the end-to-end tests and of the demo: Mosquitto (mutual
+TLS), the FOTA job service, `nrf-dfu sim serve` airs
 and gateway agents, plus a wire observer and the checks the end-to-end rollout tests make.
 
 Every part is the shipped program started the way an operator starts it (`fota-service serve --config`,
@@ -23,6 +24,7 @@ import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -36,8 +38,7 @@ from simulator.firmware import make_application
 from simulator.remote import RemoteAir
 from simulator.server import address_range
 
-REPO = Path(__file__).resolve().parents[2]
-DEMO_KEY_FILE = REPO / "profiles" / "keys" / "demo-private.pem"
+DEMO_KEY_FILE = Path(str(resources.files("profiles") / "keys" / "demo-private.pem"))
 SERVICE_MAIN = "fota_service.cli:main"
 AGENT_MAIN = "gateway_agent.__main__:main"
 POLL_S = 0.05
@@ -79,7 +80,7 @@ class Managed:
     argv: list[str]
     log_file: Path
     env: dict[str, str] = field(default_factory=dict)
-    cwd: Path = REPO
+    cwd: Path | None = None
     proc: subprocess.Popen[bytes] | None = None
     terminated: bool = False
 
@@ -623,7 +624,7 @@ async def running_fleet(
     """
     import httpx
 
-    from tests.support.mosquitto import free_port, running_broker
+    from hil.broker import free_port, running_broker
 
     started: list[Managed] = []
     socket_dir = Path(tempfile.mkdtemp(prefix="fleet", dir="/tmp"))  # unix socket paths must stay short
