@@ -1,4 +1,4 @@
-"""Hardware-in-the-loop DFU tests: simulated in CI, a real board with `--hil-address ... --hil-profile ...`."""
+"""Hardware-in-the-loop DFU tests: simulated in CI, a real board with `--hil-address ...`."""
 
 from __future__ import annotations
 
