@@ -154,6 +154,7 @@ async def run_demo(directory: Path, console: Console) -> DemoResult:
         )
         console.print(f"created job {job_id}; the gateway agent takes it from here")
         job = await _watch(fleet, job_id, profiles, console)
+        console.print()
         executions = {e["deviceId"]: e for e in await fleet.api.executions(job_id)}
         after = await fleet.app_versions()
     ok = (
