@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from hil.fleet import Fleet, running_fleet
 from hil.target import DEMO_KEY, SIMULATED_ADDRESS, DfuTarget
 from profiles.model import load_profile
 
@@ -66,6 +67,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             else:
                 # simulated radio time: fast-forward it (a real board needs real time, so only here)
                 item.add_marker(pytest.mark.looptime)
+
+
+@pytest.fixture
+async def gateway_under_test(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Fleet]:
+    """A whole gateway as real processes (broker, job service, `gateway-agent run`) serving one simulated
+    peripheral of the chosen profile; jobs go through the REST API (`fleet.api`) exactly as on a bench."""
+    if board_address(request.config) is not None:
+        pytest.skip(
+            "gateway_under_test drives simulated peripherals only; a board-backed gateway is not done yet"
+        )
+    profile = str(request.config.getoption("--hil-profile"))
+    async with running_fleet(tmp_path, gateways=1, per_gateway=1, profile=profile, tenant="hil") as fleet:
+        yield fleet
 
 
 @pytest.fixture
