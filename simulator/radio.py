@@ -316,9 +316,13 @@ class Central:
         response or notification); otherwise it may use the rest of the current event (streamed writes).
         """
         c2p = direction is Direction.CENTRAL_TO_PERIPHERAL
-        t_us = max(to_us(not_before), link.c2p_free_us if c2p else link.p2c_free_us)
+        t_us = to_us(not_before)
         if next_event:
+            # The first event that starts once the answer is ready. Traffic already queued in the same
+            # direction goes first, but within that event when it fits: a peripheral's ATT Write Response and
+            # a notification it had ready share one connection event (several PDUs per event).
             t_us = link.next_event_start_us(t_us)
+        t_us = max(t_us, link.c2p_free_us if c2p else link.p2c_free_us)
         for payload in fragments:
             duration = link.model.exchange_us(payload)
             start = self._fit(link, t_us, duration)
