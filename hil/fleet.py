@@ -762,14 +762,9 @@ async def running_fleet(
                         diagnose=fleet.diagnose,
                     )
                     yield fleet
-            # A graceful stop is part of the contract: every program exits 0 on SIGTERM. Known exception
-            # (reported): `fota-service serve` dies *by* the signal (-15), because uvicorn's Server.serve()
-            # re-raises the SIGTERM it captured once it has restored the default handler, so the process ends
-            # inside `await server.serve()`, before fota_service/server.py's `finally` (stop the MQTT bridge
-            # and scheduler, close the store) runs. Accepted here until that is fixed; nothing else is.
+            # A graceful stop is part of the contract: every program exits 0 on SIGTERM.
             codes = stop_all(reversed(started))
-            accepted = {service.name: {0, -signal.SIGTERM}}
-            unclean = {name: code for name, code in codes.items() if code not in accepted.get(name, {0})}
+            unclean = {name: code for name, code in codes.items() if code != 0}
             if unclean:
                 logs = "\n".join(p.tail(15) for p in started if p.name in unclean)
                 raise FleetError(f"unclean exit on SIGTERM: {unclean}\n{logs}")
