@@ -29,8 +29,8 @@ from dfu.protocol import (
     encode_set_adv_name,
 )
 from dfu.transport.backend import BleBackend
-from dfu.transport.ble import Seen, find
-from profiles.gatt import BUTTONLESS_BONDED, BUTTONLESS_UNBONDED, CONTROL_POINT
+from dfu.transport.ble import Seen, disconnect_quietly, find, has_control_point
+from profiles.gatt import BUTTONLESS_BONDED, BUTTONLESS_UNBONDED
 from profiles.model import BootloaderAddressRule, PeripheralProfile, bootloader_address
 
 log = logging.getLogger(__name__)
@@ -124,8 +124,7 @@ async def enter_bootloader(
         name = adv_name
     await command(encode_enter_bootloader(), ButtonlessOpCode.ENTER_BOOTLOADER)
     log.info("entered bootloader address=%s bonded=%s adv_name=%s", address, bonded, name)
-    with contextlib.suppress(Exception):
-        await client.disconnect()
+    await disconnect_quietly(client)
     return Switched(address, bonded, name)
 
 
@@ -161,8 +160,8 @@ async def find_bootloader(
         ) from exc
 
 
-def in_bootloader(client: BleakClient) -> bool:
-    return client.services.get_characteristic(CONTROL_POINT) is not None
+in_bootloader = has_control_point
+"""Kept for callers of the old name: `dfu.transport.ble.has_control_point`."""
 
 
 __all__ = [

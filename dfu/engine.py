@@ -55,7 +55,10 @@ Transitions (phase: awaited response -> what happens next):
   INIT_CREATE    create command   write the init packet + checksum -> INIT_CHECKSUM
   INIT_CHECKSUM  checksum         match -> INIT_EXECUTE; mismatch -> INIT_CREATE (bounded retries)
   INIT_EXECUTE   execute          success (or OPERATION_NOT_PERMITTED for an existing one) -> DATA_SELECT;
-                                  other results -> typed error (a rejection names its cause)
+                                  OPERATION_FAILED for an existing one (its settings write found the flash
+                                  queue full) -> INIT_BACKOFF; other results -> typed error (a rejection
+                                  names its cause)
+  INIT_BACKOFF   (timer)          at `deadline` on_timeout executes the init packet again -> INIT_EXECUTE
   DATA_SELECT    select data      plan the resume (reference §3) -> DATA_PRN
   DATA_PRN       set PRN N        fresh: create object 0 -> DATA_CREATE
                                   CRC ok, inside an object: continue it (no create) -> DATA_STREAM
@@ -69,6 +72,13 @@ Transitions (phase: awaited response -> what happens next):
                                   flash queue has room: pipelined); last: DONE (ImageComplete)
   DATA_BACKOFF   (timer)          flash queue full (modelled, or Create answered INVALID_OBJECT): at
                                   `deadline` on_timeout sends the Create -> DATA_CREATE
+
+Busy flash. Right after a reconnect the bootloader may still be writing what the previous link sent (its
+fstorage queue survives the link; the model of a new engine starts empty). fstorage then refuses new work:
+Create data answers INVALID_OBJECT (the page erase could not be queued), and re-executing the init packet
+answers OPERATION_FAILED (its settings-page write could not be queued), as the SDK does. Both are waited
+out here, not surfaced as a link failure: the request is repeated after one page erase (the longest single
+flash operation, so a slot has freed by then), at most `flash_queue_size` times in a row (a whole queue).
 
 Never re-created: the command object once data exists (Create command wipes all progress). Fatal refusals
 raise `DfuRejected`; the I/O layer sends Abort for those (`abort()` gives the bytes), never for link errors
@@ -162,6 +172,8 @@ class TransferStats:
     """objects (or init packets) re-created after a CRC mismatch"""
     round_trips: int = 0
     prn: int = 0
+    busy_waits: int = 0
+    """requests repeated because the bootloader's flash queue was full (see "Busy flash")"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,6 +191,7 @@ class Phase(enum.Enum):
     INIT_CREATE = "init-create"
     INIT_CHECKSUM = "init-checksum"
     INIT_EXECUTE = "init-execute"
+    INIT_BACKOFF = "init-backoff"
     DATA_SELECT = "data-select"
     DATA_PRN = "data-prn"
     DATA_CREATE = "data-create"
@@ -286,7 +299,8 @@ class ImageTransfer:
         self._tolerate_not_permitted = False
         self._create_pending = False  # a Create was sent right behind the Execute being awaited
         self._early_create: Response | None = None
-        self._busy_creates = 0  # Create answered INVALID_OBJECT: fstorage had no room for the erase
+        self._busy = 0  # consecutive refusals for a full flash queue (see "Busy flash")
+        self._after_backoff: Callable[[float], list[Action]] | None = None  # what on_timeout sends then
         self._plain_sent: float | None = None
         self._one_way: float | None = None  # estimated notification delay (half the quickest round trip)
         self._idle_since = 0.0  # estimated time flash went idle, from the last Execute data answer
@@ -350,8 +364,10 @@ class ImageTransfer:
             # The closing PRN never came (a packet lost for want of a buffer is not counted): ask.
             stream.checksum_sent = True
             return self._request(Phase.DATA_STREAM, now, OpCode.CALC_CHECKSUM)
-        if self._phase is Phase.DATA_BACKOFF:
-            return self._create(now)
+        if self._phase in (Phase.INIT_BACKOFF, Phase.DATA_BACKOFF):
+            assert self._after_backoff is not None
+            retry, self._after_backoff = self._after_backoff, None
+            return retry(now)
         awaited = AWAITS.get(self._phase, OpCode.RESPONSE).name
         raise self._fail(
             DfuTimeoutError(f"no response to {awaited} from the bootloader ({self._phase.value})")
@@ -401,7 +417,7 @@ class ImageTransfer:
         if r.payload["offset"] == len(self.init_packet) and r.payload["crc"] == self._init_crc:
             self._init_existing = True
             self.stats.init_reused = True
-            return self._request(Phase.INIT_EXECUTE, now, OpCode.EXECUTE)
+            return self._execute(now)
         return self._request(Phase.INIT_PRN, now, OpCode.SET_PRN, prn=0)
 
     def _on_init_prn(self, r: Response, now: float) -> list[Action]:
@@ -425,7 +441,7 @@ class ImageTransfer:
         if not r.ok or r.payload is None:
             raise self._refused(r)
         if r.payload["offset"] == len(self.init_packet) and r.payload["crc"] == self._init_crc:
-            return self._request(Phase.INIT_EXECUTE, now, OpCode.EXECUTE)
+            return self._execute(now)
         self._init_retries += 1
         self.stats.retries += 1
         if self._init_retries > self.max_object_retries:
@@ -438,11 +454,27 @@ class ImageTransfer:
         return self._on_init_prn(r, now)
 
     def _on_init_execute(self, r: Response, now: float) -> list[Action]:
+        if self._init_existing and r.result is ResultCode.OPERATION_FAILED:
+            return self._flash_busy(r, now, Phase.INIT_BACKOFF, now + self.flash.erase_seconds, self._execute)
+        self._busy = 0
         if r.ok:
             self._settings_written_at = now
         elif not (self._init_existing and r.result is ResultCode.OPERATION_NOT_PERMITTED):
             raise self._refused(r)
         return self._request(Phase.DATA_SELECT, now, OpCode.SELECT, type=ObjectType.DATA)
+
+    def _execute(self, now: float) -> list[Action]:
+        return self._request(Phase.INIT_EXECUTE, now, OpCode.EXECUTE)
+
+    def _flash_busy(
+        self, r: Response, now: float, phase: Phase, until: float, retry: Callable[[float], list[Action]]
+    ) -> list[Action]:
+        """The bootloader could not queue flash work: wait (a timer) and repeat the request (bounded)."""
+        self._busy += 1
+        if self._busy > self.flash.flash_queue_size:
+            raise self._refused(r)
+        self.stats.busy_waits += 1
+        return self._backoff(now, until, retry, phase)
 
     # --- data: select, resume plan, PRN --------------------------------------------------------------------
 
@@ -523,20 +555,20 @@ class ImageTransfer:
         self, now: float, *, phase: Phase = Phase.DATA_CREATE, index: int | None = None
     ) -> list[Action]:
         start, end = self._object_bounds(self._object if index is None else index)
+        self._create_sent = now
         return self._request(phase, now, OpCode.CREATE, type=ObjectType.DATA, size=end - start)
 
     def _on_data_create(self, r: Response, now: float) -> list[Action]:
-        if r.result is ResultCode.INVALID_OBJECT and self._busy_creates < self.max_object_retries:
-            # fstorage could not queue the page erase (flash still busy with the last object's writes):
-            # ask again once the modelled flash is idle.
-            self._busy_creates += 1
-            assert self._pacer is not None
-            return self._backoff(now, max(self._pacer.idle_at, now + (self._one_way or 0.0) * 2))
-        self._busy_creates = 0
+        assert self._pacer is not None
+        if r.result is ResultCode.INVALID_OBJECT:
+            # fstorage could not queue the page erase: ask again once the modelled flash is idle, and no
+            # sooner than one erase from now (the model cannot see work left from before a reconnect).
+            until = max(self._pacer.idle_at, now + self.flash.erase_seconds)
+            return self._flash_busy(r, now, Phase.DATA_BACKOFF, until, self._create)
+        self._busy = 0
         if not r.ok:
             raise self._refused(r)
         start, end = self._object_bounds(self._object)
-        assert self._pacer is not None
         # The bootloader queued the erase when it handled Create: before its answer reached us, and not
         # before flash went idle after the previous object. Dated back by the link's one-way delay, unless
         # an object already arrived damaged (then: conservatively, at the answer).
@@ -549,9 +581,16 @@ class ImageTransfer:
             return self._request(Phase.DATA_REWIND, now, OpCode.CALC_CHECKSUM)
         return self._stream_from(now, start, end)
 
-    def _backoff(self, now: float, until: float) -> list[Action]:
-        """Wait (a timer: `deadline`) before creating the current object again; nothing is sent."""
-        self._phase = Phase.DATA_BACKOFF
+    def _backoff(
+        self,
+        now: float,
+        until: float,
+        retry: Callable[[float], list[Action]] | None = None,
+        phase: Phase = Phase.DATA_BACKOFF,
+    ) -> list[Action]:
+        """Wait (a timer: `deadline`), then `retry` (default: create the current object); nothing is sent."""
+        self._phase = phase
+        self._after_backoff = retry or self._create
         self.deadline = max(until, now)
         return []
 
@@ -609,11 +648,11 @@ class ImageTransfer:
         actions: list[Action] = []
         pacer = self._pacer
         at = max(now, s.last_send)
-        for i in range(s.next_chunk, limit):
-            chunk = s.chunks[i]
+        sent = 0
+        for chunk in s.chunks[s.next_chunk : limit]:
             at = pacer.packet(at, len(chunk))
             actions.append(WritePacket(chunk, at))
-        sent = sum(len(s.chunks[i]) for i in range(s.next_chunk, limit))
+            sent += len(chunk)
         self.stats.bytes_sent += sent
         if self._object_retries:
             self.stats.bytes_resent += sent

@@ -24,10 +24,8 @@ from __future__ import annotations
 import math
 from collections import deque
 
-from profiles.model import FlashTiming
+from profiles.model import SETTINGS_WRITE_BYTES, FlashTiming
 
-SETTINGS_WRITE_BYTES = 0x400
-"""Bytes per settings-page copy the bootloader writes when it executes an init packet (page + backup)."""
 DEFAULT_SLACK = 2
 """Queue slots kept free for radio jitter; the flash stays saturated as long as one operation is queued."""
 
@@ -46,7 +44,6 @@ class FlashPacer:
         self.timing = timing
         self.page_size = page_size
         self._erase_s = timing.erase_seconds
-        self._word_s = timing.word_write_us / 1e6
         self._max_slack = max(0, min(timing.flash_queue_size, buffers) - 2)
         self.queue_limit = timing.flash_queue_size
         self.buffer_limit = buffers
@@ -93,7 +90,7 @@ class FlashPacer:
 
     def settings_write(self, at: float) -> None:
         """Init Execute stores the settings page and its backup: erase + write, twice."""
-        write_s = ((SETTINGS_WRITE_BYTES + 3) // 4) * self._word_s
+        write_s = self.timing.write_seconds(SETTINGS_WRITE_BYTES)
         for _ in range(2):
             self._queue(at, self._erase_s)
             self._queue(at, write_s)
@@ -112,7 +109,7 @@ class FlashPacer:
         room = self.buffer_limit - self.slack
         if len(held) >= room:
             at = max(at, held[len(held) - room])
-        end = self._queue(at, ((nbytes + 3) // 4) * self._word_s)
+        end = self._queue(at, self.timing.write_seconds(nbytes))
         held.append(end)
         return at
 

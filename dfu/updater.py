@@ -30,7 +30,6 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from bleak import BleakClient
 from bleak.exc import BleakError
 
 from dfu.buttonless import buttonless_characteristic, enter_bootloader, find_bootloader
@@ -40,7 +39,16 @@ from dfu.package import DfuPackage, ImageKind, PackageImage
 from dfu.preflight import preflight
 from dfu.protocol import FirmwareImageType, OpCode
 from dfu.transport.backend import BleBackend
-from dfu.transport.ble import ConnectPolicy, DfuLink, Seen, connect, find, has_control_point, open_peripheral
+from dfu.transport.ble import (
+    ConnectPolicy,
+    DfuLink,
+    Seen,
+    connect,
+    disconnect_quietly,
+    find,
+    has_control_point,
+    open_peripheral,
+)
 from profiles.gatt import FIRMWARE_REVISION
 from profiles.model import PeripheralProfile, bootloader_address
 
@@ -291,13 +299,13 @@ class Updater:
         if link is None and seen.address != self.address:
             # An application at our bootloader's address is another peripheral (adjacent addresses): never
             # switch a device we were not asked to update.
-            await _quiet_disconnect(client)
+            await disconnect_quietly(client)
             raise DfuLinkError(
                 f"{seen.address} runs an application: it is not the bootloader of {self.address}"
             )
         if link is None:
             if buttonless_characteristic(client) is None:
-                await _quiet_disconnect(client)
+                await disconnect_quietly(client)
                 raise DfuProtocolError(f"{seen.address}: neither a bootloader nor a buttonless application")
             self._emit(Phase.ENTERING_BOOTLOADER)
             try:
@@ -305,7 +313,7 @@ class Updater:
                     client, adv_name=self.options.bootloader_name, timeout_s=self.profile.timeouts.response_s
                 )
             finally:
-                await _quiet_disconnect(client)
+                await disconnect_quietly(client)
             self._emit(Phase.FINDING_BOOTLOADER)
             seen = await find_bootloader(
                 self.backend, self.address, self.profile, adv_name=switched.adv_name, bonded=switched.bonded
@@ -405,7 +413,7 @@ class Updater:
                 failures += 1
                 self._run.resumes += 1
                 if failures > self.options.max_resumes:
-                    raise _as_link_error(exc) from exc
+                    raise _as_link_error(exc, self.address) from exc
                 delay = min(self.options.backoff_max_s, self.options.backoff_initial_s * 2 ** (failures - 1))
                 log.warning(
                     "link failure address=%s kind=%s sent=%d attempt=%d backoff=%.2f error=%s",
@@ -466,12 +474,11 @@ class Updater:
             log.info("verified address=%s firmware_revision=%s", address, revision)
             return revision
         finally:
-            await _quiet_disconnect(client)
+            await disconnect_quietly(client)
 
     # --- progress ---------------------------------------------------------------------------------------
 
     def _emit(self, phase: Phase, image: PackageImage | None = None) -> None:
-        self._phase = phase
         if self.on_progress is None:
             return
         loop = asyncio.get_running_loop()
@@ -495,15 +502,11 @@ class Updater:
         )
 
 
-def _as_link_error(exc: Exception) -> DfuError:
+def _as_link_error(exc: Exception, address: str | None) -> DfuError:
+    """A bare bleak error as a link error that names the peripheral (DFU errors already do)."""
     if isinstance(exc, DfuError):
         return exc
-    return DfuLinkError(str(exc))
-
-
-async def _quiet_disconnect(client: BleakClient) -> None:
-    with contextlib.suppress(Exception):
-        await client.disconnect()
+    return DfuLinkError(f"{address}: {exc or type(exc).__name__}")
 
 
 async def update(

@@ -112,7 +112,10 @@ class DeviceState(_Model):
     bootloader_version: int = 1
     bootloader_size: int = 0x5000
     softdevice_id: int
-    softdevice_size: int
+    softdevice_size: int = Field(
+        description="SoftDevice flash above the MBR (`SD_FLASH_SIZE`, e.g. 0x26000 for S140 v7.2.0), not its "
+        "end address: the application starts at chip.mbr_size + softdevice_size (0x27000 for S140 v7.2.0)"
+    )
     in_bootloader: bool = False
 
 

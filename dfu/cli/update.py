@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import sys
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from contextlib import contextmanager
@@ -46,8 +45,6 @@ from dfu.transport.ble import Seen, platform_backend
 from dfu.transport.ble import scan as ble_scan
 from dfu.updater import Phase, UpdateOptions, UpdateProgress, Updater, UpdateResult
 from profiles.model import PeripheralProfile, UnknownProfileError, load_profile
-
-log = logging.getLogger(__name__)
 
 EXIT_OK = 0
 EXIT_OTHER = 1
@@ -265,10 +262,6 @@ def summary_line(result: UpdateResult, *, simulated: bool) -> str:
     )
 
 
-def load_package(path: Path) -> DfuPackage:
-    return DfuPackage.load(path)
-
-
 @click.command()
 @click.argument("package_path", metavar="PKG", type=click.Path(path_type=Path))
 @click.option("--address", help="the peripheral's (application) address")
@@ -302,7 +295,7 @@ def update(
         raise click.BadParameter(str(exc), param_hint="--profile") from exc
     simulated = sim_profile is not None
     try:
-        package = load_package(package_path)
+        package = DfuPackage.load(package_path)
     except PackageError as exc:
         _fail(exc, as_json)
 

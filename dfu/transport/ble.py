@@ -169,8 +169,7 @@ async def connect(
                 except BaseException as exc:
                     failures += 1
                     log.info("connect failed address=%s attempt=%d error=%r", address, attempt.num, exc)
-                    with contextlib.suppress(Exception):
-                        await client.disconnect()
+                    await disconnect_quietly(client)
                     raise
                 return client, failures
     except _RETRYABLE as exc:
@@ -224,8 +223,7 @@ async def open_peripheral(
             await _settle_mtu(link)
         await link._subscribe()
     except BaseException:
-        with contextlib.suppress(Exception):
-            await client.disconnect()
+        await disconnect_quietly(client)
         raise
     return client, link, failures
 
@@ -243,6 +241,12 @@ async def _settle_mtu(link: DfuLink, wait_s: float = 1.0) -> None:
 def has_control_point(client: BleakClient) -> bool:
     """A device whose GATT shows the DFU control point is in bootloader mode (reference §1)."""
     return client.services.get_characteristic(CONTROL_POINT) is not None
+
+
+async def disconnect_quietly(client: BleakClient) -> None:
+    """Disconnect; never raises (the peripheral may already be gone, e.g. after its reset)."""
+    with contextlib.suppress(Exception):
+        await client.disconnect()
 
 
 @dataclass(slots=True)
@@ -285,8 +289,7 @@ class DfuLink:
             backend, device, policy=policy, response_timeout_s=response_timeout_s
         )
         if link is None:
-            with contextlib.suppress(Exception):
-                await client.disconnect()
+            await disconnect_quietly(client)
             raise DfuLinkError(f"{device.address.upper()}: not in bootloader mode (no DFU control point)")
         return link, failures
 
@@ -313,8 +316,7 @@ class DfuLink:
 
     async def close(self) -> None:
         """Disconnect; never raises (the peripheral may already be gone, e.g. after its reset)."""
-        with contextlib.suppress(Exception):
-            await self.client.disconnect()
+        await disconnect_quietly(self.client)
 
     async def __aenter__(self) -> DfuLink:
         return self
@@ -411,6 +413,7 @@ __all__ = [
     "Seen",
     "Transfer",
     "connect",
+    "disconnect_quietly",
     "find",
     "has_control_point",
     "is_bluez",

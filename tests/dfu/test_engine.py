@@ -383,9 +383,62 @@ def test_create_refused_for_busy_flash_backs_off_then_retries() -> None:
     t.on_notification(ok(OpCode.SET_PRN), 0.0)
     assert t.on_notification(fail(OpCode.CREATE, ResultCode.INVALID_OBJECT), 1.0) == []
     assert t.phase is Phase.DATA_BACKOFF
-    assert t.deadline is not None
-    assert t.deadline >= 1.0
+    assert t.deadline == pytest.approx(1.0 + FLASH.erase_seconds), "one page erase frees a queue slot"
     assert t.on_timeout(t.deadline) == [req(OpCode.CREATE, type=ObjectType.DATA, size=64)]
+    assert t.stats.busy_waits == 1
+    assert packets(t.on_notification(ok(OpCode.CREATE), 1.2))[0] == FW[:20]
+
+
+def test_busy_flash_waits_are_bounded_by_one_queue_drain() -> None:
+    """Each wait lasts one erase; after `flash_queue_size` refusals in a row the refusal propagates."""
+    t = new(flash=FlashTiming(flash_queue_size=3))
+    through_init(t)
+    assert t.on_notification(ok(OpCode.SET_PRN), 0.0) == [], "the modelled settings writes fill the queue"
+    assert t.deadline is not None
+    assert t.on_timeout(t.deadline) == [req(OpCode.CREATE, type=ObjectType.DATA, size=64)]
+    now = 1.0
+    for _ in range(3):
+        assert t.on_notification(fail(OpCode.CREATE, ResultCode.INVALID_OBJECT), now) == []
+        assert t.deadline is not None
+        now = t.deadline
+        assert t.on_timeout(now) == [req(OpCode.CREATE, type=ObjectType.DATA, size=64)]
+    with pytest.raises(DfuResponseError, match="CREATE refused") as info:
+        t.on_notification(fail(OpCode.CREATE, ResultCode.INVALID_OBJECT), now)
+    assert not isinstance(info.value, DfuRejected)
+    assert t.stats.busy_waits == 3
+
+
+def test_existing_init_packet_execute_refused_for_busy_flash_is_repeated() -> None:
+    """Re-executing the init packet after a reconnect stores the settings page again; with the flash queue
+    still full of the previous link's writes the SDK answers OPERATION_FAILED: wait, execute again."""
+    t = new()
+    t.start(0.0)
+    assert t.on_notification(ok(OpCode.SELECT, max_size=512, offset=30, crc=crc(INIT)), 0.0) == [
+        req(OpCode.EXECUTE)
+    ]
+    assert t.on_notification(fail(OpCode.EXECUTE, ResultCode.OPERATION_FAILED), 0.5) == []
+    assert t.phase is Phase.INIT_BACKOFF
+    assert t.deadline == pytest.approx(0.5 + FLASH.erase_seconds)
+    assert t.on_notification(ok(OpCode.CALC_CHECKSUM, offset=64, crc=0), 0.52) == [], "stale PRN ignored"
+    assert t.on_timeout(t.deadline) == [req(OpCode.EXECUTE)]
+    assert t.on_notification(ok(OpCode.EXECUTE), 0.7) == [req(OpCode.SELECT, type=ObjectType.DATA)]
+    assert t.stats.busy_waits == 1
+
+
+def test_new_init_packet_execute_operation_failed_is_not_waited_out() -> None:
+    t = new()
+    steps = [
+        (ok(OpCode.SELECT, max_size=512, offset=0, crc=0), None),
+        (ok(OpCode.SET_PRN), None),
+        (ok(OpCode.CREATE), None),
+        (ok(OpCode.CALC_CHECKSUM, offset=30, crc=crc(INIT)), [req(OpCode.EXECUTE)]),
+    ]
+    t.start(0.0)
+    for note, expected in steps:
+        actions = t.on_notification(note, 0.0)
+        assert expected is None or actions == expected
+    with pytest.raises(DfuResponseError, match="OPERATION_FAILED"):
+        t.on_notification(fail(OpCode.EXECUTE, ResultCode.OPERATION_FAILED), 0.0)
 
 
 def test_timeout_before_deadline_does_nothing_then_raises() -> None:

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from dfu.engine import ImageComplete, ImageTransfer, Progress, TransferStats, WriteControl, WritePacket
 from dfu.errors import ChecksumMismatchError, DfuRejected
-from dfu.protocol import ExtError
+from dfu.protocol import ExtError, OpCode, ResultCode, encode_response
 from profiles.model import PeripheralProfile
 from simulator.bootloader import Bootloader
 from simulator.device import DeviceState, Emission, Mode, Notify, Reset, ResetReason
@@ -43,6 +43,7 @@ class Link:
     packets: int = 0
     packet_bytes: int = 0
     resets: list[Reset] = field(default_factory=list)
+    answers: list[bytes] = field(default_factory=list)  # every control-point notification, in order
     _air_free: float = 0.0
     _inbox: list[tuple[float, int, bytes]] = field(default_factory=list)
     _seq: int = 0
@@ -50,6 +51,7 @@ class Link:
     def _emit(self, emissions: list[Emission], at: float) -> None:
         for e in emissions:
             if isinstance(e, Notify):
+                self.answers.append(e.payload)
                 self._seq += 1
                 heapq.heappush(self._inbox, (max(e.ready_at, at) + self.latency, self._seq, e.payload))
             else:
@@ -102,11 +104,11 @@ class Link:
                 self.now = max(self.now, deadline)
                 actions = transfer.on_timeout(self.now)
 
-    def reconnect(self) -> None:
+    def reconnect(self, after: float = 0.5) -> None:
         """A disconnect and a new connection: notifications in flight are lost, RAM progress stays."""
         self._inbox.clear()
         self.bl.on_disconnect(self.now)
-        self.now += 0.5
+        self.now += after
         self.bl.on_connect(self.now, 247)
         self.drop_after_bytes = None
 
@@ -237,6 +239,30 @@ def test_random_corruption_is_resent_never_executed(corrupt: set[int]) -> None:
     # Each damaged packet costs at most its object; the erase-lag probe at most one more (once).
     assert stats.retries <= len(corrupt) + 1
     assert stats.bytes_resent <= 4096 * (len(corrupt) + 1)
+    assert link.finish().reason is ResetReason.ACTIVATED
+    assert link.bl.state.app is not None
+    assert link.bl.state.app.sha256 == hashlib.sha256(fw).hexdigest()
+
+
+def test_flash_still_busy_after_a_quick_reconnect_is_waited_out() -> None:
+    """The old link's page erase and writes still fill the flash queue when a new link comes up at once:
+    the bootloader refuses the settings write of the re-executed init packet (OPERATION_FAILED) and the
+    page erase of the next Create (INVALID_OBJECT). The engine waits and asks again: no link failure."""
+    p = profile()
+    fw = firmware(4 * 4096)
+    init = signed_init(p, fw)
+    link = Link(device(p), drop_after_bytes=len(init) + 2 * 244 + 1)  # two packets of object 0, then a drop
+    with pytest.raises(LinkDropped):
+        link.run(transfer(p, init, fw))
+    link.reconnect(after=0.0)
+    link.answers.clear()
+    stats = link.run(transfer(p, init, fw))
+    busy_execute = encode_response(OpCode.EXECUTE, ResultCode.OPERATION_FAILED)
+    busy_create = encode_response(OpCode.CREATE, ResultCode.INVALID_OBJECT)
+    assert busy_execute in link.answers
+    assert busy_create in link.answers
+    assert stats.busy_waits == link.answers.count(busy_execute) + link.answers.count(busy_create)
+    assert stats.init_reused
     assert link.finish().reason is ResetReason.ACTIVATED
     assert link.bl.state.app is not None
     assert link.bl.state.app.sha256 == hashlib.sha256(fw).hexdigest()

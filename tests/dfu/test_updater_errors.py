@@ -31,13 +31,28 @@ NO_PREFLIGHT = UpdateOptions(preflight=False, skip_installed=False)
         (lambda: app_package(sd_req=(0x00AE,)), ExtError.SD_VERSION_FAILURE, "requires SoftDevice 0x00AE"),
         (lambda: app_package(key=None), ExtError.SIGNATURE_MISSING, "not signed"),
         (lambda: app_package(key=OTHER_KEY), None, "signature invalid"),
-        (lambda: app_package(size=0xD1000), ExtError.INSUFFICIENT_SPACE, "does not fit"),
+        # one page more than the S140 application region: bootloader 0xF8000 - app start 0x27000
+        (lambda: app_package(size=0xD2000), ExtError.INSUFFICIENT_SPACE, "does not fit"),
     ],
 )
 def test_preflight_refuses_before_any_radio_work(package, ext, words) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(PreflightError, match=words) as info:
         preflight(package(), S140)
     assert info.value.ext_error is ext
+
+
+@pytest.mark.parametrize(
+    ("name", "app_start"),
+    [("nrf52840-s140", 0x27000), ("nrf52832-s132", 0x26000)],  # MBR + S140 / S132 v7.2.0
+)
+def test_preflight_application_region_starts_at_the_softdevice_end(name: str, app_start: int) -> None:
+    profile = load_profile(name)
+    region = profile.chip.bootloader_start - app_start
+    fits = app_package(size=region, sd_req=(profile.softdevice_id,))
+    assert preflight(fits, profile).total_bytes == region
+    too_big = app_package(size=region + 4, sd_req=(profile.softdevice_id,))
+    with pytest.raises(PreflightError, match=f"the {region}-byte application region"):
+        preflight(too_big, profile)
 
 
 def test_preflight_accepts_good_packages_and_skips_sd_check_after_a_new_softdevice() -> None:

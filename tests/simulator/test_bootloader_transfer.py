@@ -206,7 +206,8 @@ def test_bootloader_update_keeps_the_app() -> None:
 
 def test_an_app_too_big_for_a_second_bank_invalidates_the_current_app() -> None:
     d = Driver.fresh(profile("nrf52832-s132"))
-    big = make_application(0x46000 + 4096, 2)  # app area 0x4E000, the current app uses 0x8000
+    # app area 0x4F000 (0x78000 - 3 app-data pages - app start 0x26000); the current app uses 0x8000
+    big = make_application(0x47000 + 4096, 2)
     assert d.send_init(signed_init(d.profile, big)).ok
     assert d.state.app is None
     assert d.request(OpCode.ABORT).ok
@@ -234,7 +235,7 @@ def test_activation_charges_the_copy_into_place_unless_written_in_place() -> Non
         6 * flash.erase_seconds + flash.write_seconds(len(APP))
     )
     small = Driver.fresh(profile("nrf52832-s132"))
-    big = make_application(0x46000 + 4096, 2)  # does not fit beside the current app: single bank, in place
+    big = make_application(0x47000 + 4096, 2)  # does not fit beside the current app: single bank, in place
     assert small.update(signed_init(small.profile, big), big).ok
     reset = small.run_until_reset()
     assert kind(reset) == ("app", ResetReason.ACTIVATED)
