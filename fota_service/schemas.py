@@ -69,25 +69,6 @@ class Firmware(BaseModel):
     version: str
 
 
-class Stats(BaseModel):
-    devices: int
-    executions: int
-    completedExecutions: int
-    queued: int
-    inProgress: int
-    downloading: int
-    succeeded: int
-    failed: int
-    timedOut: int
-    rejected: int
-    cancelled: int
-    removed: int
-
-    @classmethod
-    def of(cls, stats: ExecutionStats) -> Stats:
-        return cls(**stats.__dict__)
-
-
 class JobOut(BaseModel):
     jobId: str
     name: str
@@ -99,7 +80,7 @@ class JobOut(BaseModel):
     completedAt: str | None
     target: Target
     firmware: Firmware
-    executionStats: Stats
+    executionStats: ExecutionStats  # the model's dataclass: pydantic serializes it as is
 
     @classmethod
     def of(cls, model: FotaModel, job: Job) -> JobOut:
@@ -122,7 +103,7 @@ class JobOut(BaseModel):
                 uris=list(doc.uris),
                 version=doc.version,
             ),
-            executionStats=Stats.of(model.stats(job)),
+            executionStats=model.stats(job),
         )
 
 
