@@ -35,12 +35,12 @@ def _needs_signature(image: PackageImage, profile: PeripheralProfile) -> bool:
 
 def _check_fits(image: PackageImage, profile: PeripheralProfile, sd_size: int) -> None:
     chip, init = profile.chip, image.init
-    app_region = chip.bootloader_start - chip.mbr_size - sd_size
+    app_region = chip.app_region_end - chip.mbr_size - sd_size
     what = image.kind.value
     if image.kind is ImageKind.APPLICATION and len(image.firmware) > app_region:
         raise PreflightError(
             f"{what} of {len(image.firmware)} bytes does not fit the {app_region}-byte application region "
-            f"of {profile.name}",
+            f"of {profile.name} (below the bootloader's {chip.app_data_area_size}-byte app data area)",
             ExtError.INSUFFICIENT_SPACE,
         )
     bl_size = init.bl_size if image.kind is ImageKind.SOFTDEVICE_BOOTLOADER else len(image.firmware)

@@ -50,10 +50,21 @@ class ChipInfo(_Model):
     mbr_size: int = 0x1000
     bootloader_start: int = Field(description="first flash address of the bootloader")
     bootloader_settings_size: int = 0x2000
+    app_data_area_size: int = Field(
+        0x3000,
+        ge=0,
+        description="NRF_DFU_APP_DATA_AREA_SIZE: flash below the bootloader kept for the application's data, "
+        "never used for an update (SDK 17 examples: 3 pages)",
+    )
 
     @property
     def bootloader_max_size(self) -> int:
         return self.rom_size - self.bootloader_settings_size - self.bootloader_start
+
+    @property
+    def app_region_end(self) -> int:
+        """First address above what an application image (and bank 1) may occupy."""
+        return self.bootloader_start - self.app_data_area_size
 
 
 SETTINGS_WRITE_BYTES = 0x400
@@ -95,6 +106,11 @@ class LinkPreferences(_Model):
     data_length: int = Field(251, ge=27, le=251, description="LL data PDU payload (27 without DLE)")
     conn_interval_ms: float = Field(15.0, ge=7.5, le=4000)
     event_length_ms: float = Field(7.5, gt=0, description="controller's connection event length cap")
+    event_extension: bool = Field(
+        False,
+        description="the SoftDevice runs a busy connection event past event_length_ms into idle air "
+        "(BLE_COMMON_OPT_CONN_EVT_EXT); off by default: not known to be enabled in the SDK's bootloader",
+    )
 
 
 class Timeouts(_Model):

@@ -136,8 +136,6 @@ from simulator.flash import Flash
 PROTOCOL_VERSION = 1
 SD_REQ_APP_OVERWRITES_SD = 0x00
 """sd_req[0] == 0: "no SoftDevice needed" (an app replacing the SoftDevice)."""
-APP_DATA_RESERVED_PAGES = 3
-"""NRF_DFU_APP_DATA_AREA_SIZE of the SDK examples (12 kB below the bootloader kept for app data)."""
 ECDSA_VERIFY_S = 0.1
 """CPU time of one ECDSA P-256 verification on an nRF52 with micro-ecc (about 100-200 ms)."""
 HASH_BYTES_PER_S = 2_000_000.0
@@ -557,7 +555,7 @@ class Bootloader:
     def _needs_app_space(self, size: int) -> bool:
         """`nrf_dfu_cache_prepare()`: bank 1 after the app if it fits, else over the app (invalidating it)."""
         chip = self.profile.chip
-        region = chip.bootloader_start - APP_DATA_RESERVED_PAGES * chip.page_size - self._app_start
+        region = chip.app_region_end - self._app_start
         app = self.state.app
         used = -(-app.size // chip.page_size) * chip.page_size if app is not None else 0
         if size <= region - used:

@@ -14,7 +14,10 @@ public API speaks seconds (floats, asyncio loop time) and converts at the edge.
   the negotiated data length (27 without DLE, up to 251 with it).
 * Connection events start at ``anchor + k * interval`` and carry exchanges back to back while the next one
   still ends within the event length cap (at least one exchange per event, as a controller always serves
-  the anchor). A packet that does not fit waits for the next event.
+  the anchor). A packet that does not fit waits for the next event. With *event extension* (both sides'
+  SoftDevice/controller option, `LinkModel.event_extension`) an event that stays busy, each exchange
+  starting where the link's previous one ended, runs past the length cap into free air; the first gap or a
+  collision with another link's reservation closes it.
 * A response (ATT response, notification, indication) is sent at the first event that *starts* at or after
   the moment it is ready; since the request itself ended inside an event, that is the next one: a round trip
   costs at least one connection interval.
@@ -81,6 +84,8 @@ class LinkModel:
     interval_us: int = 15_000
     event_length_us: int = 7_500
     encrypted: bool = False
+    event_extension: bool = False
+    """Both controllers may run an event past `event_length_us` while it stays busy and the air is free."""
 
     def __post_init__(self) -> None:
         if not LL_MIN_DATA_LENGTH <= self.data_length <= LL_MAX_DATA_LENGTH:
@@ -104,6 +109,7 @@ class LinkModel:
         interval_ms: float = 15.0,
         event_length_ms: float = 7.5,
         encrypted: bool = False,
+        event_extension: bool = False,
     ) -> LinkModel:
         """Build from the units people write (ms); the interval snaps to the 1.25 ms grid."""
         interval_us = round(interval_ms * 1000 / INTERVAL_UNIT_US) * INTERVAL_UNIT_US
@@ -114,6 +120,7 @@ class LinkModel:
             interval_us=interval_us,
             event_length_us=min(round(event_length_ms * 1000), interval_us),
             encrypted=encrypted,
+            event_extension=event_extension,
         )
 
     @classmethod
@@ -128,6 +135,7 @@ class LinkModel:
             interval_ms=interval_ms,
             event_length_ms=min(prefs.event_length_ms, central.event_length_ms),
             encrypted=central.encrypted,
+            event_extension=prefs.event_extension and central.event_extension,
         )
 
     # --- single PDUs -----------------------------------------------------------------------------------
@@ -223,6 +231,8 @@ class CentralSettings:
     event_length_ms: float = 7.5
     encrypted: bool = False
     max_connections: int = 8
+    event_extension: bool = True
+    """The controller extends a busy connection event into idle air (most multi-link controllers do)."""
 
 
 @dataclass(slots=True)
@@ -234,6 +244,8 @@ class LinkSlot:
     anchor_us: int
     c2p_free_us: int = 0
     p2c_free_us: int = 0
+    last_end_us: int = -1
+    """End of the link's latest exchange: an exchange starting exactly then continues the same event."""
 
     def event_start_us(self, k: int) -> int:
         return self.anchor_us + k * self.model.interval_us
@@ -327,7 +339,7 @@ class Central:
             duration = link.model.exchange_us(payload)
             start = self._fit(link, t_us, duration)
             self._reserve(start, start + duration)
-            t_us = start + duration
+            t_us = link.last_end_us = start + duration
         if c2p:
             link.c2p_free_us = t_us
         else:
@@ -344,7 +356,11 @@ class Central:
         return [(to_s(s), to_s(e)) for s, e in zip(self._busy_starts, self._busy_ends, strict=True)]
 
     def _fit(self, link: LinkSlot, t_us: int, duration: int) -> int:
-        """First start ≥ t_us inside one of the link's event windows that collides with no reservation."""
+        """First start ≥ t_us inside one of the link's event windows that collides with no reservation.
+
+        With event extension, an exchange that follows the link's previous one back to back belongs to the
+        same (still open) event and may run past the event length; the first gap or collision closes it.
+        """
         model = link.model
         while True:
             k = link.event_index(t_us)
@@ -353,7 +369,8 @@ class Central:
                 continue
             start_k = link.event_start_us(k)
             window_end = start_k + max(model.event_length_us, duration if t_us == start_k else 0)
-            if t_us + duration > window_end:
+            extends = model.event_extension and t_us == link.last_end_us
+            if t_us + duration > window_end and not extends:
                 t_us = link.event_start_us(k + 1)
                 continue
             i = bisect.bisect_right(self._busy_ends, t_us)

@@ -10,6 +10,7 @@ from dfu.preflight import preflight
 from dfu.protocol import ExtError, ResultCode
 from dfu.updater import UpdateOptions, update
 from profiles.model import load_profile
+from tests.simulator.bootloader_driver import Driver, signed_init
 from tests.support.dfu_sim import (
     APP_ADDRESS,
     OTHER_KEY,
@@ -31,8 +32,8 @@ NO_PREFLIGHT = UpdateOptions(preflight=False, skip_installed=False)
         (lambda: app_package(sd_req=(0x00AE,)), ExtError.SD_VERSION_FAILURE, "requires SoftDevice 0x00AE"),
         (lambda: app_package(key=None), ExtError.SIGNATURE_MISSING, "not signed"),
         (lambda: app_package(key=OTHER_KEY), None, "signature invalid"),
-        # one page more than the S140 application region: bootloader 0xF8000 - app start 0x27000
-        (lambda: app_package(size=0xD2000), ExtError.INSUFFICIENT_SPACE, "does not fit"),
+        # one page more than the S140 application region: 0xF8000 - 0x3000 app data - app start 0x27000
+        (lambda: app_package(size=0xCF000), ExtError.INSUFFICIENT_SPACE, "does not fit"),
     ],
 )
 def test_preflight_refuses_before_any_radio_work(package, ext, words) -> None:  # type: ignore[no-untyped-def]
@@ -47,12 +48,30 @@ def test_preflight_refuses_before_any_radio_work(package, ext, words) -> None:  
 )
 def test_preflight_application_region_starts_at_the_softdevice_end(name: str, app_start: int) -> None:
     profile = load_profile(name)
-    region = profile.chip.bootloader_start - app_start
+    region = profile.chip.bootloader_start - profile.chip.app_data_area_size - app_start
     fits = app_package(size=region, sd_req=(profile.softdevice_id,))
     assert preflight(fits, profile).total_bytes == region
     too_big = app_package(size=region + 4, sd_req=(profile.softdevice_id,))
     with pytest.raises(PreflightError, match=f"the {region}-byte application region"):
         preflight(too_big, profile)
+
+
+@pytest.mark.parametrize("extra", [0, 4])
+def test_preflight_and_the_bootloader_agree_on_the_app_data_area(extra: int) -> None:
+    """The largest image preflight passes is the largest the bootloader's init execute accepts."""
+    profile = S140
+    region = profile.chip.app_region_end - profile.chip.mbr_size - profile.initial.softdevice_size
+    firmware = bytes(region + extra)
+    driver = Driver.fresh(profile)
+    answer = driver.send_init(signed_init(profile, firmware))
+    package = app_package(size=region + extra)
+    if extra:
+        assert answer.result is ResultCode.INSUFFICIENT_RESOURCES
+        with pytest.raises(PreflightError, match="app data area"):
+            preflight(package, profile)
+    else:
+        assert answer.result is ResultCode.SUCCESS
+        assert preflight(package, profile).total_bytes == region
 
 
 def test_preflight_accepts_good_packages_and_skips_sd_check_after_a_new_softdevice() -> None:

@@ -179,3 +179,46 @@ def test_a_late_link_is_anchored_in_the_idle_part_of_the_interval() -> None:
     assert late.anchor_us == 1_012_500
     third = central.open("c", DLE_1M, now=2.0)  # no room left: contention from its earliest anchor
     assert third.anchor_us == 2_000_000
+
+
+EXT_2M = LinkModel.create(phy="2M", data_length=251, att_mtu=247, event_extension=True)
+
+
+def test_event_extension_is_negotiated_from_both_sides() -> None:
+    prefs = LinkPreferences(event_extension=True)
+    assert LinkModel.negotiate(prefs, CentralSettings()).event_extension
+    assert not LinkModel.negotiate(prefs, CentralSettings(event_extension=False)).event_extension
+    assert not LinkModel.negotiate(LinkPreferences(), CentralSettings()).event_extension
+
+
+def test_an_extended_event_runs_past_its_length_while_writes_follow_back_to_back() -> None:
+    central = Central()
+    link = central.open("a", EXT_2M, now=0.0, anchor=0.0)
+    t = 0.0
+    for _ in range(10):  # 10 x 1392 us = 13.9 ms, past the 7.5 ms event length
+        t = central.transmit(link, EXT_2M.write_fragments(244), not_before=t)
+    assert to_us(t) == 10 * EXT_2M.exchange_us(251)
+    assert EXT_2M.stream_bps() > 0.99 * EXT_2M.ceiling_bps
+    assert DLE_2M.stream_bps() < 0.5 * DLE_2M.ceiling_bps  # the same link without extension
+
+
+def test_a_gap_closes_an_extended_event_until_the_next_anchor() -> None:
+    central = Central()
+    link = central.open("a", EXT_2M, now=0.0, anchor=0.0)
+    t = 0.0
+    for _ in range(6):  # 8.35 ms: already past the event length
+        t = central.transmit(link, EXT_2M.write_fragments(244), not_before=t)
+    late = central.transmit(link, EXT_2M.write_fragments(244), not_before=t + 1e-6)
+    assert to_us(late) == 15_000 + EXT_2M.exchange_us(251)
+
+
+def test_another_links_reservation_closes_an_extended_event() -> None:
+    central = Central()
+    a = central.open("a", EXT_2M, now=0.0, anchor=0.0)
+    b = central.open("b", EXT_2M, now=0.0, anchor=0.0075)
+    t = 0.0
+    for _ in range(5):  # a: 0 .. 6.96 ms
+        t = central.transmit(a, EXT_2M.write_fragments(244), not_before=t)
+    central.transmit(b, EXT_2M.write_fragments(244), not_before=t)  # b's anchor, 7.5 ms
+    nxt = central.transmit(a, EXT_2M.write_fragments(244), not_before=t)  # would fit 6.96..8.35: taken
+    assert to_us(nxt) == 15_000 + EXT_2M.exchange_us(251)
