@@ -103,7 +103,9 @@ async def measure(count: int, scale: float) -> CpuRow:
             server.terminate()
             await server.wait()
     mb = sum(r.bytes for r in results) / 1e6
-    return CpuRow(count, round(mb, 4), round(cpu, 3), round(cpu / mb, 3), round(sim_cpu / mb, 3), round(wall, 2))
+    return CpuRow(
+        count, round(mb, 4), round(cpu, 3), round(cpu / mb, 3), round(sim_cpu / mb, 3), round(wall, 2)
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

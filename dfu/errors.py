@@ -82,10 +82,6 @@ class ButtonlessError(DfuError):
         super().__init__(f"buttonless DFU refused: {BUTTONLESS_RESULT_TEXT[result]} ({result.name})")
 
 
-class DfuCancelledError(DfuError):
-    """The update was cancelled; the peripheral is left resumable."""
-
-
 # Results that mean "this firmware will never be accepted by this device" rather than a transfer problem.
 REJECTING_EXT_ERRORS = frozenset(
     {

@@ -7,6 +7,7 @@ disagree on a byte. Everything here is pure: bytes in, typed containers out, and
 from __future__ import annotations
 
 import enum
+import struct
 from dataclasses import dataclass
 from typing import Any
 
@@ -154,7 +155,17 @@ _RESPONSE_HEADER = cs.Struct(
     "response" / cs.Const(OpCode.RESPONSE.value, _u8),
     "request" / _u8,
     "result" / _u8,
-)
+).compile()
+_RESPONSE_HEADER_SIZE = 3
+
+# The tables above stay plain `construct` definitions (tests and the simulator read their fields); the codec
+# runs compiled copies: construct generates Python for each, 3-10x faster on the per-object hot path.
+_REQUEST_CODEC: dict[OpCode, cs.Construct] = {op: fmt.compile() for op, fmt in REQUEST_PARAMS.items()}
+_RESPONSE_CODEC: dict[OpCode, cs.Construct] = {op: fmt.compile() for op, fmt in RESPONSE_PAYLOADS.items()}
+_REQUEST_SIZE: dict[OpCode, int] = {
+    op: fmt.sizeof() for op, fmt in REQUEST_PARAMS.items() if op is not OpCode.WRITE
+}
+_RESPONSE_SIZE: dict[OpCode, int] = {op: fmt.sizeof() for op, fmt in RESPONSE_PAYLOADS.items()}
 
 
 class ProtocolError(ValueError):
@@ -190,9 +201,9 @@ def _clean(container: Any) -> dict[str, Any]:
 
 def encode_request(opcode: OpCode, **params: Any) -> bytes:
     try:
-        body: bytes = REQUEST_PARAMS[opcode].build(params)
+        body: bytes = _REQUEST_CODEC[opcode].build(params)
         return bytes([opcode]) + body
-    except (cs.ConstructError, KeyError) as exc:
+    except (cs.ConstructError, struct.error, KeyError) as exc:
         raise ProtocolError(f"cannot encode {opcode.name} with {params!r}: {exc}") from exc
 
 
@@ -207,12 +218,12 @@ def decode_request(data: bytes) -> Request:
     if opcode is OpCode.RESPONSE:
         raise ProtocolError("a response opcode is not a request")
     body = data[1:]
-    fmt = REQUEST_PARAMS[opcode]
+    size = _REQUEST_SIZE.get(opcode)
+    if size is not None and len(body) != size:
+        raise ProtocolError(f"{opcode.name}: {len(body)} parameter bytes, expected {size}")
     try:
-        parsed = fmt.parse(body)
-        if opcode is not OpCode.WRITE and len(fmt.build(parsed)) != len(body):
-            raise ProtocolError(f"{opcode.name}: {len(body)} parameter bytes, expected {fmt.sizeof()}")
-    except cs.ConstructError as exc:
+        parsed = _REQUEST_CODEC[opcode].parse(body)
+    except (cs.ConstructError, struct.error) as exc:
         raise ProtocolError(f"{opcode.name}: malformed parameters {body.hex()}") from exc
     return Request(opcode, _clean(parsed))
 
@@ -233,16 +244,18 @@ def encode_response(
     if result is not ResultCode.SUCCESS:
         return head
     try:
-        body: bytes = RESPONSE_PAYLOADS[OpCode(request)].build(payload)
+        body: bytes = _RESPONSE_CODEC[OpCode(request)].build(payload)
         return head + body
-    except (cs.ConstructError, KeyError, ValueError) as exc:
+    except (cs.ConstructError, struct.error, KeyError, ValueError) as exc:
         raise ProtocolError(f"cannot encode a response to 0x{request:02X} with {payload!r}: {exc}") from exc
 
 
 def decode_response(data: bytes) -> Response:
+    if len(data) < _RESPONSE_HEADER_SIZE:
+        raise ProtocolError(f"not a DFU response: {data.hex()}")
     try:
         head = _RESPONSE_HEADER.parse(data)
-    except cs.ConstructError as exc:
+    except (cs.ConstructError, struct.error) as exc:
         raise ProtocolError(f"not a DFU response: {data.hex()}") from exc
     try:
         request = OpCode(head.request)
@@ -259,14 +272,14 @@ def decode_response(data: bytes) -> Response:
             raise ProtocolError(f"unknown extended error 0x{rest[0]:02X}") from exc
     if result is not ResultCode.SUCCESS:
         return Response(request, result)
-    fmt = RESPONSE_PAYLOADS.get(request)
+    fmt = _RESPONSE_CODEC.get(request)
     if fmt is None:
         raise ProtocolError(f"no response format for {request.name}")
+    if len(rest) != _RESPONSE_SIZE[request]:
+        raise ProtocolError(f"{request.name} response: {len(rest)} payload bytes")
     try:
         payload = fmt.parse(rest)
-        if len(fmt.build(payload)) != len(rest):
-            raise ProtocolError(f"{request.name} response: {len(rest)} payload bytes")
-    except cs.ConstructError as exc:
+    except (cs.ConstructError, struct.error) as exc:
         raise ProtocolError(f"{request.name} response: malformed payload {rest.hex()}") from exc
     return Response(request, result, None, _clean(payload))
 

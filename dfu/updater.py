@@ -7,7 +7,10 @@ Resume rules, written down:
 * A link failure (drop, timeout, a checksum that kept failing) during an image costs one *resume*: back off
   (exponential, bounded), find the peripheral again in whatever mode it is now (still the bootloader, or the
   application after an inactivity reset), and start a **new engine**, which resumes from what `select`
-  reports. After `max_resumes` resumes of one image the link error propagates.
+  reports. After `max_resumes` failures in a row *without progress* the link error propagates; a link that
+  moved the image forward (the bootloader confirmed a whole data object more than ever before) restores the
+  budget and the backoff, so a long image over a link that drops every few seconds still completes, while
+  one that cannot carry an object does not reconnect forever.
 * A process restart needs no stored state: the bootloader keeps the executed init packet and (RAM or flash)
   data progress, and the new engine recomputes from `select`. The updater therefore accepts a peripheral
   that is already in bootloader mode, and skips a bootloader image the device already runs (its version
@@ -134,7 +137,7 @@ class UpdateOptions:
     prn: int | None = None
     """packet receipt notification interval; None = the profile's"""
     max_resumes: int = 8
-    """per image"""
+    """link failures in a row without progress (a data object more confirmed), per image"""
     backoff_initial_s: float = 0.25
     backoff_max_s: float = 4.0
     connect_attempts: int = 3
@@ -366,7 +369,8 @@ class Updater:
         """Send one image, resuming across link failures; returns the link the image completed on.
 
         `link` None means: find the bootloader first. Each link failure (during the transfer or while
-        finding the device again) costs one of `max_resumes` attempts, after an exponential backoff.
+        finding the device again) costs one of `max_resumes` attempts, after an exponential backoff; both
+        start over when the image got a whole object further than ever before.
         """
         loop = asyncio.get_running_loop()
         started = loop.time()
@@ -374,6 +378,7 @@ class Updater:
             self._run.transfer_started = started
         first_resumed_from: int | None = None
         failures = 0
+        furthest = -1  # whole data objects confirmed at the latest failure that made progress
         checked_installed = False
         while True:
             try:
@@ -410,6 +415,9 @@ class Updater:
                 if link is not None:
                     await link.close()
                     link = None
+                objects = self._image_sent // self.profile.data_object_size
+                if objects > furthest:
+                    furthest, failures = objects, 0
                 failures += 1
                 self._run.resumes += 1
                 if failures > self.options.max_resumes:

@@ -271,7 +271,6 @@ class DfuLink:
         self._pkt: BleakGATTCharacteristic = pkt
         self.control_writes = 0
         """control-point requests written: each costs at least one round trip (a connection interval)"""
-        self.packet_writes = 0
         self.packet_bytes = 0
         """bytes written to the packet characteristic (init packet and firmware, re-sends included)"""
 
@@ -389,7 +388,6 @@ class DfuLink:
                     if delay > 0:
                         await asyncio.sleep(delay)
                     # Counted when handed to the radio: a write failing with the link may still have arrived.
-                    self.packet_writes += 1
                     self.packet_bytes += len(action.data)
                     await self._write(self._pkt, action.data, response=False)
                 elif isinstance(action, WriteControl):

@@ -131,6 +131,24 @@ async def test_link_drop_every_50_kb_resumes_without_resending_more_than_an_obje
     assert result.bytes_sent - result.bytes - init <= result.resumes * 4096
 
 
+async def test_drops_beyond_the_resume_budget_complete_while_each_link_makes_progress() -> None:
+    w = world(S140, faults=FaultPlan(drop_every_bytes=20_000))
+    package = app_package(size=200 * 1024)
+    options = UpdateOptions(max_resumes=3)
+    result = await update(w.backend, S140, package, address=APP_ADDRESS, options=options)
+    assert _runs(w.state(), package)
+    assert result.resumes >= 10 > options.max_resumes
+
+
+async def test_a_link_that_never_gets_anywhere_exhausts_the_resume_budget() -> None:
+    w = world(S140, faults=FaultPlan(drop_every_bytes=100))  # one packet per link: never a whole object
+    options = UpdateOptions(max_resumes=3)
+    updater = Updater(w.backend, S140, app_package(), address=APP_ADDRESS, options=options)
+    with pytest.raises(DfuLinkError):
+        await updater.run()
+    assert updater._run.resumes == 4
+
+
 async def test_one_percent_corrupted_packets_still_complete() -> None:
     w = world(S140, faults=FaultPlan(corrupt_probability=0.01, seed=3))
     package = app_package(size=100 * 1024)
