@@ -41,6 +41,7 @@ demo: setup
 
 bench: setup
 	$(VENV)/bin/python -m benchmarks.dfu_throughput
+	$(VENV)/bin/python -m benchmarks.client_cpu
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -4,28 +4,34 @@
 CPU figure is mostly the simulator and looptime's fake clock. Here the peripherals and the air run in their
 own process (`nrf-dfu sim serve`), and this process runs only what a gateway runs: the real `Updater`
 (engine, pacing, transport, buttonless entry, verification) over the real bleak API on a plain asyncio loop.
-The bleak backend talks to the simulator over a unix socket (one JSON line per GATT operation), which
-stands in for BlueZ's D-Bus; its cost is counted, as D-Bus's would be on a gateway.
+Below the bleak API the simulator's backend sends one JSON line per GATT operation over a unix socket and
+awaits its answer, as bleak's BlueZ backend sends one D-Bus call per write and awaits its reply.
 
-Figures: this process's `process_time()` over the updates, per MB of firmware; the simulator process's CPU
-(from /proc) for comparison; wall seconds. The air runs `--time-scale` real seconds per simulated second;
-the client paces to the profile's flash timing in its own (real) seconds, so with a scale below 1 it is
-slower than the air allows, never faster: the CPU per MB is what matters here, not the wall time.
+Printed per run: this process's `process_time()` over the updates, per MB of firmware and per GATT operation;
+the same run under cProfile split into our code (dfu/, construct), bleak, and the rest (asyncio, the
+socket protocol, json); `ipc_floor_us`: the CPU of one request/response on that socket that does no work
+(`RemoteAir.ping`), the least any client pays per awaited write on this backend; the simulator process's
+CPU (from /proc) for comparison. The air runs `--time-scale` real seconds per simulated second; the client
+paces to the profile's flash timing in its own (real) seconds, so with a scale below 1 it is slower than the
+air allows, never faster: CPU per MB is the figure here, not wall time.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
 import json
 import os
+import pstats
 import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
-from benchmarks.dfu_throughput import PROFILE, app_package
+from benchmarks.dfu_throughput import IMAGE_BYTES, PROFILE, app_package
 from dfu.updater import UpdateOptions, Updater
 from profiles.model import load_profile
 from simulator.bleak_backend import backend_for
@@ -34,16 +40,22 @@ from simulator.server import address_range
 
 BASE_ADDRESS = "C8:2E:1A:00:00:01"
 TARGET_S_PER_MB = 0.3
+PINGS = 2000
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class CpuRow:
     peripherals: int
     megabytes: float
+    gatt_ops: int
     client_cpu_s: float
     client_cpu_s_per_mb: float
+    cpu_us_per_op: float
+    ipc_floor_us: float
     simulator_cpu_s_per_mb: float
     wall_s: float
+    shares: dict[str, float] | None = None
+    """fractions of the profiled CPU: ours (dfu/, construct), bleak, rest (asyncio, socket, json)"""
 
 
 def _proc_cpu_s(pid: int) -> float:
@@ -70,6 +82,7 @@ async def _serve(socket: Path, count: int, scale: float) -> asyncio.subprocess.P
         "--time-scale",
         str(scale),
         stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
     )
     assert proc.stdout is not None
     line = await asyncio.wait_for(proc.stdout.readline(), 30)
@@ -79,8 +92,10 @@ async def _serve(socket: Path, count: int, scale: float) -> asyncio.subprocess.P
     return proc
 
 
-async def measure(count: int, scale: float) -> CpuRow:
-    package = app_package()
+async def measure(
+    count: int, scale: float, profiler: cProfile.Profile | None = None, size: int = IMAGE_BYTES
+) -> CpuRow:
+    package = app_package(size)
     profile = load_profile(PROFILE)
     with tempfile.TemporaryDirectory() as tmp:
         socket = Path(tmp) / "sim.sock"
@@ -88,24 +103,57 @@ async def measure(count: int, scale: float) -> CpuRow:
         try:
             async with RemoteAir(socket) as remote:
                 backend = backend_for(remote)
-                addresses = address_range(BASE_ADDRESS, count)
+                updaters = [
+                    Updater(backend, profile, package, address=a, options=UpdateOptions())
+                    for a in address_range(BASE_ADDRESS, count)
+                ]
                 sim_before = _proc_cpu_s(server.pid)
                 cpu, wall = time.process_time(), time.monotonic()
-                results = await asyncio.gather(
-                    *(
-                        Updater(backend, profile, package, address=a, options=UpdateOptions()).run()
-                        for a in addresses
-                    )
-                )
+                if profiler is not None:
+                    profiler.enable()
+                results = await asyncio.gather(*(u.run() for u in updaters))
+                if profiler is not None:
+                    profiler.disable()
                 cpu, wall = time.process_time() - cpu, time.monotonic() - wall
                 sim_cpu = _proc_cpu_s(server.pid) - sim_before
+                floor = time.process_time()
+                for _ in range(PINGS):
+                    await remote.ping()
+                floor = time.process_time() - floor
         finally:
             server.terminate()
             await server.wait()
     mb = sum(r.bytes for r in results) / 1e6
+    packet = profile.link.att_mtu - 3
+    ops = sum(-(-r.bytes_sent // packet) + r.round_trips for r in results)
     return CpuRow(
-        count, round(mb, 4), round(cpu, 3), round(cpu / mb, 3), round(sim_cpu / mb, 3), round(wall, 2)
+        peripherals=count,
+        megabytes=round(mb, 6),
+        gatt_ops=ops,
+        client_cpu_s=round(cpu, 3),
+        client_cpu_s_per_mb=round(cpu / mb, 3),
+        cpu_us_per_op=round(cpu / ops * 1e6, 1),
+        ipc_floor_us=round(floor / PINGS * 1e6, 1),
+        simulator_cpu_s_per_mb=round(sim_cpu / mb, 3),
+        wall_s=round(wall, 2),
     )
+
+
+def _shares(profiler: cProfile.Profile) -> dict[str, float]:
+    stats: dict[tuple[str, int, str], tuple[Any, ...]] = pstats.Stats(profiler).stats  # type: ignore[attr-defined]
+    parts = {"ours": 0.0, "bleak": 0.0, "rest": 0.0}
+    root = str(Path(__file__).resolve().parents[1] / "dfu")
+    for (path, _, name), row in stats.items():
+        if "select.epoll" in name:  # waiting, not working
+            continue
+        if path.startswith(root) or "/construct/" in path:
+            parts["ours"] += row[2]
+        elif "/bleak/" in path:
+            parts["bleak"] += row[2]
+        else:
+            parts["rest"] += row[2]
+    total = sum(parts.values()) or 1.0
+    return {k: round(v / total, 3) for k, v in parts.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -113,17 +161,38 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--count", type=int, action="append", help="peripherals at once (repeatable)")
     parser.add_argument("--time-scale", type=float, default=0.1, help="real seconds per simulated second")
+    parser.add_argument("--size", type=int, default=IMAGE_BYTES, help="application size in bytes")
     args = parser.parse_args(argv)
-    rows = [asyncio.run(measure(n, args.time_scale)) for n in args.count or [1, 4]]
+    rows = []
+    for n in args.count or [1, 4]:
+        row = asyncio.run(measure(n, args.time_scale, size=args.size))
+        profiler = cProfile.Profile()
+        asyncio.run(measure(n, args.time_scale, profiler, size=args.size))
+        row.shares = _shares(profiler)
+        rows.append(row)
     if args.json:
         print(json.dumps([asdict(r) for r in rows], indent=2))
         return 0
-    print(f"gateway CPU per MB sent ({PROFILE}, 200 KB application each; simulator in its own process)")
-    print(f"{'N':>2} {'MB':>7} {'client cpu s':>12} {'client s/MB':>11} {'simulator s/MB':>14} {'wall s':>7}")
+    print(
+        f"gateway CPU per MB sent ({PROFILE}, {args.size} B application each, simulator in its own process)"
+    )
+    print(
+        f"{'N':>2} {'MB':>6} {'GATT ops':>8} {'cpu s':>6} {'cpu s/MB':>8} {'us/op':>6} {'IPC floor us':>12} "
+        f"{'ours':>5} {'bleak':>5} {'rest':>5} {'sim s/MB':>8} {'wall s':>6}"
+    )
     for r in rows:
+        s = r.shares or {}
         print(
-            f"{r.peripherals:>2} {r.megabytes:>7.3f} {r.client_cpu_s:>12.3f} {r.client_cpu_s_per_mb:>11.3f} "
-            f"{r.simulator_cpu_s_per_mb:>14.3f} {r.wall_s:>7.2f}"
+            f"{r.peripherals:>2} {r.megabytes:>6.3f} {r.gatt_ops:>8} {r.client_cpu_s:>6.3f} "
+            f"{r.client_cpu_s_per_mb:>8.3f} {r.cpu_us_per_op:>6.1f} {r.ipc_floor_us:>12.1f} "
+            f"{s.get('ours', 0):>5.0%} {s.get('bleak', 0):>5.0%} {s.get('rest', 0):>5.0%} "
+            f"{r.simulator_cpu_s_per_mb:>8.3f} {r.wall_s:>6.2f}"
+        )
+    for r in rows:
+        ours = (r.shares or {}).get("ours", 0.0) * r.client_cpu_s_per_mb
+        print(
+            f"N={r.peripherals}: our code ~{ours:.3f} s/MB (profiled share of {r.client_cpu_s_per_mb:.3f}); "
+            f"the IPC floor alone is {r.ipc_floor_us * r.gatt_ops / 1e6 / r.megabytes:.3f} s/MB"
         )
     print(f"target: client <= {TARGET_S_PER_MB} s/MB")
     return 0

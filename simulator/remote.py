@@ -133,6 +133,10 @@ class RemoteAir:
             self._pump = None
         self._fail_all(RemoteError("connection to the simulator closed"))
 
+    async def ping(self) -> None:
+        """One request and its answer that do no work: what the socket protocol itself costs a client."""
+        await self._call("hello", version=PROTOCOL_VERSION)
+
     def abort(self) -> None:
         """Vanish without a goodbye, as a killed process does (tests of gateway crashes)."""
         if self._writer is not None:
