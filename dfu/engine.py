@@ -116,6 +116,8 @@ from profiles.model import FlashTiming
 DEFAULT_RESPONSE_TIMEOUT_S = 10.0
 DEFAULT_PRN_TIMEOUT_S = 2.0
 """How long after its last packet an object's closing PRN may take before the engine asks for a checksum."""
+DEADLINE_TOLERANCE_S = 1e-6
+"""How early `on_timeout` may be called and still act (the link model's own resolution is 1 µs)."""
 CONSERVATIVE_FLASH = FlashTiming(page_erase_ms=120.0, word_write_us=60.0, flash_queue_size=4)
 """Pacing for a board whose flash timing is unknown (slower than any nRF52 datasheet figure)."""
 MAX_PRN = 0xFFFF
@@ -256,9 +258,12 @@ class ImageTransfer:
         pacing_slack: int | None = None,
         pipeline: bool = True,
         probe_erase_lag: bool = True,
+        saves_progress: bool = False,
     ) -> None:
         """`prn` None or 0: the engine chooses (one notification per object, on its last packet).
-        `flash` None: the board's flash timing is unknown; conservative pacing and PRN back-pressure."""
+        `flash` None: the board's flash timing is unknown; conservative pacing and PRN back-pressure.
+        `saves_progress`: the bootloader writes its settings page after every data Execute but the last
+        (NRF_DFU_SAVE_PROGRESS_IN_FLASH): four flash operations the pacing must leave room for."""
         if packet_size < 1:
             raise ValueError("packet_size must be positive (negotiated ATT MTU - 3)")
         if not init_packet or not firmware:
@@ -278,6 +283,7 @@ class ImageTransfer:
         self.prn_timeout = prn_timeout
         self._slack = pacing_slack
         self.pipeline = pipeline
+        self.saves_progress = saves_progress
         self.stats = TransferStats(bytes_total=len(self.firmware))
         self.deadline: float | None = None
         """loop time at which `on_timeout` is due; None when nothing is awaited"""
@@ -356,8 +362,13 @@ class ImageTransfer:
         return self._HANDLERS[self._phase](self, response, now)
 
     def on_timeout(self, now: float) -> list[Action]:
-        """`deadline` passed without the awaited notification."""
-        if self.deadline is None or now < self.deadline:
+        """`deadline` passed without the awaited notification.
+
+        A call up to `DEADLINE_TOLERANCE_S` early counts as on time: an event loop runs a timer once it is
+        within its clock resolution, and a float deadline may sit a hair above the loop time it wakes at.
+        Declining such a call would have the I/O layer ask again at once, forever.
+        """
+        if self.deadline is None or now < self.deadline - DEADLINE_TOLERANCE_S:
             return []
         stream = self._stream
         if self._phase is Phase.DATA_STREAM and stream is not None and not stream.checksum_sent:
@@ -747,10 +758,12 @@ class ImageTransfer:
             raise self._refused(r)
         self._tolerate_not_permitted = False
         assert self._pacer is not None
+        _, end = self._object_bounds(self._object)
         if r.ok:  # Execute data is answered once flash is idle (a refusal is answered at once)
             self._pacer.idle()
             self._idle_since = now - (self._one_way or 0.0)
-        _, end = self._object_bounds(self._object)
+            if self.saves_progress and end < len(self.firmware):
+                self._pacer.settings_write(now)  # queued as it answered: dated at the answer, to err late
         if self._confirmed_crc_offset != end:
             self._confirmed_crc_offset, self._confirmed_crc = end, crc32(self._fw[:end])
         self._confirmed = end

@@ -363,6 +363,7 @@ class Updater:
             prn=prn,
             flash=self.profile.flash,
             response_timeout=self.profile.timeouts.response_s,
+            saves_progress=self.profile.save_progress_in_flash,
         )
 
     async def _send_image(self, link: DfuLink | None, image: PackageImage) -> DfuLink:

@@ -389,6 +389,18 @@ def test_create_refused_for_busy_flash_backs_off_then_retries() -> None:
     assert packets(t.on_notification(ok(OpCode.CREATE), 1.2))[0] == FW[:20]
 
 
+def test_a_timer_firing_a_float_hair_before_the_deadline_still_acts() -> None:
+    """asyncio runs a timer within its clock resolution of `when`: declining it would spin the I/O loop."""
+    t = new()
+    through_init(t)
+    t.on_notification(ok(OpCode.SET_PRN), 0.0)
+    t.on_notification(fail(OpCode.CREATE, ResultCode.INVALID_OBJECT), 10.54296)
+    assert t.deadline is not None
+    early = t.deadline - 2e-15  # 10.62796 against 10.627960000000002, as seen on a looptime loop
+    assert early < t.deadline
+    assert t.on_timeout(early) == [req(OpCode.CREATE, type=ObjectType.DATA, size=64)]
+
+
 def test_busy_flash_waits_are_bounded_by_one_queue_drain() -> None:
     """Each wait lasts one erase; after `flash_queue_size` refusals in a row the refusal propagates."""
     t = new(flash=FlashTiming(flash_queue_size=3))

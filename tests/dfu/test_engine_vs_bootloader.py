@@ -160,6 +160,22 @@ def test_full_image_transfers_and_activates() -> None:
     assert stats.round_trips == 5 + 2 + 11 * 3  # init; select data + PRN; create, PRN|checksum, execute
 
 
+@pytest.mark.parametrize("told", [True, False])
+def test_a_bootloader_saving_progress_in_flash_loses_nothing_when_the_engine_knows(told: bool) -> None:
+    """NRF_DFU_SAVE_PROGRESS_IN_FLASH: a settings write (4 flash operations) after every data Execute."""
+    p = profile(save_progress_in_flash=True)
+    fw = firmware(8 * 4096)
+    link = Link(device(p))
+    stats = link.run(transfer(p, signed_init(p, fw), fw, saves_progress=told))
+    if told:
+        assert link.bl.drops.queue_full == link.bl.drops.no_buffer == 0, "pacing lost packets"
+        assert stats.retries == 0
+    else:  # what the pacing did before it knew: packets of the next object meet a full fstorage queue
+        assert link.bl.drops.queue_full > 0
+        assert stats.retries > 0
+    assert link.finish().reason is ResetReason.ACTIVATED
+
+
 def test_efficiency_near_device_bound() -> None:
     """Simulated time per object within 10 % of create+execute round trips + the flash time of its page."""
     p = profile()

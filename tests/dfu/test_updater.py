@@ -149,6 +149,37 @@ async def test_a_link_that_never_gets_anywhere_exhausts_the_resume_budget() -> N
     assert updater._run.resumes == 4
 
 
+SDK17 = load_profile("nrf52840-s140-sdk17")
+
+
+async def test_sdk17_saving_progress_in_flash_resumes_from_the_last_executed_object() -> None:
+    saved = SDK17.model_copy(update={"save_progress_in_flash": True})
+    w = world(saved, faults=FaultPlan(drop_every_bytes=50_000))
+    package = app_package(size=200 * 1024)
+    result = await update(w.backend, saved, package, address=APP_ADDRESS)
+    assert _runs(w.state(), package)
+    assert result.retries == 0, "the pacing leaves room for the settings write after each Execute"
+    init = len(package.images[0].init_packet)
+    assert result.resumes >= 4
+    assert result.bytes_sent - result.bytes - init <= result.resumes * 4096
+
+
+async def test_stock_sdk17_restarts_a_dropped_image_from_its_start() -> None:
+    w = world(SDK17, faults=FaultPlan(drop_after_bytes=20_000))
+    package = app_package(size=64 * 1024)
+    result = await update(w.backend, SDK17, package, address=APP_ADDRESS)
+    assert _runs(w.state(), package)
+    assert result.resumes == 1
+    assert result.images[0].resumed_from == 0, "a disconnect reloads the settings: data progress is gone"
+    assert result.bytes_sent - result.bytes >= 16 * 1024
+
+
+async def test_stock_sdk17_gives_up_when_no_link_carries_the_image() -> None:
+    w = world(SDK17, faults=FaultPlan(drop_every_bytes=50_000))
+    with pytest.raises(DfuLinkError):
+        await update(w.backend, SDK17, app_package(size=200 * 1024), address=APP_ADDRESS)
+
+
 async def test_one_percent_corrupted_packets_still_complete() -> None:
     w = world(S140, faults=FaultPlan(corrupt_probability=0.01, seed=3))
     package = app_package(size=100 * 1024)

@@ -28,4 +28,10 @@ def test_benchmark_json_rows(capsys: pytest.CaptureFixture[str]) -> None:
         assert row["bound_s"] <= row["achieved_s"] * 1.001, "nothing beats the device bound"
     fast, slow = rows[0], rows[2]
     assert fast["ceiling_bps"] > rows[1]["ceiling_bps"] > slow["ceiling_bps"]
-    assert all(f["completed"] for f in body["faults"])
+    faults = {(f["bootloader"], f["scenario"]): f for f in body["faults"]}
+    stock = faults.pop(("SDK 17 stock", "drop every 50 KB"))
+    assert all(f["completed"] for f in faults.values()), faults
+    assert all(f["within_one_object"] for f in faults.values() if "within_one_object" in f)
+    # 24 KB fits between two drops 50 KB apart: even a bootloader that forgets progress on a disconnect
+    # gets it (a 200 KB image, as `make bench` sends, cannot: that row ends in a link error).
+    assert stock["completed"], stock
