@@ -7,13 +7,15 @@ own process (`nrf-dfu sim serve`), and this process runs only what a gateway run
 Below the bleak API the simulator's backend sends one JSON line per GATT operation over a unix socket and
 awaits its answer, as bleak's BlueZ backend sends one D-Bus call per write and awaits its reply.
 
-Printed per run: this process's `process_time()` over the updates, per MB of firmware and per GATT operation;
-the same run under cProfile split into our code (dfu/, construct), bleak, and the rest (asyncio, the
-socket protocol, json); `ipc_floor_us`: the CPU of one request/response on that socket that does no work
-(`RemoteAir.ping`), the least any client pays per awaited write on this backend; the simulator process's
-CPU (from /proc) for comparison. The air runs `--time-scale` real seconds per simulated second; the client
-paces to the profile's flash timing in its own (real) seconds, so with a scale below 1 it is slower than the
-air allows, never faster: CPU per MB is the figure here, not wall time.
+Printed per run: this process's `process_time()` over the updates, per MB of firmware and per GATT operation
+(counted where the backend meets the socket); the same run under cProfile split into our code (dfu/,
+construct), bleak's API layer, the simulator's backend below it (simulator/, json: what BlueZ's D-Bus client
+is on a gateway, not measured here) and the rest (asyncio, sockets); `ipc_floor_us`: the CPU of one
+request/response on that socket that does no work (`RemoteAir.ping`), the least any client pays per awaited
+operation on this backend; the simulator process's CPU (from /proc) for comparison. The air runs
+`--time-scale` real seconds per simulated second; the client paces to the profile's flash timing in its own
+(real) seconds, so with a scale below 1 it is slower than the air allows, never faster: CPU per MB is the
+figure here, not wall time.
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ class CpuRow:
     simulator_cpu_s_per_mb: float
     wall_s: float
     shares: dict[str, float] | None = None
-    """fractions of the profiled CPU: ours (dfu/, construct), bleak, rest (asyncio, socket, json)"""
+    """fractions of the profiled CPU: ours (dfu/, construct), bleak, backend (simulator/, json), rest"""
 
 
 def _proc_cpu_s(pid: int) -> float:
@@ -92,6 +94,24 @@ async def _serve(socket: Path, count: int, scale: float) -> asyncio.subprocess.P
     return proc
 
 
+class _CountingAir(RemoteAir):
+    """RemoteAir that counts the GATT operations crossing the socket (one line and one answer each)."""
+
+    gatt_ops = 0
+
+    async def write(self, link_id: str, char_uuid: str, data: bytes, *, with_response: bool) -> None:
+        self.gatt_ops += 1
+        await super().write(link_id, char_uuid, data, with_response=with_response)
+
+    async def read(self, link_id: str, char_uuid: str) -> bytes:
+        self.gatt_ops += 1
+        return await super().read(link_id, char_uuid)
+
+    async def subscribe(self, link_id: str, char_uuid: str, *, notify: bool, indicate: bool) -> None:
+        self.gatt_ops += 1
+        await super().subscribe(link_id, char_uuid, notify=notify, indicate=indicate)
+
+
 async def measure(
     count: int, scale: float, profiler: cProfile.Profile | None = None, size: int = IMAGE_BYTES
 ) -> CpuRow:
@@ -101,7 +121,7 @@ async def measure(
         socket = Path(tmp) / "sim.sock"
         server = await _serve(socket, count, scale)
         try:
-            async with RemoteAir(socket) as remote:
+            async with _CountingAir(socket) as remote:
                 backend = backend_for(remote)
                 updaters = [
                     Updater(backend, profile, package, address=a, options=UpdateOptions())
@@ -115,6 +135,7 @@ async def measure(
                 if profiler is not None:
                     profiler.disable()
                 cpu, wall = time.process_time() - cpu, time.monotonic() - wall
+                ops = remote.gatt_ops
                 sim_cpu = _proc_cpu_s(server.pid) - sim_before
                 floor = time.process_time()
                 for _ in range(PINGS):
@@ -124,8 +145,6 @@ async def measure(
             server.terminate()
             await server.wait()
     mb = sum(r.bytes for r in results) / 1e6
-    packet = profile.link.att_mtu - 3
-    ops = sum(-(-r.bytes_sent // packet) + r.round_trips for r in results)
     return CpuRow(
         peripherals=count,
         megabytes=round(mb, 6),
@@ -141,15 +160,18 @@ async def measure(
 
 def _shares(profiler: cProfile.Profile) -> dict[str, float]:
     stats: dict[tuple[str, int, str], tuple[Any, ...]] = pstats.Stats(profiler).stats  # type: ignore[attr-defined]
-    parts = {"ours": 0.0, "bleak": 0.0, "rest": 0.0}
-    root = str(Path(__file__).resolve().parents[1] / "dfu")
+    parts = {"ours": 0.0, "bleak": 0.0, "backend": 0.0, "rest": 0.0}
+    repo = Path(__file__).resolve().parents[1]
+    ours, sim = str(repo / "dfu"), str(repo / "simulator")
     for (path, _, name), row in stats.items():
         if "select.epoll" in name:  # waiting, not working
             continue
-        if path.startswith(root) or "/construct/" in path:
+        if path.startswith(ours) or "/construct/" in path:
             parts["ours"] += row[2]
         elif "/bleak/" in path:
             parts["bleak"] += row[2]
+        elif path.startswith(sim) or "/json/" in path or name.startswith("<built-in method _json"):
+            parts["backend"] += row[2]
         else:
             parts["rest"] += row[2]
     total = sum(parts.values()) or 1.0
@@ -178,14 +200,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(
         f"{'N':>2} {'MB':>6} {'GATT ops':>8} {'cpu s':>6} {'cpu s/MB':>8} {'us/op':>6} {'IPC floor us':>12} "
-        f"{'ours':>5} {'bleak':>5} {'rest':>5} {'sim s/MB':>8} {'wall s':>6}"
+        f"{'ours':>5} {'bleak':>5} {'backend':>7} {'rest':>5} {'sim s/MB':>8} {'wall s':>6}"
     )
     for r in rows:
         s = r.shares or {}
         print(
             f"{r.peripherals:>2} {r.megabytes:>6.3f} {r.gatt_ops:>8} {r.client_cpu_s:>6.3f} "
             f"{r.client_cpu_s_per_mb:>8.3f} {r.cpu_us_per_op:>6.1f} {r.ipc_floor_us:>12.1f} "
-            f"{s.get('ours', 0):>5.0%} {s.get('bleak', 0):>5.0%} {s.get('rest', 0):>5.0%} "
+            f"{s.get('ours', 0):>5.0%} {s.get('bleak', 0):>5.0%} {s.get('backend', 0):>7.0%} "
+            f"{s.get('rest', 0):>5.0%} "
             f"{r.simulator_cpu_s_per_mb:>8.3f} {r.wall_s:>6.2f}"
         )
     for r in rows:

@@ -49,7 +49,7 @@ from dfu.signing import load_private_key
 from dfu.updater import UpdateOptions, Updater, UpdateResult
 from profiles.model import LinkPreferences, PeripheralProfile, Phy, load_profile
 from simulator.air import Air
-from simulator.bleak_backend import backend_for
+from simulator.bleak_backend import DEFAULT_CENTRAL, backend_for
 from simulator.faults import FaultPlan
 from simulator.firmware import make_application
 from simulator.radio import ATT_HEADER_BYTES, ATT_WRITE_RSP_BYTES, CentralSettings, LinkModel, to_s
@@ -191,6 +191,12 @@ class Timed:
     transfer_s: float
     total_s: float
     faults_fired: list[str] = field(default_factory=list)
+    air: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    """busy, idle, and idle in gaps shorter than one full-size exchange, over the transfer window"""
+    air_all_active: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    """the same from the last transfer's start to the first one's end, while every peripheral transfers"""
+    each_s: tuple[float, float] = (0.0, 0.0)
+    """the quickest and the slowest peripheral's own transfer time"""
 
 
 async def update_many(
@@ -198,6 +204,8 @@ async def update_many(
 ) -> Timed:
     """`count` peripherals updated concurrently through one central; transfer time from first to last byte."""
     air = Air()
+    central = air.add_central(DEFAULT_CENTRAL)
+    central.history = []
     backend = backend_for(air)
     addresses = [f"C0:FF:EE:00:01:{0x10 * (i + 1):02X}" for i in range(count)]
     for address in addresses:
@@ -221,13 +229,17 @@ async def update_many(
         )
     )
     # Transfer window: from the first image transfer starting to the last one completing (its execute).
-    first = min(marks[a][0] for a in addresses)
-    last = max(
-        marks[a][0] + sum(i.seconds for i in r.images) for a, r in zip(addresses, results, strict=True)
-    )
+    starts = [marks[a][0] for a in addresses]
+    ends = [marks[a][0] + sum(i.seconds for i in r.images) for a, r in zip(addresses, results, strict=True)]
+    first, last = min(starts), max(ends)
     fired = [f for a in addresses for f in air.faults_fired(a)]
+    model = LinkModel.negotiate(profile.link, central.settings)
+    packet_us = model.exchange_us(model.data_length)
+    use = central.air_use(first, last, short_us=packet_us)
+    steady = central.air_use(max(starts), min(ends), short_us=packet_us)
     air.close()
-    return Timed(list(results), last - first, loop.time() - start, fired)
+    each = [e - s for s, e in zip(starts, ends, strict=True)]
+    return Timed(list(results), last - first, loop.time() - start, fired, use, steady, (min(each), max(each)))
 
 
 def link_row(name: str, link: dict[str, Any], package: DfuPackage) -> Row:
@@ -277,6 +289,14 @@ def concurrency_row(count: int, package: DfuPackage) -> Row:
         resumes=sum(r.resumes for r in timed.results),
         retries=sum(r.retries for r in timed.results),
         components={
+            "air_busy_s": round(timed.air[0], 4),
+            "air_idle_s": round(timed.air[1], 4),
+            "air_idle_in_gaps_shorter_than_a_packet_s": round(timed.air[2], 4),
+            "all_active_s": round(sum(timed.air_all_active[:2]), 4),
+            "all_active_air_idle_s": round(timed.air_all_active[1], 4),
+            "all_active_air_idle_in_short_gaps_s": round(timed.air_all_active[2], 4),
+            "quickest_peripheral_s": round(timed.each_s[0], 4),
+            "slowest_peripheral_s": round(timed.each_s[1], 4),
             "one_device_bound_s": round(one.total_s, 4),
             "shared_data_air_s": round(data_air, 4),
             "shared_control_air_s": round(count * one.control_air_s, 4),

@@ -101,7 +101,7 @@ from dfu.errors import (
     DfuTimeoutError,
     response_error,
 )
-from dfu.pacing import FlashPacer
+from dfu.pacing import SETTINGS_WRITE_OPS, FlashPacer
 from dfu.protocol import (
     ObjectType,
     OpCode,
@@ -117,7 +117,9 @@ DEFAULT_RESPONSE_TIMEOUT_S = 10.0
 DEFAULT_PRN_TIMEOUT_S = 2.0
 """How long after its last packet an object's closing PRN may take before the engine asks for a checksum."""
 DEADLINE_TOLERANCE_S = 1e-6
-"""How early `on_timeout` may be called and still act (the link model's own resolution is 1 µs)."""
+"""How early `on_timeout` may be called and still act. An event loop runs a timer once it is within its
+clock's resolution; on a fast-forwarded clock (looptime's steps are 1 µs) time does not move on by itself, so
+a call declined as a float hair early would be repeated at the same instant forever."""
 CONSERVATIVE_FLASH = FlashTiming(page_erase_ms=120.0, word_write_us=60.0, flash_queue_size=4)
 """Pacing for a board whose flash timing is unknown (slower than any nRF52 datasheet figure)."""
 MAX_PRN = 0xFFFF
@@ -364,9 +366,7 @@ class ImageTransfer:
     def on_timeout(self, now: float) -> list[Action]:
         """`deadline` passed without the awaited notification.
 
-        A call up to `DEADLINE_TOLERANCE_S` early counts as on time: an event loop runs a timer once it is
-        within its clock resolution, and a float deadline may sit a hair above the loop time it wakes at.
-        Declining such a call would have the I/O layer ask again at once, forever.
+        A call up to `DEADLINE_TOLERANCE_S` early counts as on time (see there); an earlier one is declined.
         """
         if self.deadline is None or now < self.deadline - DEADLINE_TOLERANCE_S:
             return []
@@ -724,7 +724,10 @@ class ImageTransfer:
         actions: list[Action] = [self._progress(), *self._request(Phase.DATA_EXECUTE, now, OpCode.EXECUTE)]
         pacer = self._pacer
         assert pacer is not None
-        if self.pipeline and s.end < len(self.firmware) and pacer.pending(now) < pacer.queue_limit - 1:
+        # Behind this Execute the bootloader queues its settings write when it saves progress in flash.
+        settings_ops = SETTINGS_WRITE_OPS if self.saves_progress else 0
+        room = pacer.queue_limit - 1
+        if self.pipeline and s.end < len(self.firmware) and max(pacer.pending(now), settings_ops) < room:
             # The next Create rides right behind Execute: the bootloader handles them in order, so it creates
             # the next object once this one is executed; had Execute failed, its error (answered first) ends
             # the transfer before the Create's answer is looked at. Saves a round trip per object.

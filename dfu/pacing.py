@@ -26,6 +26,8 @@ from collections import deque
 
 from profiles.model import SETTINGS_WRITE_BYTES, FlashTiming
 
+SETTINGS_WRITE_OPS = 4
+"""fstorage operations of one settings write: page erase + write, for the page and for its backup"""
 DEFAULT_SLACK = 2
 """Queue slots kept free for radio jitter; the flash stays saturated as long as one operation is queued."""
 
@@ -89,7 +91,8 @@ class FlashPacer:
         self._queue(at, pages * self._erase_s)
 
     def settings_write(self, at: float) -> None:
-        """Init Execute stores the settings page and its backup: erase + write, twice."""
+        """The settings page and its backup are stored (init Execute; every data Execute of a bootloader that
+        saves progress in flash): erase + write, twice, `SETTINGS_WRITE_OPS` operations."""
         write_s = self.timing.write_seconds(SETTINGS_WRITE_BYTES)
         for _ in range(2):
             self._queue(at, self._erase_s)
@@ -114,4 +117,4 @@ class FlashPacer:
         return at
 
 
-__all__ = ["DEFAULT_SLACK", "SETTINGS_WRITE_BYTES", "FlashPacer"]
+__all__ = ["DEFAULT_SLACK", "SETTINGS_WRITE_BYTES", "SETTINGS_WRITE_OPS", "FlashPacer"]

@@ -34,13 +34,16 @@ def _needs_signature(image: PackageImage, profile: PeripheralProfile) -> bool:
 
 
 def _check_fits(image: PackageImage, profile: PeripheralProfile, sd_size: int) -> None:
+    """The bootloader's space checks (`nrf_dfu_validation.c`, `nrf_dfu_cache_prepare()`): whatever the image,
+    bank 1 lies between the installed SoftDevice and the app data area below the bootloader."""
     chip, init = profile.chip, image.init
-    app_region = chip.app_region_end - chip.mbr_size - sd_size
+    region = chip.app_region_end - chip.mbr_size - sd_size
     what = image.kind.value
-    if image.kind is ImageKind.APPLICATION and len(image.firmware) > app_region:
+    if len(image.firmware) > region:
         raise PreflightError(
-            f"{what} of {len(image.firmware)} bytes does not fit the {app_region}-byte application region "
-            f"of {profile.name} (below the bootloader's {chip.app_data_area_size}-byte app data area)",
+            f"{what} of {len(image.firmware)} bytes does not fit the {region}-byte application region "
+            f"of {profile.name} (between the SoftDevice and the bootloader's "
+            f"{chip.app_data_area_size}-byte app data area)",
             ExtError.INSUFFICIENT_SPACE,
         )
     bl_size = init.bl_size if image.kind is ImageKind.SOFTDEVICE_BOOTLOADER else len(image.firmware)
@@ -51,12 +54,6 @@ def _check_fits(image: PackageImage, profile: PeripheralProfile, sd_size: int) -
             f"bootloader of {bl_size} bytes exceeds the {chip.bootloader_max_size}-byte bootloader area",
             ExtError.INSUFFICIENT_SPACE,
         )
-    if image.kind in _BRINGS_SOFTDEVICE:
-        new_sd = init.sd_size if init.sd_size is not None else len(image.firmware)
-        if new_sd > chip.bootloader_start - chip.mbr_size:
-            raise PreflightError(
-                f"SoftDevice of {new_sd} bytes does not fit below the bootloader", ExtError.INSUFFICIENT_SPACE
-            )
 
 
 def preflight(package: DfuPackage, profile: PeripheralProfile) -> PreflightReport:

@@ -159,9 +159,18 @@ _RESPONSE_HEADER = cs.Struct(
 _RESPONSE_HEADER_SIZE = 3
 
 # The tables above stay plain `construct` definitions (tests and the simulator read their fields); the codec
-# runs compiled copies: construct generates Python for each, 3-10x faster on the per-object hot path.
-_REQUEST_CODEC: dict[OpCode, cs.Construct] = {op: fmt.compile() for op, fmt in REQUEST_PARAMS.items()}
-_RESPONSE_CODEC: dict[OpCode, cs.Construct] = {op: fmt.compile() for op, fmt in RESPONSE_PAYLOADS.items()}
+# runs compiled copies, made on first use: construct generates Python for each, 3x faster per message.
+_COMPILED: dict[tuple[bool, OpCode], cs.Construct] = {}
+
+
+def _codec(op: OpCode, *, request: bool) -> cs.Construct:
+    key = (request, op)
+    codec = _COMPILED.get(key)
+    if codec is None:
+        codec = _COMPILED[key] = (REQUEST_PARAMS if request else RESPONSE_PAYLOADS)[op].compile()
+    return codec
+
+
 _REQUEST_SIZE: dict[OpCode, int] = {
     op: fmt.sizeof() for op, fmt in REQUEST_PARAMS.items() if op is not OpCode.WRITE
 }
@@ -201,9 +210,9 @@ def _clean(container: Any) -> dict[str, Any]:
 
 def encode_request(opcode: OpCode, **params: Any) -> bytes:
     try:
-        body: bytes = _REQUEST_CODEC[opcode].build(params)
+        body: bytes = _codec(opcode, request=True).build(params)
         return bytes([opcode]) + body
-    except (cs.ConstructError, struct.error, KeyError) as exc:
+    except (cs.ConstructError, struct.error, KeyError, TypeError) as exc:
         raise ProtocolError(f"cannot encode {opcode.name} with {params!r}: {exc}") from exc
 
 
@@ -222,7 +231,7 @@ def decode_request(data: bytes) -> Request:
     if size is not None and len(body) != size:
         raise ProtocolError(f"{opcode.name}: {len(body)} parameter bytes, expected {size}")
     try:
-        parsed = _REQUEST_CODEC[opcode].parse(body)
+        parsed = _codec(opcode, request=True).parse(body)
     except (cs.ConstructError, struct.error) as exc:
         raise ProtocolError(f"{opcode.name}: malformed parameters {body.hex()}") from exc
     return Request(opcode, _clean(parsed))
@@ -244,9 +253,9 @@ def encode_response(
     if result is not ResultCode.SUCCESS:
         return head
     try:
-        body: bytes = _RESPONSE_CODEC[OpCode(request)].build(payload)
+        body: bytes = _codec(OpCode(request), request=False).build(payload)
         return head + body
-    except (cs.ConstructError, struct.error, KeyError, ValueError) as exc:
+    except (cs.ConstructError, struct.error, KeyError, ValueError, TypeError) as exc:
         raise ProtocolError(f"cannot encode a response to 0x{request:02X} with {payload!r}: {exc}") from exc
 
 
@@ -272,9 +281,9 @@ def decode_response(data: bytes) -> Response:
             raise ProtocolError(f"unknown extended error 0x{rest[0]:02X}") from exc
     if result is not ResultCode.SUCCESS:
         return Response(request, result)
-    fmt = _RESPONSE_CODEC.get(request)
-    if fmt is None:
+    if request not in RESPONSE_PAYLOADS:
         raise ProtocolError(f"no response format for {request.name}")
+    fmt = _codec(request, request=False)
     if len(rest) != _RESPONSE_SIZE[request]:
         raise ProtocolError(f"{request.name} response: {len(rest)} payload bytes")
     try:

@@ -8,9 +8,10 @@ Resume rules, written down:
   (exponential, bounded), find the peripheral again in whatever mode it is now (still the bootloader, or the
   application after an inactivity reset), and start a **new engine**, which resumes from what `select`
   reports. After `max_resumes` failures in a row *without progress* the link error propagates; a link that
-  moved the image forward (the bootloader confirmed a whole data object more than ever before) restores the
-  budget and the backoff, so a long image over a link that drops every few seconds still completes, while
-  one that cannot carry an object does not reconnect forever.
+  found more of the image kept than any before (its `select` reported a whole data object more) restores the
+  budget and the backoff. So a long image over a link that drops every few seconds still completes, while a
+  link that cannot carry an object, or a bootloader that forgets progress on a disconnect (stock SDK 16/17,
+  see `progress_survives_disconnect`), ends in a link error instead of reconnecting forever.
 * A process restart needs no stored state: the bootloader keeps the executed init packet and (RAM or flash)
   data progress, and the new engine recomputes from `select`. The updater therefore accepts a peripheral
   that is already in bootloader mode, and skips a bootloader image the device already runs (its version
@@ -137,7 +138,7 @@ class UpdateOptions:
     prn: int | None = None
     """packet receipt notification interval; None = the profile's"""
     max_resumes: int = 8
-    """link failures in a row without progress (a data object more confirmed), per image"""
+    """link failures in a row without progress (no link resumed a data object further), per image"""
     backoff_initial_s: float = 0.25
     backoff_max_s: float = 4.0
     connect_attempts: int = 3
@@ -371,7 +372,7 @@ class Updater:
 
         `link` None means: find the bootloader first. Each link failure (during the transfer or while
         finding the device again) costs one of `max_resumes` attempts, after an exponential backoff; both
-        start over when the image got a whole object further than ever before.
+        start over when a link resumed a whole object further than any before.
         """
         loop = asyncio.get_running_loop()
         started = loop.time()
@@ -379,9 +380,10 @@ class Updater:
             self._run.transfer_started = started
         first_resumed_from: int | None = None
         failures = 0
-        furthest = -1  # whole data objects confirmed at the latest failure that made progress
+        kept = -1  # the most whole data objects a link found kept by the bootloader (its `select`)
         checked_installed = False
         while True:
+            tracker: _ProgressTracker | None = None
             try:
                 if link is None:
                     self._emit(Phase.RECONNECTING, image)
@@ -416,9 +418,9 @@ class Updater:
                 if link is not None:
                     await link.close()
                     link = None
-                objects = self._image_sent // self.profile.data_object_size
-                if objects > furthest:
-                    furthest, failures = objects, 0
+                resumed = tracker.last.resumed_from if tracker is not None and tracker.last else None
+                if resumed is not None and resumed // self.profile.data_object_size > kept:
+                    kept, failures = resumed // self.profile.data_object_size, 0
                 failures += 1
                 self._run.resumes += 1
                 if failures > self.options.max_resumes:

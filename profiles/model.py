@@ -57,6 +57,14 @@ class ChipInfo(_Model):
         "never used for an update (SDK 17 examples: 3 pages)",
     )
 
+    @model_validator(mode="after")
+    def _check_app_data_area(self) -> ChipInfo:
+        if self.app_data_area_size % self.page_size:
+            raise ValueError(f"app_data_area_size {self.app_data_area_size} is not a whole number of pages")
+        if self.app_data_area_size >= self.bootloader_start - self.mbr_size:
+            raise ValueError("app_data_area_size leaves no room for a SoftDevice or an application")
+        return self
+
     @property
     def bootloader_max_size(self) -> int:
         return self.rom_size - self.bootloader_settings_size - self.bootloader_start
@@ -161,8 +169,9 @@ class PeripheralProfile(_Model):
     progress_survives_disconnect: bool = Field(
         True,
         description="SDK 15.0-15.2: RAM transfer progress outlives a BLE disconnect. False for SDK 16/17 "
-        "(and 15.3?), whose bootloader reloads its settings from flash on NRF_DFU_EVT_TRANSPORT_DEACTIVATED: "
-        "only the executed init packet (and, with save_progress_in_flash, executed objects) survive",
+        "(15.3 not checked), whose bootloader reloads its settings from flash on "
+        "NRF_DFU_EVT_TRANSPORT_DEACTIVATED: only the executed init packet (and, with save_progress_in_flash, "
+        "executed objects) survive",
     )
     inactivity_timeout_s: float = 120.0
     initial: DeviceState

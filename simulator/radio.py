@@ -16,8 +16,8 @@ public API speaks seconds (floats, asyncio loop time) and converts at the edge.
   still ends within the event length cap (at least one exchange per event, as a controller always serves
   the anchor). A packet that does not fit waits for the next event. With *event extension* (both sides'
   SoftDevice/controller option, `LinkModel.event_extension`) an event that stays busy, each exchange
-  starting where the link's previous one ended, runs past the length cap into free air; the first gap or a
-  collision with another link's reservation closes it.
+  starting where one of the link's own ended, runs past the length cap into idle air: never past the
+  link's next anchor nor into another link's event window; the first gap or collision closes it.
 * A response (ATT response, notification, indication) is sent at the first event that *starts* at or after
   the moment it is ready; since the request itself ended inside an event, that is the next one: a round trip
   costs at least one connection interval.
@@ -232,7 +232,8 @@ class CentralSettings:
     encrypted: bool = False
     max_connections: int = 8
     event_extension: bool = True
-    """The controller extends a busy connection event into idle air (most multi-link controllers do)."""
+    """The controller may extend a busy connection event into idle air; used only where the peripheral's
+    profile allows it too (`LinkPreferences.event_extension`, off in the shipped profiles)."""
 
 
 @dataclass(slots=True)
@@ -244,8 +245,8 @@ class LinkSlot:
     anchor_us: int
     c2p_free_us: int = 0
     p2c_free_us: int = 0
-    last_end_us: int = -1
-    """End of the link's latest exchange: an exchange starting exactly then continues the same event."""
+    ends_us: set[int] = field(default_factory=set)
+    """Ends of the link's reserved exchanges: one starting at such an end continues that event."""
 
     def event_start_us(self, k: int) -> int:
         return self.anchor_us + k * self.model.interval_us
@@ -255,6 +256,18 @@ class LinkSlot:
         if t_us < self.anchor_us:
             return -1
         return (t_us - self.anchor_us) // self.model.interval_us
+
+    def window_overlaps(self, start_us: int, end_us: int) -> bool:
+        """Whether [start_us, end_us) touches one of this link's event windows (its reserved air)."""
+        iv, ev = self.model.interval_us, self.model.event_length_us
+        if end_us <= self.anchor_us:
+            return False
+        last = (end_us - 1 - self.anchor_us) // iv
+        return any(
+            self.anchor_us + m * iv < end_us and self.anchor_us + m * iv + ev > start_us
+            for m in (last, last - 1)
+            if m >= 0
+        )
 
     def next_event_start_us(self, t_us: int) -> int:
         """Start of the first event beginning at or after `t_us`."""
@@ -276,6 +289,8 @@ class Central:
     links: dict[str, LinkSlot] = field(default_factory=dict)
     _busy_starts: list[int] = field(default_factory=list)
     _busy_ends: list[int] = field(default_factory=list)
+    history: list[tuple[int, int]] | None = None
+    """Set to a list to keep every reservation `forget_before` drops (benchmarks audit the air's use)."""
 
     def open(self, key: str, model: LinkModel, *, now: float, anchor: float | None = None) -> LinkSlot:
         """Register a connection; its events are placed in the other links' idle time when there is room."""
@@ -339,7 +354,11 @@ class Central:
             duration = link.model.exchange_us(payload)
             start = self._fit(link, t_us, duration)
             self._reserve(start, start + duration)
-            t_us = link.last_end_us = start + duration
+            t_us = start + duration
+            link.ends_us.add(t_us)
+        if len(link.ends_us) > 32:  # only ends from now on can ever be continued
+            now_us = to_us(not_before)
+            link.ends_us = {e for e in link.ends_us if e >= now_us}
         if c2p:
             link.c2p_free_us = t_us
         else:
@@ -349,8 +368,32 @@ class Central:
     def forget_before(self, now: float) -> None:
         """Drop reservations that ended before `now` (they can no longer collide with anything)."""
         cut = bisect.bisect_right(self._busy_ends, to_us(now))
+        if self.history is not None:
+            self.history += zip(self._busy_starts[:cut], self._busy_ends[:cut], strict=True)
         del self._busy_starts[:cut]
         del self._busy_ends[:cut]
+
+    def air_use(self, start: float, end: float, *, short_us: int) -> tuple[float, float, float]:
+        """Busy, idle and idle-in-gaps-shorter-than-`short_us` seconds of air in [start, end) (needs
+        `history`): where idle air lies in slivers no exchange fits, no scheduler could have used it."""
+        assert self.history is not None, "set Central.history = [] before the traffic"
+        lo, hi = to_us(start), to_us(end)
+        spans = sorted(self.history + list(zip(self._busy_starts, self._busy_ends, strict=True)))
+        busy = idle = short = 0
+        edge = lo
+        for s, e in spans:
+            s, e = max(s, lo), min(e, hi)
+            if e <= s:
+                continue
+            if s > edge:
+                gap = s - edge
+                idle += gap
+                short += gap if gap < short_us else 0
+            busy += e - max(s, edge) if e > edge else 0
+            edge = max(edge, e)
+        if hi > edge:
+            idle += hi - edge
+        return to_s(busy), to_s(idle), to_s(short)
 
     def reserved(self) -> list[tuple[float, float]]:
         return [(to_s(s), to_s(e)) for s, e in zip(self._busy_starts, self._busy_ends, strict=True)]
@@ -358,8 +401,8 @@ class Central:
     def _fit(self, link: LinkSlot, t_us: int, duration: int) -> int:
         """First start ≥ t_us inside one of the link's event windows that collides with no reservation.
 
-        With event extension, an exchange that follows the link's previous one back to back belongs to the
-        same (still open) event and may run past the event length; the first gap or collision closes it.
+        With event extension, an exchange that follows one of the link's own back to back belongs to the
+        same (still open) event and may run past the event length (`_may_extend`).
         """
         model = link.model
         while True:
@@ -369,8 +412,7 @@ class Central:
                 continue
             start_k = link.event_start_us(k)
             window_end = start_k + max(model.event_length_us, duration if t_us == start_k else 0)
-            extends = model.event_extension and t_us == link.last_end_us
-            if t_us + duration > window_end and not extends:
+            if t_us + duration > window_end and not self._may_extend(link, k, t_us, t_us + duration):
                 t_us = link.event_start_us(k + 1)
                 continue
             i = bisect.bisect_right(self._busy_ends, t_us)
@@ -378,6 +420,14 @@ class Central:
                 t_us = self._busy_ends[i]
                 continue
             return t_us
+
+    def _may_extend(self, link: LinkSlot, k: int, start: int, end: int) -> bool:
+        """Event extension into idle air: the exchange continues the link's busy event (starts where one of
+        its exchanges ends), ends before the link's next anchor, and stays out of every other link's event
+        window (a controller extends only where no other connection is scheduled)."""
+        if not link.model.event_extension or start not in link.ends_us or end > link.event_start_us(k + 1):
+            return False
+        return not any(o.window_overlaps(start, end) for o in self.links.values() if o is not link)
 
     def _reserve(self, start: int, end: int) -> None:
         i = bisect.bisect_left(self._busy_starts, start)

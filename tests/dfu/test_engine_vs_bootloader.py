@@ -160,10 +160,14 @@ def test_full_image_transfers_and_activates() -> None:
     assert stats.round_trips == 5 + 2 + 11 * 3  # init; select data + PRN; create, PRN|checksum, execute
 
 
-@pytest.mark.parametrize("told", [True, False])
-def test_a_bootloader_saving_progress_in_flash_loses_nothing_when_the_engine_knows(told: bool) -> None:
-    """NRF_DFU_SAVE_PROGRESS_IN_FLASH: a settings write (4 flash operations) after every data Execute."""
-    p = profile(save_progress_in_flash=True)
+@pytest.mark.parametrize(("told", "queue"), [(True, 8), (True, 4), (False, 8)])
+def test_a_bootloader_saving_progress_in_flash_loses_nothing_when_the_engine_knows(
+    told: bool, queue: int
+) -> None:
+    """NRF_DFU_SAVE_PROGRESS_IN_FLASH: a settings write (4 flash operations) after every data Execute; with a
+    4-deep fstorage queue the next Create must wait for it instead of riding behind the Execute."""
+    base = profile()
+    p = profile(save_progress_in_flash=True, flash=base.flash.model_copy(update={"flash_queue_size": queue}))
     fw = firmware(8 * 4096)
     link = Link(device(p))
     stats = link.run(transfer(p, signed_init(p, fw), fw, saves_progress=told))

@@ -294,3 +294,18 @@ def test_response_opcode_must_be_a_byte(opcode: int) -> None:
         encode_response(opcode, ResultCode.OP_CODE_NOT_SUPPORTED)
     with pytest.raises(ProtocolError):
         encode_buttonless_response(opcode, ButtonlessResult.OP_CODE_NOT_SUPPORTED)
+
+
+@pytest.mark.parametrize(
+    ("opcode", "params"),
+    [
+        (OpCode.WRITE, {"data": "ab"}),  # str, not bytes
+        (OpCode.CREATE, {"type": "x", "size": 1}),
+        (OpCode.CREATE, {"type": 2}),  # size missing
+        (OpCode.SET_PRN, {"prn": 70_000}),  # out of range for u16
+        (OpCode.SELECT, {"type": None}),
+    ],
+)
+def test_mistyped_request_parameters_are_protocol_errors(opcode: OpCode, params: dict[str, object]) -> None:
+    with pytest.raises(ProtocolError, match=opcode.name):
+        encode_request(opcode, **params)

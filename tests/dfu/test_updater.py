@@ -26,6 +26,7 @@ from tests.support.dfu_sim import (
 pytestmark = pytest.mark.looptime
 
 S140 = load_profile("nrf52840-s140")
+SDK17 = load_profile("nrf52840-s140-sdk17")
 
 
 def _runs(state: dict[str, object], package: DfuPackage, kind: ImageKind = ImageKind.APPLICATION) -> bool:
@@ -140,16 +141,23 @@ async def test_drops_beyond_the_resume_budget_complete_while_each_link_makes_pro
     assert result.resumes >= 10 > options.max_resumes
 
 
-async def test_a_link_that_never_gets_anywhere_exhausts_the_resume_budget() -> None:
-    w = world(S140, faults=FaultPlan(drop_every_bytes=100))  # one packet per link: never a whole object
+async def test_links_that_each_carry_less_than_an_object_still_count_what_the_bootloader_keeps() -> None:
+    w = world(
+        S140, faults=FaultPlan(drop_every_bytes=3_000)
+    )  # the RAM offset survives: an object per ~1.4 links
+    package = app_package(size=16 * 1024)
+    result = await update(w.backend, S140, package, address=APP_ADDRESS, options=UpdateOptions(max_resumes=3))
+    assert _runs(w.state(), package)
+    assert result.resumes > 3
+
+
+async def test_a_bootloader_that_keeps_nothing_exhausts_the_resume_budget() -> None:
+    w = world(SDK17, faults=FaultPlan(drop_every_bytes=3_000))  # every link resumes from 0
     options = UpdateOptions(max_resumes=3)
-    updater = Updater(w.backend, S140, app_package(), address=APP_ADDRESS, options=options)
+    updater = Updater(w.backend, SDK17, app_package(size=16 * 1024), address=APP_ADDRESS, options=options)
     with pytest.raises(DfuLinkError):
         await updater.run()
     assert updater._run.resumes == 4
-
-
-SDK17 = load_profile("nrf52840-s140-sdk17")
 
 
 async def test_sdk17_saving_progress_in_flash_resumes_from_the_last_executed_object() -> None:
@@ -167,10 +175,19 @@ async def test_sdk17_saving_progress_in_flash_resumes_from_the_last_executed_obj
 async def test_stock_sdk17_restarts_a_dropped_image_from_its_start() -> None:
     w = world(SDK17, faults=FaultPlan(drop_after_bytes=20_000))
     package = app_package(size=64 * 1024)
-    result = await update(w.backend, SDK17, package, address=APP_ADDRESS)
+    confirmed: list[int] = []
+
+    def on(event: UpdateProgress) -> None:
+        if event.phase is Phase.TRANSFERRING:
+            confirmed.append(event.image_bytes_sent)
+
+    result = await update(w.backend, SDK17, package, address=APP_ADDRESS, on_progress=on)
     assert _runs(w.state(), package)
     assert result.resumes == 1
-    assert result.images[0].resumed_from == 0, "a disconnect reloads the settings: data progress is gone"
+    # the second link found nothing kept: the confirmed offset fell from >= 16 KB back to 0
+    fall = next(i for i, (a, b) in enumerate(itertools.pairwise(confirmed)) if b < a)
+    assert confirmed[fall] >= 16 * 1024
+    assert confirmed[fall + 1] == 0
     assert result.bytes_sent - result.bytes >= 16 * 1024
 
 

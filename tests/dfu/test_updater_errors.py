@@ -5,15 +5,19 @@ from __future__ import annotations
 import pytest
 
 from dfu.errors import DfuRejected, PreflightError
-from dfu.package import DfuPackage
+from dfu.init_packet import FwType
+from dfu.package import DfuPackage, FirmwareFile, build_package
 from dfu.preflight import preflight
 from dfu.protocol import ExtError, ResultCode
+from dfu.signing import load_private_key
 from dfu.updater import UpdateOptions, update
 from profiles.model import load_profile
-from tests.simulator.bootloader_driver import Driver, signed_init
+from simulator.firmware import make_softdevice
+from tests.simulator.bootloader_driver import KEYS, Driver, signed_init
 from tests.support.dfu_sim import (
     APP_ADDRESS,
     OTHER_KEY,
+    S140_NEW,
     app_package,
     bootloader_package,
     full_package,
@@ -72,6 +76,34 @@ def test_preflight_and_the_bootloader_agree_on_the_app_data_area(extra: int) -> 
     else:
         assert answer.result is ResultCode.SUCCESS
         assert preflight(package, profile).total_bytes == region
+
+
+@pytest.mark.parametrize("extra", [0, 4])
+def test_preflight_and_the_bootloader_agree_on_room_for_a_softdevice(extra: int) -> None:
+    """A SoftDevice update is cached in bank 1 too: the same region, app data area excluded."""
+    profile = S140
+    region = profile.chip.app_region_end - profile.chip.mbr_size - profile.initial.softdevice_size
+    softdevice = make_softdevice(S140_NEW, region + extra)
+    answer = Driver.fresh(profile).send_init(
+        signed_init(profile, softdevice, FwType.SOFTDEVICE, fw_version=2, sd_size=len(softdevice))
+    )
+    package = DfuPackage.from_zip(
+        build_package(
+            hw_version=52,
+            sd_req=[profile.softdevice_id],
+            softdevice=FirmwareFile("sd.bin", softdevice),
+            sd_id=[S140_NEW],
+            key=load_private_key(KEYS / "demo-private.pem"),
+        )
+    )
+    if extra:
+        assert answer.result is ResultCode.INSUFFICIENT_RESOURCES
+        with pytest.raises(PreflightError, match="app data area") as info:
+            preflight(package, profile)
+        assert info.value.ext_error is ExtError.INSUFFICIENT_SPACE
+    else:
+        assert answer.result is ResultCode.SUCCESS
+        assert preflight(package, profile).images == 1
 
 
 def test_preflight_accepts_good_packages_and_skips_sd_check_after_a_new_softdevice() -> None:

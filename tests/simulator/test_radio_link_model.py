@@ -198,7 +198,11 @@ def test_an_extended_event_runs_past_its_length_while_writes_follow_back_to_back
     for _ in range(10):  # 10 x 1392 us = 13.9 ms, past the 7.5 ms event length
         t = central.transmit(link, EXT_2M.write_fragments(244), not_before=t)
     assert to_us(t) == 10 * EXT_2M.exchange_us(251)
-    assert EXT_2M.stream_bps() > 0.99 * EXT_2M.ceiling_bps
+    # An 11th would cross the next anchor (13.92 + 1.39 > 15 ms): the event ends, the write opens the next.
+    t = central.transmit(link, EXT_2M.write_fragments(244), not_before=t)
+    assert to_us(t) == 15_000 + EXT_2M.exchange_us(251)
+    # So a streaming link carries 10 exchanges per 15 ms interval instead of 5 (7.5 ms) or 10.78 (raw air).
+    assert EXT_2M.stream_bps() == pytest.approx(10 * 244 / 0.015, rel=0.002)
     assert DLE_2M.stream_bps() < 0.5 * DLE_2M.ceiling_bps  # the same link without extension
 
 
@@ -222,3 +226,101 @@ def test_another_links_reservation_closes_an_extended_event() -> None:
     central.transmit(b, EXT_2M.write_fragments(244), not_before=t)  # b's anchor, 7.5 ms
     nxt = central.transmit(a, EXT_2M.write_fragments(244), not_before=t)  # would fit 6.96..8.35: taken
     assert to_us(nxt) == 15_000 + EXT_2M.exchange_us(251)
+
+
+def test_an_extended_event_never_enters_another_links_window() -> None:
+    central = Central()
+    a = central.open("a", EXT_2M, now=0.0, anchor=0.0)
+    central.open("b", EXT_2M, now=0.0, anchor=0.0100)  # b's window: 10.0 .. 17.5 ms, idle
+    t = 0.0
+    for _ in range(7):  # 0 .. 9.74 ms: the 6th and 7th run past a's 7.5 ms into idle air
+        t = central.transmit(a, EXT_2M.write_fragments(244), not_before=t)
+    assert to_us(t) == 7 * EXT_2M.exchange_us(251)
+    t = central.transmit(a, EXT_2M.write_fragments(244), not_before=t)  # would overlap b's window
+    assert to_us(t) == 15_000 + EXT_2M.exchange_us(251)
+
+
+def test_a_response_booked_for_a_later_event_does_not_close_the_current_one() -> None:
+    central = Central()
+    link = central.open("a", EXT_2M, now=0.0, anchor=0.0)
+    t = 0.0
+    for _ in range(5):
+        t = central.transmit(link, EXT_2M.write_fragments(244), not_before=t)
+    # a notification the peripheral will send in the next event, booked now
+    central.transmit(
+        link, EXT_2M.fragments(6), not_before=t, direction=Direction.PERIPHERAL_TO_CENTRAL, next_event=True
+    )
+    for _ in range(3):  # the 6th..8th writes still extend this event
+        t = central.transmit(link, EXT_2M.write_fragments(244), not_before=t)
+    assert to_us(t) == 8 * EXT_2M.exchange_us(251)
+
+
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 2), st.integers(0, 251), st.booleans(), st.integers(0, 60_000)),
+        min_size=1,
+        max_size=60,
+    )
+)
+def test_extended_events_stay_before_the_next_anchor_and_out_of_other_windows(
+    ops: list[tuple[int, int, bool, int]],
+) -> None:
+    _check_extended_events(ops)
+
+
+def test_the_extension_property_test_does_extend_events() -> None:
+    """The property above only means something if its cases reach the extension rule."""
+    ops = [(0, 251, False, 1)] * 12 + [(1, 251, False, 1)] * 8  # back to back on links 0 and 1
+    assert _check_extended_events(ops).count(0) >= 4
+    assert 1 in _check_extended_events(ops)
+
+
+def _check_extended_events(ops: list[tuple[int, int, bool, int]]) -> list[int]:
+    """Runs `ops`, checks every reservation; returns the link index of every extended exchange."""
+    extended: list[int] = []
+    central = Central()
+
+    def model(phy: str, extension: bool) -> LinkModel:
+        return LinkModel.create(
+            phy=phy, data_length=251, att_mtu=247, interval_ms=45, event_extension=extension
+        )
+
+    # 7.5 ms windows 15 ms apart in a 45 ms interval: each link has idle air behind its window to extend into
+    models = [model("2M", True), model("1M", True), model("2M", False)]
+    links = [central.open(str(i), m, now=0.0, anchor=i * 0.015) for i, m in enumerate(models)]
+    spans: list[tuple[int, int, int]] = []
+    t = [0.0, 0.0, 0.0]
+    for index, payload, response, at in ops:
+        link = links[index]
+        before = set(central.reserved())
+        # back-to-back from the link's last completion half the time, else from an arbitrary moment
+        start = t[index] if at % 2 else at / 1e6
+        t[index] = central.transmit(link, (payload,), not_before=start, next_event=response)
+        spans += [(index, to_us(s), to_us(e)) for s, e in central.reserved() if (s, e) not in before]
+    ordered = sorted(spans, key=lambda x: x[1])
+    for (_, _, end), (_, start, _) in itertools.pairwise(ordered):
+        assert end <= start
+    for index, start, end in ordered:
+        link = links[index]
+        k = link.event_index(start)
+        event_start = link.event_start_us(k)
+        assert start >= event_start
+        if end > event_start + max(link.model.event_length_us, end - start):  # extended
+            assert link.model.event_extension
+            assert end <= link.event_start_us(k + 1), "crossed its own next anchor"
+            assert not any(o.window_overlaps(start, end) for o in links if o is not link)
+            extended.append(index)
+    return extended
+
+
+def test_air_use_counts_busy_idle_and_slivers() -> None:
+    central = Central()
+    central.history = []
+    link = central.open("a", DLE_2M, now=0.0, anchor=0.0)
+    central.transmit(link, (251,), not_before=0.0)  # 0 .. 1392
+    central.transmit(link, (251,), not_before=0.002)  # 2000 .. 3392: a 608 us sliver before it
+    central.forget_before(0.0025)  # the first goes to the history, the second is still reserved
+    busy, idle, short = central.air_use(0.0, 0.005, short_us=1392)
+    assert to_us(busy) == 2 * 1392
+    assert to_us(idle) == 5000 - 2 * 1392
+    assert to_us(short) == 608  # the 1608 us after the second one is long enough for a packet
