@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from profiles.model import LinkPreferences, Phy
-from simulator.radio import Central, CentralSettings, Direction, LinkConfigError, LinkModel, to_us
+from simulator.radio import Central, CentralSettings, Direction, LinkConfigError, LinkModel, LinkSlot, to_us
 
 DLE_1M = LinkModel.create(phy="1M", data_length=251, att_mtu=247)
 DLE_2M = LinkModel.create(phy="2M", data_length=251, att_mtu=247)
@@ -154,17 +154,7 @@ def test_reservations_never_overlap_and_stay_inside_their_events(
     central = Central()
     models = [DLE_1M, DLE_2M, LinkModel.create(phy="1M", data_length=27, att_mtu=23, interval_ms=7.5)]
     links = [central.open(str(i), m, now=0.0) for i, m in enumerate(models)]
-    spans: list[tuple[int, int, int]] = []
-    for index, payload, response, at in ops:
-        link = links[index]
-        before = {(s, e) for s, e in central.reserved()}
-        central.transmit(link, (payload,), not_before=at / 1e6, next_event=response)
-        new = [(s, e) for s, e in central.reserved() if (s, e) not in before]
-        spans += [(index, to_us(s), to_us(e)) for s, e in new]
-    ordered = sorted(spans, key=lambda x: x[1])
-    for (_, _, end), (_, start, _) in itertools.pairwise(ordered):
-        assert end <= start
-    for index, start, end in ordered:
+    for index, start, end in _disjoint_reservations(central, links, ops, back_to_back=False):
         link = links[index]
         k = link.event_index(start)
         event_start = link.event_start_us(k)
@@ -288,19 +278,7 @@ def _check_extended_events(ops: list[tuple[int, int, bool, int]]) -> list[int]:
     # 7.5 ms windows 15 ms apart in a 45 ms interval: each link has idle air behind its window to extend into
     models = [model("2M", True), model("1M", True), model("2M", False)]
     links = [central.open(str(i), m, now=0.0, anchor=i * 0.015) for i, m in enumerate(models)]
-    spans: list[tuple[int, int, int]] = []
-    t = [0.0, 0.0, 0.0]
-    for index, payload, response, at in ops:
-        link = links[index]
-        before = set(central.reserved())
-        # back-to-back from the link's last completion half the time, else from an arbitrary moment
-        start = t[index] if at % 2 else at / 1e6
-        t[index] = central.transmit(link, (payload,), not_before=start, next_event=response)
-        spans += [(index, to_us(s), to_us(e)) for s, e in central.reserved() if (s, e) not in before]
-    ordered = sorted(spans, key=lambda x: x[1])
-    for (_, _, end), (_, start, _) in itertools.pairwise(ordered):
-        assert end <= start
-    for index, start, end in ordered:
+    for index, start, end in _disjoint_reservations(central, links, ops, back_to_back=True):
         link = links[index]
         k = link.event_index(start)
         event_start = link.event_start_us(k)
@@ -324,3 +302,22 @@ def test_air_use_counts_busy_idle_and_slivers() -> None:
     assert to_us(busy) == 2 * 1392
     assert to_us(idle) == 5000 - 2 * 1392
     assert to_us(short) == 608  # the 1608 us after the second one is long enough for a packet
+
+
+def _disjoint_reservations(
+    central: Central, links: list[LinkSlot], ops: list[tuple[int, int, bool, int]], *, back_to_back: bool
+) -> list[tuple[int, int, int]]:
+    """Transmit `ops` (link, payload, response?, moment); return (link, start, end) of every reservation in
+    time order, checked to never overlap. With `back_to_back`, odd moments mean: right after that link's
+    previous exchange (the case event extension is about)."""
+    spans: list[tuple[int, int, int]] = []
+    done = [0.0] * len(links)
+    for index, payload, response, at in ops:
+        before = set(central.reserved())
+        start = done[index] if back_to_back and at % 2 else at / 1e6
+        done[index] = central.transmit(links[index], (payload,), not_before=start, next_event=response)
+        spans += [(index, to_us(s), to_us(e)) for s, e in central.reserved() if (s, e) not in before]
+    ordered = sorted(spans, key=lambda x: x[1])
+    for (_, _, end), (_, begin, _) in itertools.pairwise(ordered):
+        assert end <= begin
+    return ordered
