@@ -78,14 +78,22 @@ class Pki:
 class MosquittoBroker:
     """Mosquitto with `require_certificate true`, listening on 127.0.0.1:<port> only."""
 
+    START_ATTEMPTS = 5
+    """Ports tried when one from `free_port` was taken by another process before Mosquitto bound it."""
+
     def __init__(self, pki: Pki, directory: Path, port: int | None = None) -> None:
         self.pki = pki
         self.directory = directory
+        self._fixed_port = port is not None
         self.port = port or free_port()
         self.host = "127.0.0.1"
         self.log_file = directory / "mosquitto.log"
         self._proc: subprocess.Popen[bytes] | None = None
         self.config_file = directory / "mosquitto.conf"
+        self._write_config()
+
+    def _write_config(self) -> None:
+        pki = self.pki
         self.config_file.write_text(
             "\n".join(
                 [
@@ -105,6 +113,7 @@ class MosquittoBroker:
                     "log_type error",
                     "log_type warning",
                     "log_type notice",
+                    "log_type information",  # "mosquitto version … running": its listeners are bound
                     "connection_messages true",
                     f"log_dest file {self.log_file}",
                     "",
@@ -117,6 +126,23 @@ class MosquittoBroker:
         return self._proc is not None and self._proc.poll() is None
 
     def start(self, timeout: float = 10.0) -> None:
+        """Start and wait until *this* Mosquitto listens (its own log says so, not just any open port).
+
+        A port from `free_port` can be taken by another process (a parallel test worker) before Mosquitto
+        binds it; then it exits with "Address already in use" and is started again on a fresh port.
+        """
+        for _ in range(self.START_ATTEMPTS):
+            if self._start_once(timeout):
+                return
+            if self._fixed_port:
+                break
+            self.port = free_port()
+            self._write_config()
+        raise RuntimeError(f"mosquitto could not listen on 127.0.0.1:{self.port}: {self.log_text()[-500:]}")
+
+    def _start_once(self, timeout: float) -> bool:
+        """True once listening; False if the port was in use; RuntimeError for any other failure."""
+        seen = self.log_file.stat().st_size if self.log_file.exists() else 0
         self._proc = subprocess.Popen(
             [mosquitto_binary(), "-c", str(self.config_file)],
             stdout=subprocess.DEVNULL,
@@ -124,13 +150,32 @@ class MosquittoBroker:
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
+            fresh = self._log_since(seen)
             if self._proc.poll() is not None:
                 err = self._proc.stderr.read().decode() if self._proc.stderr else ""
-                raise RuntimeError(f"mosquitto exited at start: {err} {self.log_text()}")
-            with contextlib.suppress(OSError), socket.create_connection((self.host, self.port), timeout=0.2):
-                return
+                if self._proc.stderr:
+                    self._proc.stderr.close()
+                self._proc = None
+                if "Address already in use" in fresh + err:
+                    return False
+                raise RuntimeError(f"mosquitto exited at start: {err} {fresh}")
+            if " running" in fresh:
+                with (
+                    contextlib.suppress(OSError),
+                    socket.create_connection((self.host, self.port), timeout=0.2),
+                ):
+                    return True
             time.sleep(0.02)  # waiting on a real process to bind: the one place real time is unavoidable
+        self.stop()
         raise RuntimeError(f"mosquitto did not listen on {self.port} within {timeout}s")
+
+    def _log_since(self, offset: int) -> str:
+        try:
+            with self.log_file.open("rb") as f:
+                f.seek(offset)
+                return f.read().decode(errors="replace")
+        except FileNotFoundError:
+            return ""
 
     def stop(self) -> None:
         if self._proc is not None:
