@@ -32,6 +32,8 @@ def test_benchmark_json_rows(capsys: pytest.CaptureFixture[str]) -> None:
     stock = faults.pop(("SDK 17 stock", "drop every 50 KB"))
     assert all(f["completed"] for f in faults.values()), faults
     assert all(f["within_one_object"] for f in faults.values() if "within_one_object" in f)
+    for f in faults.values():  # faults never make a transfer quicker than the same build without them
+        assert f["transfer_s"] >= f["clean_transfer_s"] - 1e-9, f
     # 24 KB fits between two drops 50 KB apart: even a bootloader that forgets progress on a disconnect
     # gets it (a 200 KB image, as `make bench` sends, cannot: that row ends in a link error).
     assert stock["completed"], stock
