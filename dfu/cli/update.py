@@ -117,18 +117,23 @@ class SimWorld:
     addresses: list[str]
 
 
-def make_sim_world(profiles: list[PeripheralProfile], *, first_address: str | None = None) -> SimWorld:
-    """Peripherals of `profiles` on a fresh in-process air (imported lazily: product code never needs it)."""
+def make_sim_world(
+    profiles: list[PeripheralProfile], *, addresses: list[str | None] | None = None
+) -> SimWorld:
+    """Peripherals of `profiles` on a fresh in-process air (imported lazily: product code never needs it),
+    at `addresses` where given, else at `sim_address(index)`."""
     from simulator.air import Air
     from simulator.bleak_backend import backend_for
 
     air = Air()
-    addresses = []
+    placed = []
+    wanted = addresses or []
     for index, profile in enumerate(profiles):
-        address = first_address.upper() if first_address and index == 0 else sim_address(index)
+        given = wanted[index] if index < len(wanted) else None
+        address = given.upper() if given else sim_address(index)
         air.add_profile(profile, address)
-        addresses.append(address)
-    return SimWorld(air, backend_for(air), addresses)
+        placed.append(address)
+    return SimWorld(air, backend_for(air), placed)
 
 
 def remote_backend(socket_path: str) -> tuple[BleBackend, Callable[[], Awaitable[None]]]:
@@ -206,33 +211,64 @@ def _mode(seen: Seen) -> str:
 # --- update ------------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class Target:
+    """One peripheral named on the command line: by address or by advertised name."""
+
+    address: str | None = None
+    name: str | None = None
+
+    @property
+    def label(self) -> str:
+        return self.address.upper() if self.address else f"name {self.name!r}"
+
+
+@dataclass(slots=True)
+class ProgressRows:
+    """The progress display's hooks: one listener per peripheral, and a way to mark a row failed."""
+
+    listeners: list[Callable[[UpdateProgress], None] | None]
+    failed: Callable[[int], None]
+
+
 @contextmanager
-def progress_bar(enabled: bool) -> Iterator[Callable[[UpdateProgress], None] | None]:
-    """A rich progress bar on stderr fed by update events (nothing when disabled, e.g. with --json)."""
+def progress_bar(enabled: bool, targets: list[Target]) -> Iterator[ProgressRows]:
+    """Rich progress on stderr, one row per peripheral, fed by its update events (none with --json)."""
     if not enabled:
-        yield None
+        yield ProgressRows([None] * len(targets), lambda _: None)
         return
+    prefix = len(targets) > 1
     columns = (
-        TextColumn("[bold]{task.description}"),
+        *([TextColumn("[bold]{task.fields[who]}")] if prefix else []),
+        TextColumn("{task.description}" if prefix else "[bold]{task.description}"),
         BarColumn(),
         DownloadColumn(),
         TextColumn("{task.fields[rate]}"),
     )
     with Progress(*columns, console=Console(stderr=True), transient=False) as bar:
-        task: TaskID | None = None
+        tasks: list[TaskID | None] = [None] * len(targets)
 
-        def listener(event: UpdateProgress) -> None:
-            nonlocal task
-            if task is None:
-                task = bar.add_task(event.phase.value, total=event.bytes_total, rate="")
-            label = event.phase.value
-            if event.phase is Phase.TRANSFERRING and event.image_kind is not None:
-                label = f"{event.image_index}/{event.image_count} {event.image_kind.value}"
-            # The rate comes from the updater (loop time), which is simulated time in a rehearsal.
-            rate = f"{event.throughput_bps / 1000:.1f} kB/s" if event.throughput_bps else ""
-            bar.update(task, completed=event.bytes_sent, description=label, rate=rate)
+        def listener_for(index: int) -> Callable[[UpdateProgress], None]:
+            def listener(event: UpdateProgress) -> None:
+                task = tasks[index]
+                if task is None:
+                    who = targets[index].label if prefix else ""
+                    task = tasks[index] = bar.add_task("", total=event.bytes_total, rate="", who=who)
+                label = event.phase.value
+                if event.phase is Phase.TRANSFERRING and event.image_kind is not None:
+                    label = f"{event.image_index}/{event.image_count} {event.image_kind.value}"
+                # The rate comes from the updater (loop time), which is simulated time in a rehearsal.
+                rate = f"{event.throughput_bps / 1000:.1f} kB/s" if event.throughput_bps else ""
+                bar.update(task, completed=event.bytes_sent, description=label, rate=rate)
 
-        yield listener
+            return listener
+
+        def failed(index: int) -> None:
+            task = tasks[index]
+            if task is not None:
+                bar.update(task, description="[red]failed[/red]", rate="")
+
+        yield ProgressRows([listener_for(i) for i in range(len(targets))], failed)
 
 
 def result_json(result: UpdateResult, *, simulated: bool) -> dict[str, Any]:
@@ -254,6 +290,13 @@ def result_json(result: UpdateResult, *, simulated: bool) -> dict[str, Any]:
     }
 
 
+def error_json(exc: BaseException, target: Target | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {"ok": False, "error": describe_error(exc), "exit_code": exit_code_for(exc)}
+    if target is not None:
+        body["target"] = target.label
+    return body
+
+
 def summary_line(result: UpdateResult, *, simulated: bool) -> str:
     clock = "simulated s" if simulated else "s"
     return (
@@ -262,38 +305,76 @@ def summary_line(result: UpdateResult, *, simulated: bool) -> str:
     )
 
 
+def total_line(outcomes: list[UpdateResult | BaseException], seconds: float, *, simulated: bool) -> str:
+    """The run over several peripherals: how many made it, and the aggregate rate of those that did."""
+    done = [o for o in outcomes if isinstance(o, UpdateResult)]
+    nbytes = sum(r.bytes for r in done)
+    clock = "simulated s" if simulated else "s"
+    rate = f" ({nbytes / seconds:,.0f} bytes/s together)" if seconds > 0 else ""
+    return (
+        f"{len(outcomes)} peripherals: {len(done)} updated, {len(outcomes) - len(done)} failed; "
+        f"{nbytes} bytes in {seconds:.2f} {clock}{rate}"
+    )
+
+
+def _targets(addresses: tuple[str, ...], names: tuple[str, ...]) -> list[Target]:
+    targets = [Target(address=a) for a in addresses] + [Target(name=n) for n in names]
+    if not targets:
+        raise click.UsageError("give --address or --name (repeat either to update several peripherals)")
+    labels = [t.label for t in targets]
+    if len(set(labels)) != len(labels):
+        raise click.UsageError("a peripheral is named twice")
+    return targets
+
+
 @click.command()
 @click.argument("package_path", metavar="PKG", type=click.Path(path_type=Path))
-@click.option("--address", help="the peripheral's (application) address")
-@click.option("--name", help="the peripheral's advertised name (instead of --address)")
+@click.option(
+    "--address", "addresses", multiple=True, help="a peripheral's (application) address; repeatable"
+)
+@click.option("--name", "names", multiple=True, help="a peripheral's advertised name; repeatable")
 @click.option("--profile", "profile_name", help="peripheral profile (shipped name or TOML path)")
 @click.option("--prn", type=click.IntRange(0, 0xFFFF), help="packet receipt notification interval")
-@click.option("--sim", "sim_profile", metavar="PROFILE", help="rehearse on a simulated peripheral of PROFILE")
-@click.option("--sim-socket", type=click.Path(), help="update a peripheral of `nrf-dfu sim serve`")
-@click.option("--json", "as_json", is_flag=True, help="print the result as JSON (no progress bar)")
+@click.option(
+    "--sim",
+    "sim_spec",
+    metavar="PROFILE[,PROFILE]",
+    help="rehearse on simulated peripherals: one profile for all, or one per --address",
+)
+@click.option("--sim-socket", type=click.Path(), help="update peripherals of `nrf-dfu sim serve`")
+@click.option("--json", "as_json", is_flag=True, help="one JSON result per peripheral and line (no progress)")
 def update(
     package_path: Path,
-    address: str | None,
-    name: str | None,
+    addresses: tuple[str, ...],
+    names: tuple[str, ...],
     profile_name: str | None,
     prn: int | None,
-    sim_profile: str | None,
+    sim_spec: str | None,
     sim_socket: str | None,
     as_json: bool,
 ) -> None:
-    """Update one peripheral with a DFU package (zip, or .dat/.bin pair)."""
-    if (address is None) == (name is None):
-        raise click.UsageError("give exactly one of --address and --name")
-    if sim_profile and sim_socket:
+    """Update peripherals with a DFU package (zip, or .dat/.bin pair), several at once when named so.
+
+    Every peripheral is updated concurrently over the one adapter; one failing does not stop the others.
+    The exit code is that of the first peripheral (in the order given) that failed.
+    """
+    targets = _targets(addresses, names)
+    if sim_spec and sim_socket:
         raise click.UsageError("--sim and --sim-socket exclude each other")
-    profile_ref = profile_name or sim_profile
+    sim_profiles = _profiles(sim_spec) if sim_spec else []
+    if sim_profiles:
+        if len(targets) > 1 and names:
+            raise click.UsageError("with --sim, name several peripherals by --address")
+        if len(sim_profiles) not in (1, len(targets)):
+            raise click.UsageError(f"--sim gives {len(sim_profiles)} profiles for {len(targets)} peripherals")
+    profile_ref = profile_name or (sim_spec.split(",")[0].strip() if sim_spec else None)
     if profile_ref is None:
         raise click.UsageError("--profile is required (or --sim PROFILE)")
     try:
         profile = load_profile(profile_ref)
     except UnknownProfileError as exc:
         raise click.BadParameter(str(exc), param_hint="--profile") from exc
-    simulated = sim_profile is not None
+    simulated = bool(sim_profiles)
     try:
         package = DfuPackage.load(package_path)
     except PackageError as exc:
@@ -301,45 +382,72 @@ def update(
 
     options = UpdateOptions(prn=prn)
 
-    async def go(listener: Callable[[UpdateProgress], None] | None) -> UpdateResult:
+    async def go(
+        listeners: list[Callable[[UpdateProgress], None] | None],
+    ) -> list[UpdateResult | BaseException]:
         closer: Callable[[], Awaitable[None]] | None = None
-        target = address
-        if sim_profile is not None:
-            world = make_sim_world([load_profile(sim_profile)], first_address=address)
+        if sim_profiles:
+            profiles = sim_profiles * len(targets) if len(sim_profiles) == 1 else sim_profiles
+            world = make_sim_world(profiles, addresses=[t.address for t in targets])
             backend = world.backend
-            if name is None:
-                target = world.addresses[0]
         elif sim_socket is not None:
             backend, closer = remote_backend(sim_socket)
         else:
             backend = platform_backend()
         try:
-            updater = Updater(
-                backend, profile, package, address=target, name=name, options=options, on_progress=listener
-            )
-            return await updater.run()
+            updaters = [
+                Updater(
+                    backend,
+                    profile,
+                    package,
+                    address=t.address,
+                    name=t.name,
+                    options=options,
+                    on_progress=listener,
+                )
+                for t, listener in zip(targets, listeners, strict=True)
+            ]
+            outcomes = await asyncio.gather(*(u.run() for u in updaters), return_exceptions=True)
         finally:
             if closer is not None:
                 await closer()
+        for outcome in outcomes:  # a bug, not a failed update: never reported as one
+            if isinstance(outcome, BaseException) and not isinstance(outcome, DfuError | OSError):
+                raise outcome
+        return outcomes
 
     try:
-        with progress_bar(not as_json) as listener:
-            result, _ = run_loop(go(listener), simulated=simulated)
+        with progress_bar(not as_json, targets) as rows:
+            outcomes, seconds = run_loop(go(rows.listeners), simulated=simulated)
+            for index, outcome in enumerate(outcomes):
+                if isinstance(outcome, BaseException):
+                    rows.failed(index)
     except (DfuError, OSError) as exc:
         _fail(exc, as_json)
-    if as_json:
-        click.echo(json.dumps(result_json(result, simulated=simulated)))
-    else:
-        click.echo(summary_line(result, simulated=simulated))
+    for target, outcome in zip(targets, outcomes, strict=True):
+        if isinstance(outcome, UpdateResult):
+            if as_json:
+                click.echo(json.dumps(result_json(outcome, simulated=simulated)))
+            else:
+                click.echo(summary_line(outcome, simulated=simulated))
+        elif as_json:
+            click.echo(json.dumps(error_json(outcome, target if len(targets) > 1 else None)))
+        else:
+            who = f"{target.label}: " if len(targets) > 1 else ""
+            click.echo(f"error: {who}{describe_error(outcome)}", err=True)
+    if len(targets) > 1 and not as_json:
+        click.echo(total_line(outcomes, seconds, simulated=simulated))
+    failed = [o for o in outcomes if isinstance(o, BaseException)]
+    if failed:
+        sys.exit(exit_code_for(failed[0]))
 
 
 def _fail(exc: BaseException, as_json: bool) -> Any:
-    code = exit_code_for(exc)
     if as_json:
-        click.echo(json.dumps({"ok": False, "error": describe_error(exc), "exit_code": code}))
+        click.echo(json.dumps(error_json(exc)))
     else:
         click.echo(f"error: {describe_error(exc)}", err=True)
-    sys.exit(code)
+    sys.exit(exit_code_for(exc))
 
 
-__all__ = ["describe_error", "exit_code_for", "make_sim_world", "run_loop", "scan", "update"]
+__all__ = ["Target", "describe_error", "exit_code_for", "make_sim_world", "run_loop", "scan", "update"]

@@ -97,3 +97,40 @@ def test_missing_peripheral_exits_5(pkg: Path) -> None:
     code, _, err = run("update", str(pkg), "--sim", "nrf52840-s140", "--name", "Nobody")
     assert code == EXIT_LINK
     assert "'Nobody'" in err
+
+
+A, B = "C0:FF:EE:00:00:10", "C0:FF:EE:00:00:20"
+
+
+def test_update_several_peripherals_concurrently(pkg: Path) -> None:
+    code, out, _ = run("update", str(pkg), "--sim", "nrf52840-s140", "--address", A, "--address", B, "--json")
+    assert code == 0, out
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert [r["address"] for r in rows] == [A, B], "one line per peripheral, in the order given"
+    assert all(r["ok"] and r["firmware_revision"] == "2" and r["bytes"] == 0x4000 for r in rows)
+
+
+def test_one_peripheral_failing_does_not_stop_the_others(pkg: Path) -> None:
+    # B is an nRF52832 with S132: the package asks for S140, so its bootloader refuses the init packet
+    args = ["update", str(pkg), "--sim", "nrf52840-s140,nrf52832-s132", "--profile", "nrf52840-s140"]
+    code, out, _ = run(*args, "--address", A, "--address", B, "--json")
+    assert code == EXIT_REJECTED
+    ok, failed = (json.loads(line) for line in out.splitlines())
+    assert ok["ok"] is True
+    assert ok["address"] == A
+    assert failed == {"ok": False, "target": B, "exit_code": EXIT_REJECTED, "error": failed["error"]}
+    assert "SD_VERSION_FAILURE" in failed["error"]
+
+    code, out, err = run(*args, "--address", A, "--address", B)
+    assert code == EXIT_REJECTED
+    assert out.startswith(f"{A}: 16384 bytes in")
+    assert "2 peripherals: 1 updated, 1 failed; 16384 bytes in" in out
+    assert f"error: {B}: " in err
+    assert "SD_VERSION_FAILURE" in err
+
+
+def test_several_peripherals_usage_errors(pkg: Path) -> None:
+    assert run("update", str(pkg), "--sim", "nrf52840-s140", "--address", A, "--address", A)[0] == EXIT_USAGE
+    three = "nrf52840-s140,nrf52840-s140,nrf52840-s140"
+    assert run("update", str(pkg), "--sim", three, "--address", A, "--address", B)[0] == EXIT_USAGE
+    assert run("update", str(pkg), "--sim", "nrf52840-s140", "--name", "x", "--address", B)[0] == EXIT_USAGE
