@@ -5,12 +5,14 @@ fast-forwarded (looptime) event loop: a rehearsal without hardware that takes no
 *simulated* seconds. `--sim-socket PATH` talks to `nrf-dfu sim serve` instead (real time, scaled there).
 
 Exit codes are part of the interface (scripts and the gateway's bench checks rely on them):
-0 ok, 2 usage, 3 bad package, 4 refused by the peripheral or preflight, 5 link / timeout, 1 anything else.
+0 ok, 2 usage, 3 bad package, 4 refused by the peripheral or preflight, 5 link / timeout, 130 interrupted
+(Ctrl-C: the updates were cancelled, the peripherals left resumable), 1 anything else.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import sys
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
@@ -83,29 +85,32 @@ def describe_error(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
+EXIT_INTERRUPTED = 130
+"""Ctrl-C (128 + SIGINT), after the updates were cancelled: disconnected without abort, so resumable."""
+
+
 def run_loop(coro: Coroutine[Any, Any, _T], *, simulated: bool) -> tuple[_T, float]:
-    """Run `coro`; simulated runs use a fast-forwarded looptime loop. Returns (result, loop seconds)."""
-    loop: asyncio.AbstractEventLoop
+    """Run `coro`; simulated runs use a fast-forwarded looptime loop. Returns (result, loop seconds).
+
+    An `asyncio.Runner`: on Ctrl-C it cancels `coro` (every update disconnects without abort, leaving its
+    peripheral resumable) before KeyboardInterrupt reaches the caller, instead of abandoning the links.
+    """
+    factory: Callable[[], asyncio.AbstractEventLoop] = asyncio.new_event_loop
     if simulated:
         try:
             import looptime
         except ImportError:  # pragma: no cover - looptime ships with the test extras
-            loop = asyncio.new_event_loop()
+            pass
         else:
-            loop = looptime.new_event_loop(start=0.0)
-    else:
-        loop = asyncio.new_event_loop()
+            factory = functools.partial(looptime.new_event_loop, start=0.0)
 
     async def timed() -> tuple[_T, float]:
         start = asyncio.get_running_loop().time()
         result = await coro
         return result, asyncio.get_running_loop().time() - start
 
-    try:
-        return loop.run_until_complete(timed())
-    finally:
-        loop.run_until_complete(loop.shutdown_asyncgens())
-        loop.close()
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(timed())
 
 
 @dataclass(slots=True)
@@ -424,6 +429,13 @@ def update(
                     rows.failed(index)
     except (DfuError, OSError) as exc:
         _fail(exc, as_json)
+    except KeyboardInterrupt:
+        message = "interrupted: disconnected without abort, run the same command again to resume"
+        if as_json:
+            click.echo(json.dumps({"ok": False, "error": message, "exit_code": EXIT_INTERRUPTED}))
+        else:
+            click.echo(message, err=True)
+        sys.exit(EXIT_INTERRUPTED)
     for target, outcome in zip(targets, outcomes, strict=True):
         if isinstance(outcome, UpdateResult):
             if as_json:

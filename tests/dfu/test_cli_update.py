@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
 
 from dfu.cli import main
-from dfu.cli.update import EXIT_LINK, EXIT_PACKAGE, EXIT_REJECTED, EXIT_USAGE
+from dfu.cli.update import EXIT_INTERRUPTED, EXIT_LINK, EXIT_PACKAGE, EXIT_REJECTED, EXIT_USAGE
+from dfu.updater import Phase, UpdateProgress, Updater
 from tests.support.dfu_sim import app_zip
 
 
@@ -134,3 +136,52 @@ def test_several_peripherals_usage_errors(pkg: Path) -> None:
     three = "nrf52840-s140,nrf52840-s140,nrf52840-s140"
     assert run("update", str(pkg), "--sim", three, "--address", A, "--address", B)[0] == EXIT_USAGE
     assert run("update", str(pkg), "--sim", "nrf52840-s140", "--name", "x", "--address", B)[0] == EXIT_USAGE
+
+
+def test_ctrl_c_cancels_the_updates_and_leaves_the_peripherals_resumable(
+    pkg: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGINT mid-transfer: every update is cancelled and disconnects without abort (exit 130), so each
+    bootloader keeps its progress for the next run (that a fresh updater resumes it: test_updater)."""
+    import signal
+
+    from dfu.cli import update as cli_update
+    from simulator.bleak_backend import DEFAULT_CENTRAL
+
+    worlds: list[cli_update.SimWorld] = []
+    make_world = cli_update.make_sim_world
+    fired: list[str] = []
+
+    def capture(*args: Any, **kwargs: Any) -> cli_update.SimWorld:
+        worlds.append(make_world(*args, **kwargs))
+        return worlds[-1]
+
+    class InterruptedUpdater(Updater):
+        """Ctrl-C once the first peripheral has 8 KB of its image across."""
+
+        def __init__(self, *args: Any, on_progress: Any = None, **kwargs: Any) -> None:
+            def listener(event: UpdateProgress) -> None:
+                if on_progress is not None:
+                    on_progress(event)
+                if event.phase is Phase.TRANSFERRING and event.image_bytes_sent >= 8192 and not fired:
+                    fired.append(event.address)
+                    signal.raise_signal(signal.SIGINT)
+
+            super().__init__(*args, on_progress=listener, **kwargs)
+
+    monkeypatch.setattr(cli_update, "make_sim_world", capture)
+    monkeypatch.setattr(cli_update, "Updater", InterruptedUpdater)
+    # asyncio.Runner takes over SIGINT only from the default handler (whatever the test runner installed)
+    monkeypatch.setattr(signal, "getsignal", lambda _: signal.default_int_handler)
+    code, out, _ = run("update", str(pkg), "--sim", "nrf52840-s140", "--address", A, "--address", B, "--json")
+    assert code == EXIT_INTERRUPTED
+    assert json.loads(out)["exit_code"] == EXIT_INTERRUPTED
+    assert len(fired) == 1
+    (world,) = worlds
+    assert not world.air.add_central(DEFAULT_CENTRAL).links, "every link was closed"
+    for app in (A, B):
+        assert world.air.device_state(app)["mode"] == "bootloader", "no abort: it stays in its bootloader"
+    first = world.air.find(fired[0][:-2] + f"{int(fired[0][-2:], 16) + 1:02X}")
+    assert first is not None
+    assert first.bootloader is not None  # type: ignore[attr-defined]
+    assert first.bootloader.data_offset >= 4096, "its data progress is kept for a resume"  # type: ignore[attr-defined]
