@@ -171,9 +171,17 @@ def test_ctrl_c_cancels_the_updates_and_leaves_the_peripherals_resumable(
 
     monkeypatch.setattr(cli_update, "make_sim_world", capture)
     monkeypatch.setattr(cli_update, "Updater", InterruptedUpdater)
-    # asyncio.Runner takes over SIGINT only from the default handler (whatever the test runner installed)
+    # asyncio.Runner takes over SIGINT only from the default handler, and leaves the default one behind:
+    # the test runner's own handler is put back afterwards
+    before = signal.getsignal(signal.SIGINT)
     monkeypatch.setattr(signal, "getsignal", lambda _: signal.default_int_handler)
-    code, out, _ = run("update", str(pkg), "--sim", "nrf52840-s140", "--address", A, "--address", B, "--json")
+    try:
+        code, out, _ = run(
+            "update", str(pkg), "--sim", "nrf52840-s140", "--address", A, "--address", B, "--json"
+        )
+    finally:
+        if before is not None:  # None only for a handler set outside Python, which getsignal cannot give back
+            signal.signal(signal.SIGINT, before)
     assert code == EXIT_INTERRUPTED
     assert json.loads(out)["exit_code"] == EXIT_INTERRUPTED
     assert len(fired) == 1
