@@ -1,0 +1,103 @@
+"""A private D-Bus daemon for the simulated bluetoothd (`simulator.bluez`), the bus bleak's BlueZ uses.
+
+bleak connects to the *system* bus; pointing `DBUS_SYSTEM_BUS_ADDRESS` at this daemon gives a process a
+system bus of its own, on which `FakeBluetoothd` owns `org.bluez`. The policy allows everything: the bus
+lives in a temporary directory and only this user's processes reach it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <type>system</type>
+  <listen>unix:path={socket}</listen>
+  <auth>EXTERNAL</auth>
+  <policy context="default">
+    <allow user="*"/>
+    <allow own="*"/>
+    <allow send_destination="*" eavesdrop="true"/>
+    <allow eavesdrop="true"/>
+  </policy>
+</busconfig>
+"""
+
+
+def dbus_daemon_binary() -> str:
+    found = shutil.which("dbus-daemon") or (
+        "/usr/bin/dbus-daemon" if Path("/usr/bin/dbus-daemon").exists() else None
+    )
+    if found is None:
+        raise RuntimeError(
+            "dbus-daemon is not installed: `make test` installs it (apt-get install dbus-daemon)"
+        )
+    return found
+
+
+class DbusDaemon:
+    """`dbus-daemon` on a unix socket in `directory`; `address` is what DBUS_SYSTEM_BUS_ADDRESS takes."""
+
+    def __init__(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self.socket = directory / "bus"
+        self.config_file = directory / "bus.conf"
+        self.config_file.write_text(CONFIG.format(socket=self.socket))
+        self.address = f"unix:path={self.socket}"
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        """Start and wait until it prints its address: it then accepts connections."""
+        self._proc = subprocess.Popen(
+            [
+                dbus_daemon_binary(),
+                f"--config-file={self.config_file}",
+                "--nofork",
+                "--nosyslog",
+                "--print-address",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        assert self._proc.stdout is not None
+        line = self._proc.stdout.readline()  # printed once the socket listens; EOF if it died
+        if not line.strip():
+            err = self._proc.stderr.read().decode() if self._proc.stderr else ""
+            self.stop()
+            raise RuntimeError(f"dbus-daemon did not start: {err}")
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def stop(self) -> None:
+        if self._proc is None:
+            return
+        self._proc.terminate()
+        try:
+            self._proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
+        for pipe in (self._proc.stdout, self._proc.stderr):
+            if pipe is not None:
+                pipe.close()
+        self._proc = None
+
+
+@contextlib.contextmanager
+def running_dbus(directory: Path) -> Iterator[DbusDaemon]:
+    daemon = DbusDaemon(directory)
+    daemon.start()
+    try:
+        yield daemon
+    finally:
+        daemon.stop()
+
+
+__all__ = ["DbusDaemon", "dbus_daemon_binary", "running_dbus"]

@@ -1,0 +1,69 @@
+"""The DFU client over bleak's real BlueZ backend (D-Bus, bleak-retry-connector, BlueZ's late MTU) against
+the simulated bluetoothd: the code path of a Raspberry Pi gateway, which the simulator's own backend skips."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+from bleak import BleakClient, BleakScanner
+from bleak.exc import BleakGATTProtocolError
+
+from dfu.transport.ble import is_bluez, platform_backend
+from dfu.transport.ble import scan as ble_scan
+from dfu.updater import Updater
+from profiles.gatt import BUTTONLESS_UNBONDED
+from profiles.model import load_profile
+from tests.support.bluez import bluez_stack
+from tests.support.dfu_sim import app_package
+
+pytestmark = pytest.mark.e2e
+
+APP = "C8:2E:1A:00:00:01"
+S140 = load_profile("nrf52840-s140")
+
+
+async def test_update_over_bleaks_bluez_backend(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    backend = platform_backend()
+    assert is_bluez(backend), "the platform backend on Linux is BlueZ"
+    package = app_package(size=16 * 1024)
+    caplog.set_level(logging.INFO, logger="dfu")
+    async with bluez_stack(monkeypatch) as stack:
+        result = await Updater(backend, S140, package, address=APP).run()
+        assert result.firmware_revision == "2"
+        assert result.bytes == 16 * 1024
+        assert result.resumes == 0
+        state = await stack.remote.device_state(APP)
+    assert state["mode"] == "app"
+    assert state["app"]["version"] == 2
+    # BlueZ published the exchanged MTU after the GATT objects: the transport waited for it
+    assert "packet_size=244" in caplog.text
+
+
+async def test_link_drop_resumes_over_bluez(monkeypatch: pytest.MonkeyPatch) -> None:
+    package = app_package(size=24 * 1024)
+    async with bluez_stack(monkeypatch, faults=["drop_after_bytes=9000"]) as stack:
+        result = await Updater(platform_backend(), S140, package, address=APP).run()
+        assert (await stack.remote.device_state(APP))["mode"] == "app"
+    assert result.resumes == 1
+    (image,) = package.images
+    resent = result.bytes_sent - len(image.firmware) - len(image.init_packet)
+    assert 0 <= resent <= 4096, "at most the object the drop interrupted"
+
+
+async def test_scan_and_att_errors_through_bluez(monkeypatch: pytest.MonkeyPatch) -> None:
+    async with bluez_stack(monkeypatch):
+        seen = {s.address: s for s in await ble_scan(platform_backend(), 2.0)}
+        assert APP in seen
+        assert seen[APP].advertises_dfu
+        assert seen[APP].rssi < 0
+        device = await BleakScanner.find_device_by_address(APP, timeout=10)
+        assert device is not None
+        async with BleakClient(device) as client:
+            # Writing the buttonless characteristic without indications: ATT 0xFD, which BlueZ reports as
+            # "Operation failed with ATT error: 0xfd" and bleak turns back into the protocol error
+            with pytest.raises(BleakGATTProtocolError) as err:
+                await client.write_gatt_char(BUTTONLESS_UNBONDED, b"\x01", response=True)
+            assert err.value.code == 0xFD
