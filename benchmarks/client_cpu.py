@@ -16,6 +16,12 @@ operation on this backend; the simulator process's CPU (from /proc) for comparis
 `--time-scale` real seconds per simulated second; the client paces to the profile's flash timing in its own
 (real) seconds, so with a scale below 1 it is slower than the air allows, never faster: CPU per MB is the
 figure here, not wall time.
+
+`--stack bluez` measures the Raspberry Pi's own stack instead: the updater over bleak's BlueZ backend
+(dbus-fast, bleak-retry-connector), through a private `dbus-daemon` to `nrf-dfu sim bluez` (a stand-in for
+bluetoothd over the same `sim serve` peripherals). The measured process then holds exactly what a gateway
+holds; bluetoothd's own CPU (here the stand-in's, in Python) and the bus daemon's are printed apart.
+`ipc_floor_us` is then one D-Bus round trip through the daemon (`org.freedesktop.DBus.Peer.Ping`).
 """
 
 from __future__ import annotations
@@ -56,8 +62,14 @@ class CpuRow:
     ipc_floor_us: float
     simulator_cpu_s_per_mb: float
     wall_s: float
+    stack: str = "simulator"
+    """`simulator` (bleak over the simulator's backend) or `bluez` (bleak's BlueZ backend over D-Bus)"""
+    bluetoothd_cpu_s_per_mb: float | None = None
+    """bluez stack: the bluetoothd stand-in's CPU (Python; the real daemon's is not measured here)"""
+    dbus_daemon_cpu_s_per_mb: float | None = None
     shares: dict[str, float] | None = None
-    """fractions of the profiled CPU: ours (dfu/, construct), bleak, backend (simulator/, json), rest"""
+    """fractions of the profiled CPU: ours (dfu/, construct), bleak (its API layer), backend (below it:
+    simulator/ and json, or bleak's BlueZ backend, dbus-fast and bleak-retry-connector), rest"""
 
 
 def _proc_cpu_s(pid: int) -> float:
@@ -158,20 +170,155 @@ async def measure(
     )
 
 
-def _shares(profiler: cProfile.Profile) -> dict[str, float]:
+class _GattCounter:
+    """Counts the GATT operations bleak's BlueZ backend sends (one D-Bus call and its reply each)."""
+
+    def __init__(self) -> None:
+        from bleak.backends.bluezdbus.client import BleakClientBlueZDBus
+
+        self.ops = 0
+        self._cls = BleakClientBlueZDBus
+        self._saved: dict[str, Any] = {}
+
+    def __enter__(self) -> _GattCounter:
+        for name in ("write_gatt_char", "read_gatt_char", "start_notify"):
+            original = self._saved[name] = getattr(self._cls, name)
+
+            async def counted(*args: Any, _original: Any = original, **kwargs: Any) -> Any:
+                self.ops += 1
+                return await _original(*args, **kwargs)
+
+            setattr(self._cls, name, counted)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for name, original in self._saved.items():
+            setattr(self._cls, name, original)
+
+
+async def _spawn_bluez(socket: Path, bus_address: str) -> asyncio.subprocess.Process:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        "from dfu.cli import main; main()",
+        "sim",
+        "bluez",
+        "--socket",
+        str(socket),
+        "--bus",
+        bus_address,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    assert proc.stdout is not None
+    line = await asyncio.wait_for(proc.stdout.readline(), 30)
+    if b"org.bluez on" not in line:
+        proc.kill()
+        raise RuntimeError(f"sim bluez did not start: {line!r}")
+    return proc
+
+
+async def measure_bluez(
+    count: int, scale: float, profiler: cProfile.Profile | None = None, size: int = IMAGE_BYTES
+) -> CpuRow:
+    """The same updates over bleak's BlueZ backend: D-Bus to the bluetoothd stand-in (`nrf-dfu sim bluez`)."""
+    from bleak.backends.bluezdbus import manager
+    from dbus_fast import Message
+    from dbus_fast.aio import MessageBus
+
+    from dfu.transport.ble import platform_backend
+    from hil.dbus import running_dbus
+
+    package = app_package(size)
+    profile = load_profile(PROFILE)
+    with tempfile.TemporaryDirectory(prefix="cpu", dir="/tmp") as tmp, running_dbus(Path(tmp) / "d") as bus:
+        socket = Path(tmp) / "sim.sock"
+        server = await _serve(socket, count, scale)
+        bluetoothd = await _spawn_bluez(socket, bus.address)
+        previous = os.environ.get("DBUS_SYSTEM_BUS_ADDRESS")
+        os.environ["DBUS_SYSTEM_BUS_ADDRESS"] = bus.address
+        try:
+            backend = platform_backend()
+            updaters = [
+                Updater(backend, profile, package, address=a, options=UpdateOptions())
+                for a in address_range(BASE_ADDRESS, count)
+            ]
+            pids = (server.pid, bluetoothd.pid, bus.pid)
+            others_before = [_proc_cpu_s(pid) for pid in pids]
+            with _GattCounter() as counter:
+                cpu, wall = time.process_time(), time.monotonic()
+                if profiler is not None:
+                    profiler.enable()
+                results = await asyncio.gather(*(u.run() for u in updaters))
+                if profiler is not None:
+                    profiler.disable()
+                cpu, wall = time.process_time() - cpu, time.monotonic() - wall
+            others = [_proc_cpu_s(pid) for pid in pids]
+            sim_cpu, bluetoothd_cpu, daemon_cpu = (b - a for a, b in zip(others_before, others, strict=True))
+            ping = await MessageBus(bus_address=bus.address).connect()
+            floor = time.process_time()
+            for _ in range(PINGS):
+                await ping.call(
+                    Message(
+                        destination="org.bluez",
+                        path="/",
+                        interface="org.freedesktop.DBus.Peer",
+                        member="Ping",
+                    )
+                )
+            floor = time.process_time() - floor
+            ping.disconnect()
+            instance = manager._global_instances.pop(asyncio.get_running_loop(), None)
+            if instance is not None and instance._bus is not None:
+                instance._bus.disconnect()
+        finally:
+            if previous is None:
+                os.environ.pop("DBUS_SYSTEM_BUS_ADDRESS", None)
+            else:
+                os.environ["DBUS_SYSTEM_BUS_ADDRESS"] = previous
+            for proc in (bluetoothd, server):
+                proc.terminate()
+                await proc.wait()
+    mb = sum(r.bytes for r in results) / 1e6
+    ops = counter.ops
+    return CpuRow(
+        peripherals=count,
+        megabytes=round(mb, 6),
+        gatt_ops=ops,
+        client_cpu_s=round(cpu, 3),
+        client_cpu_s_per_mb=round(cpu / mb, 3),
+        cpu_us_per_op=round(cpu / ops * 1e6, 1),
+        ipc_floor_us=round(floor / PINGS * 1e6, 1),
+        simulator_cpu_s_per_mb=round(sim_cpu / mb, 3),
+        wall_s=round(wall, 2),
+        stack="bluez",
+        bluetoothd_cpu_s_per_mb=round(bluetoothd_cpu / mb, 3),
+        dbus_daemon_cpu_s_per_mb=round(daemon_cpu / mb, 3),
+    )
+
+
+BACKEND_PATHS = {
+    "simulator": ("/simulator/", "/json/"),
+    "bluez": ("/bleak/backends/bluezdbus/", "/dbus_fast/", "/bleak_retry_connector/"),
+}
+"""Where the backend below bleak's API lives, per stack (matched in the profiled files' paths)."""
+
+
+def _shares(profiler: cProfile.Profile, stack: str = "simulator") -> dict[str, float]:
     stats: dict[tuple[str, int, str], tuple[Any, ...]] = pstats.Stats(profiler).stats  # type: ignore[attr-defined]
     parts = {"ours": 0.0, "bleak": 0.0, "backend": 0.0, "rest": 0.0}
     repo = Path(__file__).resolve().parents[1]
-    ours, sim = str(repo / "dfu"), str(repo / "simulator")
+    ours = str(repo / "dfu")
+    below = BACKEND_PATHS[stack]
     for (path, _, name), row in stats.items():
         if "select.epoll" in name:  # waiting, not working
             continue
         if path.startswith(ours) or "/construct/" in path:
             parts["ours"] += row[2]
+        elif any(marker in path for marker in below) or name.startswith("<built-in method _json"):
+            parts["backend"] += row[2]
         elif "/bleak/" in path:
             parts["bleak"] += row[2]
-        elif path.startswith(sim) or "/json/" in path or name.startswith("<built-in method _json"):
-            parts["backend"] += row[2]
         else:
             parts["rest"] += row[2]
     total = sum(parts.values()) or 1.0
@@ -184,28 +331,38 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--count", type=int, action="append", help="peripherals at once (repeatable)")
     parser.add_argument("--time-scale", type=float, default=0.1, help="real seconds per simulated second")
     parser.add_argument("--size", type=int, default=IMAGE_BYTES, help="application size in bytes")
+    parser.add_argument(
+        "--stack",
+        choices=("simulator", "bluez", "both"),
+        default="both",
+        help="bleak over the simulator's backend, over its BlueZ backend (D-Bus), or both",
+    )
     args = parser.parse_args(argv)
+    stacks = ["simulator", "bluez"] if args.stack == "both" else [args.stack]
     rows = []
-    for n in args.count or [1, 4]:
-        row = asyncio.run(measure(n, args.time_scale, size=args.size))
-        profiler = cProfile.Profile()
-        asyncio.run(measure(n, args.time_scale, profiler, size=args.size))
-        row.shares = _shares(profiler)
-        rows.append(row)
+    for stack in stacks:
+        run = measure if stack == "simulator" else measure_bluez
+        for n in args.count or [1, 4]:
+            row = asyncio.run(run(n, args.time_scale, size=args.size))
+            profiler = cProfile.Profile()
+            asyncio.run(run(n, args.time_scale, profiler, size=args.size))
+            row.shares = _shares(profiler, stack)
+            rows.append(row)
     if args.json:
         print(json.dumps([asdict(r) for r in rows], indent=2))
         return 0
     print(
-        f"gateway CPU per MB sent ({PROFILE}, {args.size} B application each, simulator in its own process)"
+        f"gateway CPU per MB sent ({PROFILE}, {args.size} B application each, peripherals in another process)"
     )
     print(
-        f"{'N':>2} {'MB':>6} {'GATT ops':>8} {'cpu s':>6} {'cpu s/MB':>8} {'us/op':>6} {'IPC floor us':>12} "
-        f"{'ours':>5} {'bleak':>5} {'backend':>7} {'rest':>5} {'sim s/MB':>8} {'wall s':>6}"
+        f"{'stack':<9} {'N':>2} {'MB':>6} {'GATT ops':>8} {'cpu s':>6} {'cpu s/MB':>8} {'us/op':>6} "
+        f"{'IPC floor us':>12} {'ours':>5} {'bleak':>5} {'backend':>7} {'rest':>5} "
+        f"{'sim s/MB':>8} {'wall s':>6}"
     )
     for r in rows:
         s = r.shares or {}
         print(
-            f"{r.peripherals:>2} {r.megabytes:>6.3f} {r.gatt_ops:>8} {r.client_cpu_s:>6.3f} "
+            f"{r.stack:<9} {r.peripherals:>2} {r.megabytes:>6.3f} {r.gatt_ops:>8} {r.client_cpu_s:>6.3f} "
             f"{r.client_cpu_s_per_mb:>8.3f} {r.cpu_us_per_op:>6.1f} {r.ipc_floor_us:>12.1f} "
             f"{s.get('ours', 0):>5.0%} {s.get('bleak', 0):>5.0%} {s.get('backend', 0):>7.0%} "
             f"{s.get('rest', 0):>5.0%} "
@@ -213,9 +370,16 @@ def main(argv: list[str] | None = None) -> int:
         )
     for r in rows:
         ours = (r.shares or {}).get("ours", 0.0) * r.client_cpu_s_per_mb
+        extra = ""
+        if r.stack == "bluez":
+            extra = (
+                f"; bluetoothd stand-in {r.bluetoothd_cpu_s_per_mb:.3f} s/MB, "
+                f"dbus-daemon {r.dbus_daemon_cpu_s_per_mb:.3f} s/MB (other processes)"
+            )
         print(
-            f"N={r.peripherals}: our code ~{ours:.3f} s/MB (profiled share of {r.client_cpu_s_per_mb:.3f}); "
-            f"the IPC floor alone is {r.ipc_floor_us * r.gatt_ops / 1e6 / r.megabytes:.3f} s/MB"
+            f"{r.stack} N={r.peripherals}: our code ~{ours:.3f} s/MB (profiled share of "
+            f"{r.client_cpu_s_per_mb:.3f}); the IPC floor alone is "
+            f"{r.ipc_floor_us * r.gatt_ops / 1e6 / r.megabytes:.3f} s/MB{extra}"
         )
     print(f"target: client <= {TARGET_S_PER_MB} s/MB")
     return 0

@@ -72,6 +72,11 @@ class DbusDaemon:
             raise RuntimeError(f"dbus-daemon did not start: {err}")
 
     @property
+    def pid(self) -> int:
+        assert self._proc is not None, "not started"
+        return self._proc.pid
+
+    @property
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 

@@ -177,3 +177,41 @@ def fault_cmd(socket_path: Path, address: str, settings: tuple[str, ...]) -> Non
 def power_cycle_cmd(socket_path: Path, address: str) -> None:
     """Cut a peripheral's power: RAM lost, flash kept."""
     _remote(socket_path, "power_cycle", address=address)
+
+
+@sim.command(name="bluez")
+@_socket_option
+@click.option("--bus", "bus_address", help="D-Bus address to serve org.bluez on (default: the system bus)")
+@click.option("-v", "--verbose", is_flag=True)
+def bluez_cmd(socket_path: Path, bus_address: str | None, verbose: bool) -> None:
+    """Serve the simulator's peripherals as bluetoothd would (org.bluez on D-Bus), until interrupted.
+
+    bleak's own BlueZ backend, and so `nrf-dfu` and the gateway without any --sim option, then see the
+    simulated boards: point DBUS_SYSTEM_BUS_ADDRESS at the same bus (a private dbus-daemon, as bluetoothd
+    cannot be replaced on the real system bus).
+    """
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s %(name)s %(message)s"
+    )
+    asyncio.run(_bluez(socket_path, bus_address))
+
+
+async def _bluez(socket_path: Path, bus_address: str | None) -> None:
+    from simulator.bluez import FakeBluetoothd
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        async with RemoteAir(socket_path) as remote:
+            daemon = FakeBluetoothd(remote)
+            await daemon.start(bus_address)
+            click.echo(f"org.bluez on {bus_address or 'the system bus'}")
+            sys.stdout.flush()  # a supervisor or test waits for this line on a pipe
+            try:
+                await stop.wait()
+            finally:
+                await daemon.stop()
+    except RemoteError as exc:
+        raise click.ClickException(str(exc)) from None

@@ -13,7 +13,8 @@ pytestmark = pytest.mark.e2e
 
 def test_client_cpu_json_rows(capsys: pytest.CaptureFixture[str]) -> None:
     size = 8 * 1024
-    assert client_cpu.main(["--json", "--count", "2", "--size", str(size), "--time-scale", "0.05"]) == 0
+    args = ["--json", "--stack", "simulator", "--count", "2", "--size", str(size), "--time-scale", "0.05"]
+    assert client_cpu.main(args) == 0
     (row,) = json.loads(capsys.readouterr().out)
     assert row["peripherals"] == 2
     assert row["megabytes"] == pytest.approx(2 * size / 1e6)
@@ -30,3 +31,20 @@ def test_client_cpu_json_rows(capsys: pytest.CaptureFixture[str]) -> None:
     assert set(shares) == {"ours", "bleak", "backend", "rest"}
     assert shares["ours"] > 0, "the profile saw our code"
     assert shares["backend"] > 0, "the profile saw the backend"
+
+
+def test_client_cpu_over_the_bluez_stack(capsys: pytest.CaptureFixture[str]) -> None:
+    """The gateway's real Pi stack: bleak's BlueZ backend over D-Bus to `nrf-dfu sim bluez`."""
+    size = 8 * 1024
+    args = ["--json", "--stack", "bluez", "--count", "1", "--size", str(size), "--time-scale", "0.05"]
+    assert client_cpu.main(args) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["stack"] == "bluez"
+    assert row["megabytes"] == pytest.approx(size / 1e6)
+    # counted in bleak's BlueZ client: at least every packet of the image and its init packet
+    assert row["gatt_ops"] >= size // 244 + 1
+    for key in ("client_cpu_s", "ipc_floor_us", "bluetoothd_cpu_s_per_mb", "wall_s"):
+        assert row[key] > 0, key
+    shares = row["shares"]
+    assert shares["ours"] > 0, "the profile saw our code"
+    assert shares["backend"] > 0, "the profile saw bleak's BlueZ backend and dbus-fast"
