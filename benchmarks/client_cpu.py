@@ -1,27 +1,30 @@
-"""CPU the gateway spends per MB it sends: `python -m benchmarks.client_cpu [--json] [--count N]`.
+"""CPU the gateway spends per MB it sends: `python -m benchmarks.client_cpu [--json] [--count N] [--stack S]`.
 
 `benchmarks.dfu_throughput` runs client, simulated peripherals and air in one fast-forwarded loop, so its
 CPU figure is mostly the simulator and looptime's fake clock. Here the peripherals and the air run in their
 own process (`nrf-dfu sim serve`), and this process runs only what a gateway runs: the real `Updater`
 (engine, pacing, transport, buttonless entry, verification) over the real bleak API on a plain asyncio loop.
-Below the bleak API the simulator's backend sends one JSON line per GATT operation over a unix socket and
-awaits its answer, as bleak's BlueZ backend sends one D-Bus call per write and awaits its reply.
+Three stacks below the bleak API (`--stack`, all by default):
 
-Printed per run: this process's `process_time()` over the updates, per MB of firmware and per GATT operation
-(counted where the backend meets the socket); the same run under cProfile split into our code (dfu/,
-construct), bleak's API layer, the simulator's backend below it (simulator/, json: what BlueZ's D-Bus client
-is on a gateway, not measured here) and the rest (asyncio, sockets); `ipc_floor_us`: the CPU of one
-request/response on that socket that does no work (`RemoteAir.ping`), the least any client pays per awaited
-operation on this backend; the simulator process's CPU (from /proc) for comparison. The air runs
+* `simulator`: the simulator's bleak backend, one JSON line per GATT operation over a unix socket.
+* `bluez-gatt`: bleak's own BlueZ backend (dbus-fast, bleak-retry-connector), as on a Raspberry Pi, through a
+  private `dbus-daemon` to `nrf-dfu sim bluez` (a stand-in for bluetoothd over the same peripherals); every
+  packet one awaited D-Bus `WriteValue`, as bleak sends it.
+* `bluez`: the same with what the gateway does on BlueZ by default: packets over an `AcquireWrite` socket
+  (`dfu.transport.acquired`), control requests still through bleak.
+
+Printed per run: this process's `process_time()` per MB of firmware over the whole updates (scans,
+connections, bootloader entry, verification: fixed costs per update) and over the transfers alone (first
+transfer's start to the last one's end: what each further MB costs); per GATT operation (counted where the
+backend meets its socket, or in bleak's BlueZ client: acquired-socket packets are not operations); the same
+run under cProfile split into our code (dfu/, construct), bleak's API layer, the backend below it
+(simulator/ and json, or bleak's BlueZ backend, dbus-fast, bleak-retry-connector) and the rest (asyncio,
+sockets); `ipc_floor_us`: one request/response that does no work (`RemoteAir.ping`, or a D-Bus `Peer.Ping`
+through the daemon), the least any awaited operation costs; the other processes' CPU (from /proc) for
+comparison: they are not the gateway's (bluetoothd's stand-in is Python, the real one is C). The air runs
 `--time-scale` real seconds per simulated second; the client paces to the profile's flash timing in its own
 (real) seconds, so with a scale below 1 it is slower than the air allows, never faster: CPU per MB is the
 figure here, not wall time.
-
-`--stack bluez` measures the Raspberry Pi's own stack instead: the updater over bleak's BlueZ backend
-(dbus-fast, bleak-retry-connector), through a private `dbus-daemon` to `nrf-dfu sim bluez` (a stand-in for
-bluetoothd over the same `sim serve` peripherals). The measured process then holds exactly what a gateway
-holds; bluetoothd's own CPU (here the stand-in's, in Python) and the bus daemon's are printed apart.
-`ipc_floor_us` is then one D-Bus round trip through the daemon (`org.freedesktop.DBus.Peer.Ping`).
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.dfu_throughput import IMAGE_BYTES, PROFILE, app_package
-from dfu.updater import UpdateOptions, Updater
+from dfu.updater import Phase, UpdateOptions, UpdateProgress, Updater
 from profiles.model import load_profile
 from simulator.bleak_backend import backend_for
 from simulator.remote import RemoteAir
@@ -58,6 +61,9 @@ class CpuRow:
     gatt_ops: int
     client_cpu_s: float
     client_cpu_s_per_mb: float
+    """the whole updates: scans, connections, bootloader entry, transfer, verification"""
+    transfer_cpu_s_per_mb: float
+    """from the first transfer's first request to the last one's end: what each further MB costs"""
     cpu_us_per_op: float
     ipc_floor_us: float
     simulator_cpu_s_per_mb: float
@@ -124,6 +130,28 @@ class _CountingAir(RemoteAir):
         await super().subscribe(link_id, char_uuid, notify=notify, indicate=indicate)
 
 
+class _TransferWindow:
+    """Process CPU between the first image transfer starting and the last one ending (progress events)."""
+
+    def __init__(self) -> None:
+        self._started: float | None = None
+        self._ended = 0.0
+        self._active: set[str] = set()
+
+    def on(self, event: UpdateProgress) -> None:
+        if event.phase is Phase.TRANSFERRING and event.address not in self._active:
+            self._active.add(event.address)
+            if self._started is None:
+                self._started = time.process_time()
+        elif event.phase in (Phase.VERIFYING, Phase.DONE) and event.address in self._active:
+            self._active.discard(event.address)
+            self._ended = time.process_time()
+
+    @property
+    def cpu_s(self) -> float:
+        return max(0.0, self._ended - self._started) if self._started is not None else 0.0
+
+
 async def measure(
     count: int, scale: float, profiler: cProfile.Profile | None = None, size: int = IMAGE_BYTES
 ) -> CpuRow:
@@ -135,8 +163,9 @@ async def measure(
         try:
             async with _CountingAir(socket) as remote:
                 backend = backend_for(remote)
+                window, options = _TransferWindow(), UpdateOptions()
                 updaters = [
-                    Updater(backend, profile, package, address=a, options=UpdateOptions())
+                    Updater(backend, profile, package, address=a, options=options, on_progress=window.on)
                     for a in address_range(BASE_ADDRESS, count)
                 ]
                 sim_before = _proc_cpu_s(server.pid)
@@ -163,6 +192,7 @@ async def measure(
         gatt_ops=ops,
         client_cpu_s=round(cpu, 3),
         client_cpu_s_per_mb=round(cpu / mb, 3),
+        transfer_cpu_s_per_mb=round(window.cpu_s / mb, 3),
         cpu_us_per_op=round(cpu / ops * 1e6, 1),
         ipc_floor_us=round(floor / PINGS * 1e6, 1),
         simulator_cpu_s_per_mb=round(sim_cpu / mb, 3),
@@ -219,7 +249,12 @@ async def _spawn_bluez(socket: Path, bus_address: str) -> asyncio.subprocess.Pro
 
 
 async def measure_bluez(
-    count: int, scale: float, profiler: cProfile.Profile | None = None, size: int = IMAGE_BYTES
+    count: int,
+    scale: float,
+    profiler: cProfile.Profile | None = None,
+    size: int = IMAGE_BYTES,
+    *,
+    acquire: bool = True,
 ) -> CpuRow:
     """The same updates over bleak's BlueZ backend: D-Bus to the bluetoothd stand-in (`nrf-dfu sim bluez`)."""
     from bleak.backends.bluezdbus import manager
@@ -239,8 +274,9 @@ async def measure_bluez(
         os.environ["DBUS_SYSTEM_BUS_ADDRESS"] = bus.address
         try:
             backend = platform_backend()
+            window, options = _TransferWindow(), UpdateOptions(acquire_write=acquire)
             updaters = [
-                Updater(backend, profile, package, address=a, options=UpdateOptions())
+                Updater(backend, profile, package, address=a, options=options, on_progress=window.on)
                 for a in address_range(BASE_ADDRESS, count)
             ]
             pids = (server.pid, bluetoothd.pid, bus.pid)
@@ -287,11 +323,12 @@ async def measure_bluez(
         gatt_ops=ops,
         client_cpu_s=round(cpu, 3),
         client_cpu_s_per_mb=round(cpu / mb, 3),
+        transfer_cpu_s_per_mb=round(window.cpu_s / mb, 3),
         cpu_us_per_op=round(cpu / ops * 1e6, 1),
         ipc_floor_us=round(floor / PINGS * 1e6, 1),
         simulator_cpu_s_per_mb=round(sim_cpu / mb, 3),
         wall_s=round(wall, 2),
-        stack="bluez",
+        stack="bluez" if acquire else "bluez-gatt",
         bluetoothd_cpu_s_per_mb=round(bluetoothd_cpu / mb, 3),
         dbus_daemon_cpu_s_per_mb=round(daemon_cpu / mb, 3),
     )
@@ -309,7 +346,7 @@ def _shares(profiler: cProfile.Profile, stack: str = "simulator") -> dict[str, f
     parts = {"ours": 0.0, "bleak": 0.0, "backend": 0.0, "rest": 0.0}
     repo = Path(__file__).resolve().parents[1]
     ours = str(repo / "dfu")
-    below = BACKEND_PATHS[stack]
+    below = BACKEND_PATHS["simulator" if stack == "simulator" else "bluez"]
     for (path, _, name), row in stats.items():
         if "select.epoll" in name:  # waiting, not working
             continue
@@ -325,6 +362,14 @@ def _shares(profiler: cProfile.Profile, stack: str = "simulator") -> dict[str, f
     return {k: round(v / total, 3) for k, v in parts.items()}
 
 
+async def _measure(
+    stack: str, count: int, scale: float, profiler: cProfile.Profile | None, size: int
+) -> CpuRow:
+    if stack == "simulator":
+        return await measure(count, scale, profiler, size)
+    return await measure_bluez(count, scale, profiler, size, acquire=stack == "bluez")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--json", action="store_true")
@@ -333,19 +378,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=IMAGE_BYTES, help="application size in bytes")
     parser.add_argument(
         "--stack",
-        choices=("simulator", "bluez", "both"),
-        default="both",
-        help="bleak over the simulator's backend, over its BlueZ backend (D-Bus), or both",
+        choices=("simulator", "bluez", "bluez-gatt", "all"),
+        default="all",
+        help="bleak over the simulator's backend; over its BlueZ backend (D-Bus) with packets on an "
+        "AcquireWrite socket (bluez) or as one D-Bus WriteValue each (bluez-gatt); or all three",
     )
     args = parser.parse_args(argv)
-    stacks = ["simulator", "bluez"] if args.stack == "both" else [args.stack]
+    stacks = ["simulator", "bluez-gatt", "bluez"] if args.stack == "all" else [args.stack]
     rows = []
     for stack in stacks:
-        run = measure if stack == "simulator" else measure_bluez
         for n in args.count or [1, 4]:
-            row = asyncio.run(run(n, args.time_scale, size=args.size))
+            row = asyncio.run(_measure(stack, n, args.time_scale, None, args.size))
             profiler = cProfile.Profile()
-            asyncio.run(run(n, args.time_scale, profiler, size=args.size))
+            asyncio.run(_measure(stack, n, args.time_scale, profiler, args.size))
             row.shares = _shares(profiler, stack)
             rows.append(row)
     if args.json:
@@ -355,15 +400,17 @@ def main(argv: list[str] | None = None) -> int:
         f"gateway CPU per MB sent ({PROFILE}, {args.size} B application each, peripherals in another process)"
     )
     print(
-        f"{'stack':<9} {'N':>2} {'MB':>6} {'GATT ops':>8} {'cpu s':>6} {'cpu s/MB':>8} {'us/op':>6} "
+        f"{'stack':<10} {'N':>2} {'MB':>6} {'GATT ops':>8} {'cpu s':>6} {'cpu s/MB':>8} {'xfer s/MB':>9} "
+        f"{'us/op':>6} "
         f"{'IPC floor us':>12} {'ours':>5} {'bleak':>5} {'backend':>7} {'rest':>5} "
         f"{'sim s/MB':>8} {'wall s':>6}"
     )
     for r in rows:
         s = r.shares or {}
         print(
-            f"{r.stack:<9} {r.peripherals:>2} {r.megabytes:>6.3f} {r.gatt_ops:>8} {r.client_cpu_s:>6.3f} "
-            f"{r.client_cpu_s_per_mb:>8.3f} {r.cpu_us_per_op:>6.1f} {r.ipc_floor_us:>12.1f} "
+            f"{r.stack:<10} {r.peripherals:>2} {r.megabytes:>6.3f} {r.gatt_ops:>8} {r.client_cpu_s:>6.3f} "
+            f"{r.client_cpu_s_per_mb:>8.3f} {r.transfer_cpu_s_per_mb:>9.3f} {r.cpu_us_per_op:>6.1f} "
+            f"{r.ipc_floor_us:>12.1f} "
             f"{s.get('ours', 0):>5.0%} {s.get('bleak', 0):>5.0%} {s.get('backend', 0):>7.0%} "
             f"{s.get('rest', 0):>5.0%} "
             f"{r.simulator_cpu_s_per_mb:>8.3f} {r.wall_s:>6.2f}"
@@ -371,7 +418,7 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         ours = (r.shares or {}).get("ours", 0.0) * r.client_cpu_s_per_mb
         extra = ""
-        if r.stack == "bluez":
+        if r.stack.startswith("bluez"):
             extra = (
                 f"; bluetoothd stand-in {r.bluetoothd_cpu_s_per_mb:.3f} s/MB, "
                 f"dbus-daemon {r.dbus_daemon_cpu_s_per_mb:.3f} s/MB (other processes)"

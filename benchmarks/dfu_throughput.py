@@ -331,7 +331,8 @@ def faults_rows(package: DfuPackage) -> list[dict[str, Any]]:
         try:
             timed, _ = run_simulated(lambda p=profile, f=plan: update_many(p, package, 1, faults=f))  # type: ignore[misc]
         except DfuError as exc:
-            rows.append(head | {"completed": False, "error": f"{type(exc).__name__}: {exc}"})
+            failed = {"completed": False, "clean_transfer_s": round(clean[build], 3)}
+            rows.append(head | failed | {"error": f"{type(exc).__name__}: {exc}"})
             continue
         result = timed.results[0]
         resent = result.bytes_sent - image_bytes - len(package.images[0].init_packet)

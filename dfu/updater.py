@@ -148,6 +148,8 @@ class UpdateOptions:
     skip_installed: bool = True
     preflight: bool = True
     """False only to rehearse what the bootloader itself answers (`nrf-dfu simulate`)"""
+    acquire_write: bool = True
+    """on BlueZ, send packets over an AcquireWrite socket rather than one D-Bus call each"""
 
 
 @dataclass(slots=True)
@@ -298,6 +300,7 @@ class Updater:
             seen.device,
             policy=self._policy,
             response_timeout_s=self.profile.timeouts.response_s,
+            acquire_write=self.options.acquire_write,
         )
         self._run.retries += failures
         if link is None and seen.address != self.address:
@@ -327,6 +330,7 @@ class Updater:
                 seen.device,
                 policy=self._policy,
                 response_timeout_s=self.profile.timeouts.response_s,
+                acquire_write=self.options.acquire_write,
             )
             self._run.retries += failures
         log.info("bootloader reached address=%s bootloader=%s", self.address, link.address)

@@ -129,10 +129,12 @@ class MosquittoBroker:
         """Start and wait until *this* Mosquitto listens (its own log says so, not just any open port).
 
         A port from `free_port` can be taken by another process (a parallel test worker) before Mosquitto
-        binds it; then it exits with "Address already in use" and is started again on a fresh port.
+        binds it; then it exits with "Address already in use" and is started again on a fresh port. Once it
+        has listened, its port is fixed: `restart()` comes back on it or fails.
         """
         for _ in range(self.START_ATTEMPTS):
             if self._start_once(timeout):
+                self._fixed_port = True  # clients know this port now: a restart must come back on it
                 return
             if self._fixed_port:
                 break
@@ -152,6 +154,7 @@ class MosquittoBroker:
         while time.monotonic() < deadline:
             fresh = self._log_since(seen)
             if self._proc.poll() is not None:
+                fresh = self._log_since(seen)  # what it logged just before exiting
                 err = self._proc.stderr.read().decode() if self._proc.stderr else ""
                 if self._proc.stderr:
                     self._proc.stderr.close()

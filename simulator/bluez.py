@@ -25,13 +25,19 @@ What it models of bluetoothd (BlueZ 5.66 behaviour, as bleak sees it):
 * A link that drops (supervision timeout, peripheral reset) sets ``Connected`` false and removes its GATT
   objects, as bluetoothd does.
 
-Not modelled: pairing and bonds (``Pair`` answers NotSupported), AcquireWrite/AcquireNotify, BR/EDR,
-advertisement monitors (passive scanning), device expiry after a scan.
+* ``AcquireWrite``: a SOCK_SEQPACKET socket whose datagrams are Write Commands; bluetoothd reads them as
+  they come into the same ordered ATT queue as D-Bus writes (so a client must let the socket drain before a
+  D-Bus write that must follow them); closing the socket or losing the link releases it.
+
+Not modelled: pairing and bonds (``Pair`` answers NotSupported), AcquireNotify, BR/EDR, advertisement
+monitors (passive scanning), device expiry after a scan.
 """
 
 import asyncio
 import contextlib
 import logging
+import socket
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
@@ -69,6 +75,8 @@ CCCD = "00002902-0000-1000-8000-00805f9b34fb"
 DEFAULT_MTU = 23
 MTU_PUBLISH_DELAY_S = 0.05
 """BlueZ exports GATT objects before the ATT MTU exchange ends: bleak reports 20-byte writes till then."""
+ACQUIRED_FD_HANDOFF_S = 0.5
+"""How long the stand-in keeps its copy of a handed-out socket end (until the reply carrying it is sent)."""
 CONNECT_WAIT_S = 10.0
 """How long Connect waits for the device to advertise (BlueZ's LE connection attempt)."""
 
@@ -171,6 +179,58 @@ class _Gatt:
     chars: dict[str, "Characteristic"] = field(default_factory=dict)
 
 
+class _WriteQueue:
+    """One link's writes in order, as bluetoothd's ATT queue keeps them: D-Bus WriteValue calls and the
+    datagrams of acquired sockets alike. Commands from a socket are fire-and-forget (errors only logged)."""
+
+    def __init__(self, daemon: "FakeBluetoothd", device: "Device") -> None:
+        self._daemon, self._device = daemon, device
+        self._queue: asyncio.Queue[tuple[str, bytes, bool, asyncio.Future[None] | None]] = asyncio.Queue()
+        self._pump: asyncio.Task[None] | None = None
+
+    def _start(self) -> None:
+        if self._pump is None or self._pump.done():
+            self._pump = asyncio.get_running_loop().create_task(
+                self._run(), name=f"att:{self._device.address}"
+            )
+
+    async def submit(self, uuid: str, data: bytes, *, with_response: bool) -> None:
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait((uuid, data, with_response, fut))
+        self._start()
+        await fut
+
+    def submit_nowait(self, uuid: str, data: bytes) -> None:
+        self._queue.put_nowait((uuid, data, False, None))
+        self._start()
+
+    async def _run(self) -> None:
+        while not self._queue.empty():
+            uuid, data, with_response, fut = self._queue.get_nowait()
+            link = self._device.link
+            try:
+                if link is None:
+                    raise AirError("Not connected")
+                await self._daemon.air.write(link.link_id, uuid, data, with_response=with_response)
+            except AirError as exc:
+                if fut is None:
+                    log.debug(
+                        "acquired write dropped", extra={"address": self._device.address, "error": str(exc)}
+                    )
+                elif not fut.done():
+                    fut.set_exception(exc)
+                continue
+            if fut is not None and not fut.done():
+                fut.set_result(None)
+
+    def clear(self) -> None:
+        """The link is gone: pending writes fail, as bluetoothd's queue is dropped with the connection."""
+        while not self._queue.empty():
+            *_, fut = self._queue.get_nowait()
+            if fut is not None and not fut.done():
+                fut.set_exception(AirError("Not connected"))
+
+
 class Device(ServiceInterface):
     """org.bluez.Device1 of one simulated peripheral."""
 
@@ -184,7 +244,7 @@ class Device(ServiceInterface):
         self.services_resolved = False
         self.link: LinkInfo | None = None
         self.gatt = _Gatt()
-        self.connecting: asyncio.Task[None] | None = None
+        self.writes = _WriteQueue(daemon, self)
 
     # --- methods -------------------------------------------------------------------------------------------
 
@@ -320,6 +380,8 @@ class Characteristic(ServiceInterface):
         self.value = b""
         self.notifying = False
         self.mtu = DEFAULT_MTU
+        self.write_acquired = False
+        self._acquired: socket.socket | None = None
 
     def _link_id(self) -> str:
         link = self._device.link
@@ -340,15 +402,64 @@ class Characteristic(ServiceInterface):
 
     @dbus_method()
     async def WriteValue(self, value: DBusBytes, options: DBusDict) -> None:
-        link_id = self._link_id()
+        self._link_id()
         kind = options.get("type")
         command = isinstance(kind, Variant) and kind.value == "command"
+        self._daemon.dbus_writes[self.uuid] += 1
         try:
-            await self._daemon.air.write(link_id, self.uuid, bytes(value), with_response=not command)
+            await self._device.writes.submit(self.uuid, bytes(value), with_response=not command)
         except AttProtocolError as exc:
             raise _att_error(exc) from exc
         except AirError as exc:
             raise _link_error(exc) from exc
+
+    @dbus_method()
+    def AcquireWrite(self, options: DBusDict) -> Annotated[tuple[int, int], DBusSignature("hq")]:
+        """A socket for writes without response: each datagram one ATT Write Command, in order with the
+        link's other writes (bluetoothd reads it as it comes and queues into the same ATT queue)."""
+        self._link_id()
+        if "write-without-response" not in self._flags:
+            raise DBusError(_ERR + "NotSupported", "Operation is not supported")
+        if self._daemon.refuse_acquire or self.write_acquired:
+            raise DBusError(
+                _ERR + "NotPermitted", "Write acquired" if self.write_acquired else "Not permitted"
+            )
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        ours.setblocking(False)
+        self._acquired = ours
+        loop = asyncio.get_running_loop()
+        loop.add_reader(ours.fileno(), self._on_acquired_readable)
+        # dbus-fast passes `theirs` with the reply it is about to write: close this copy only after that,
+        # so the client's close is seen as the end of the acquisition (EOF) as bluetoothd sees it
+        loop.call_later(ACQUIRED_FD_HANDOFF_S, theirs.close)
+        self.write_acquired = True
+        self.emit_properties_changed({"WriteAcquired": True})
+        return theirs.fileno(), self.mtu
+
+    def _on_acquired_readable(self) -> None:
+        sock = self._acquired
+        while sock is not None:
+            try:
+                data = sock.recv(65536)
+            except BlockingIOError:
+                return
+            except OSError:
+                data = b""
+            if not data:
+                self.release_write()
+                return
+            self._daemon.acquired_writes[self.uuid] += 1
+            self._device.writes.submit_nowait(self.uuid, data)
+
+    def release_write(self) -> None:
+        sock, self._acquired = self._acquired, None
+        if sock is not None:
+            with contextlib.suppress(ValueError, OSError):
+                asyncio.get_running_loop().remove_reader(sock.fileno())
+            sock.close()
+        if self.write_acquired:
+            self.write_acquired = False
+            self.emit_properties_changed({"WriteAcquired": False})
 
     @dbus_method()
     async def StartNotify(self) -> None:
@@ -400,6 +511,10 @@ class Characteristic(ServiceInterface):
     @dbus_property(access=PropertyAccess.READ)
     def MTU(self) -> DBusUInt16:
         return self.mtu
+
+    @dbus_property(access=PropertyAccess.READ)
+    def WriteAcquired(self) -> DBusBool:
+        return self.write_acquired
 
     def notified(self, payload: bytes) -> None:
         self.value = payload
@@ -465,6 +580,12 @@ class FakeBluetoothd:
         self.adapter = Adapter(self)
         self.devices: dict[str, Device] = {}
         self.discovery_filter: dict[str, Variant] = {}
+        self.dbus_writes: Counter[str] = Counter()
+        """WriteValue calls per characteristic UUID (all links; for tests and benchmarks)"""
+        self.acquired_writes: Counter[str] = Counter()
+        """datagrams read from acquired sockets, per characteristic UUID"""
+        self.refuse_acquire = False
+        """answer AcquireWrite with NotPermitted (as where it is not offered: clients use WriteValue)"""
         self._discovery_sessions = 0
         self._scan_id: str | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -472,9 +593,9 @@ class FakeBluetoothd:
     async def start(self, bus_address: str | None = None) -> None:
         """Join the bus (the system bus by default, as bluetoothd), export the adapter, own `org.bluez`."""
         if bus_address is None:
-            bus = MessageBus(bus_type=BusType.SYSTEM)
+            bus = MessageBus(bus_type=BusType.SYSTEM, negotiate_unix_fd=True)
         else:
-            bus = MessageBus(bus_address=bus_address)
+            bus = MessageBus(bus_address=bus_address, negotiate_unix_fd=True)
         self.bus = await bus.connect()
         self.bus.export(ADAPTER_PATH, self.adapter)
         await self.bus.request_name(BUS_NAME)
@@ -602,6 +723,9 @@ class FakeBluetoothd:
         if device.link is None:
             return
         device.link = None
+        device.writes.clear()
+        for char in device.gatt.chars.values():
+            char.release_write()
         if device.services_resolved:
             device.set(services_resolved=False)
         self._unexport_gatt(device)

@@ -338,13 +338,16 @@ def _targets(addresses: tuple[str, ...], names: tuple[str, ...]) -> list[Target]
     "--address", "addresses", multiple=True, help="a peripheral's (application) address; repeatable"
 )
 @click.option("--name", "names", multiple=True, help="a peripheral's advertised name; repeatable")
-@click.option("--profile", "profile_name", help="peripheral profile (shipped name or TOML path)")
+@click.option(
+    "--profile", "profile_name", help="peripheral profile (shipped name or TOML path), for every peripheral"
+)
 @click.option("--prn", type=click.IntRange(0, 0xFFFF), help="packet receipt notification interval")
 @click.option(
     "--sim",
     "sim_spec",
     metavar="PROFILE[,PROFILE]",
-    help="rehearse on simulated peripherals: one profile for all, or one per --address",
+    help="rehearse on simulated peripherals: one profile for all, or one per --address (each board is "
+    "then preflighted against its own unless --profile is given)",
 )
 @click.option("--sim-socket", type=click.Path(), help="update peripherals of `nrf-dfu sim serve`")
 @click.option("--json", "as_json", is_flag=True, help="one JSON result per peripheral and line (no progress)")
@@ -366,19 +369,24 @@ def update(
     targets = _targets(addresses, names)
     if sim_spec and sim_socket:
         raise click.UsageError("--sim and --sim-socket exclude each other")
-    sim_profiles = _profiles(sim_spec) if sim_spec else []
-    if sim_profiles:
+    sim_profiles = _profiles(sim_spec) if sim_spec is not None else []
+    if sim_spec is not None:
+        if not sim_profiles:
+            raise click.UsageError("--sim names no profile")  # never fall through to the real radio
         if len(targets) > 1 and names:
             raise click.UsageError("with --sim, name several peripherals by --address")
         if len(sim_profiles) not in (1, len(targets)):
             raise click.UsageError(f"--sim gives {len(sim_profiles)} profiles for {len(targets)} peripherals")
-    profile_ref = profile_name or (sim_spec.split(",")[0].strip() if sim_spec else None)
-    if profile_ref is None:
+        sim_profiles = sim_profiles * len(targets) if len(sim_profiles) == 1 else sim_profiles
+    if profile_name is not None:
+        try:
+            profiles = [load_profile(profile_name)] * len(targets)
+        except UnknownProfileError as exc:
+            raise click.BadParameter(str(exc), param_hint="--profile") from exc
+    elif sim_profiles:
+        profiles = sim_profiles  # a rehearsal without --profile: each board is expected to be what it is
+    else:
         raise click.UsageError("--profile is required (or --sim PROFILE)")
-    try:
-        profile = load_profile(profile_ref)
-    except UnknownProfileError as exc:
-        raise click.BadParameter(str(exc), param_hint="--profile") from exc
     simulated = bool(sim_profiles)
     try:
         package = DfuPackage.load(package_path)
@@ -392,8 +400,7 @@ def update(
     ) -> list[UpdateResult | BaseException]:
         closer: Callable[[], Awaitable[None]] | None = None
         if sim_profiles:
-            profiles = sim_profiles * len(targets) if len(sim_profiles) == 1 else sim_profiles
-            world = make_sim_world(profiles, addresses=[t.address for t in targets])
+            world = make_sim_world(sim_profiles, addresses=[t.address for t in targets])
             backend = world.backend
         elif sim_socket is not None:
             backend, closer = remote_backend(sim_socket)
@@ -410,7 +417,7 @@ def update(
                     options=options,
                     on_progress=listener,
                 )
-                for t, listener in zip(targets, listeners, strict=True)
+                for t, listener, profile in zip(targets, listeners, profiles, strict=True)
             ]
             outcomes = await asyncio.gather(*(u.run() for u in updaters), return_exceptions=True)
         finally:

@@ -36,6 +36,8 @@ from bleak.exc import BleakError
 from dfu.engine import ImageComplete, Progress, WriteControl, WritePacket
 from dfu.errors import DeviceNotFoundError, DfuLinkError, DfuProtocolError, DfuTimeoutError, DisconnectedError
 from dfu.protocol import OpCode, ProtocolError, Response, decode_response, encode_request
+from dfu.transport.acquired import AcquiredWrite
+from dfu.transport.acquired import acquire_write as acquire_write_of
 from dfu.transport.backend import PLATFORM, BleBackend
 from profiles.gatt import CONTROL_POINT, DFU_PACKET, SECURE_DFU_SERVICE
 
@@ -205,9 +207,13 @@ async def open_peripheral(
     *,
     policy: ConnectPolicy = ConnectPolicy(),
     response_timeout_s: float = 10.0,
+    acquire_write: bool = True,
 ) -> tuple[BleakClient, DfuLink | None, int]:
     """Connect to a peripheral in either mode: a DFU link when it is a bootloader, else None (the client is
-    then its application's), plus the failed connect attempts. Saves a reconnect after a process restart."""
+    then its application's), plus the failed connect attempts. Saves a reconnect after a process restart.
+
+    On BlueZ the packet characteristic is acquired (`dfu.transport.acquired`) unless `acquire_write` is
+    False: packets then go over a socket, not one D-Bus call each."""
     events = _Events()
 
     def disconnected(_: BleakClient) -> None:
@@ -222,9 +228,13 @@ async def open_peripheral(
         if is_bluez(backend):
             await _settle_mtu(link)
         await link._subscribe()
+        if is_bluez(backend) and acquire_write:
+            link._acquired = await acquire_write_of(link._pkt)
     except BaseException:
         await disconnect_quietly(client)
         raise
+    writes = "acquired socket" if link._acquired is not None else "GATT writes"
+    log.info("dfu link open address=%s packet_size=%d packets=%s", link.address, link.packet_size, writes)
     return client, link, failures
 
 
@@ -269,6 +279,7 @@ class DfuLink:
             raise DfuProtocolError(f"{self.address}: no Secure DFU control point / packet characteristic")
         self._cp: BleakGATTCharacteristic = cp
         self._pkt: BleakGATTCharacteristic = pkt
+        self._acquired: AcquiredWrite | None = None
         self.control_writes = 0
         """control-point requests written: each costs at least one round trip (a connection interval)"""
         self.packet_bytes = 0
@@ -282,10 +293,11 @@ class DfuLink:
         *,
         policy: ConnectPolicy = ConnectPolicy(),
         response_timeout_s: float = 10.0,
+        acquire_write: bool = True,
     ) -> tuple[DfuLink, int]:
         """Connect to a bootloader, subscribe to the control point; also returns failed connect attempts."""
         client, link, failures = await open_peripheral(
-            backend, device, policy=policy, response_timeout_s=response_timeout_s
+            backend, device, policy=policy, response_timeout_s=response_timeout_s, acquire_write=acquire_write
         )
         if link is None:
             await disconnect_quietly(client)
@@ -299,14 +311,16 @@ class DfuLink:
             raise DisconnectedError(
                 f"{self.address}: cannot enable control point notifications: {exc}"
             ) from exc
-        log.info("dfu link open address=%s packet_size=%d", self.address, self.packet_size)
 
     def _on_notify(self, _: BleakGATTCharacteristic, data: bytearray) -> None:
         self._events.queue.put_nowait(bytes(data))
 
     @property
     def packet_size(self) -> int:
-        """Bytes per write without response: the negotiated ATT MTU − 3, as bleak reports it."""
+        """Bytes per write without response: the negotiated ATT MTU − 3, as bleak (or, for an acquired
+        characteristic, bluetoothd with the socket) reports it."""
+        if self._acquired is not None:
+            return self._acquired.max_write
         return self._pkt.max_write_without_response_size
 
     @property
@@ -315,6 +329,9 @@ class DfuLink:
 
     async def close(self) -> None:
         """Disconnect; never raises (the peripheral may already be gone, e.g. after its reset)."""
+        if self._acquired is not None:
+            self._acquired.close()
+            self._acquired = None
         await disconnect_quietly(self.client)
 
     async def __aenter__(self) -> DfuLink:
@@ -328,7 +345,13 @@ class DfuLink:
     async def _write(self, char: BleakGATTCharacteristic, data: bytes, *, response: bool) -> None:
         if self._events.disconnected:
             raise DisconnectedError(f"{self.address}: link dropped")
+        acquired = self._acquired
         try:
+            if acquired is not None and char is self._pkt and not response:
+                await acquired.send(data)
+                return
+            if acquired is not None and not await acquired.drained(self._response_timeout_s):
+                raise DfuTimeoutError(f"{self.address}: bluetoothd did not take the queued packets")
             await self.client.write_gatt_char(char, data, response=response)
         except (BleakError, EOFError, BrokenPipeError, OSError) as exc:
             raise DisconnectedError(f"{self.address}: write failed: {exc}") from exc

@@ -12,7 +12,7 @@ from bleak.exc import BleakGATTProtocolError
 from dfu.transport.ble import is_bluez, platform_backend
 from dfu.transport.ble import scan as ble_scan
 from dfu.updater import Updater
-from profiles.gatt import BUTTONLESS_UNBONDED
+from profiles.gatt import BUTTONLESS_UNBONDED, CONTROL_POINT, DFU_PACKET
 from profiles.model import load_profile
 from tests.support.bluez import bluez_stack
 from tests.support.dfu_sim import app_package
@@ -35,11 +35,33 @@ async def test_update_over_bleaks_bluez_backend(
         assert result.firmware_revision == "2"
         assert result.bytes == 16 * 1024
         assert result.resumes == 0
+        assert result.retries == 0, "packets on the socket and requests on D-Bus stayed in order"
         state = await stack.remote.device_state(APP)
+        acquired, dbus = stack.bluetoothd.acquired_writes, stack.bluetoothd.dbus_writes
     assert state["mode"] == "app"
     assert state["app"]["version"] == 2
     # BlueZ published the exchanged MTU after the GATT objects: the transport waited for it
-    assert "packet_size=244" in caplog.text
+    assert "packet_size=244 packets=acquired socket" in caplog.text
+    (image,) = package.images
+    assert acquired[DFU_PACKET] == -(-len(image.firmware) // 244) + -(-len(image.init_packet) // 244)
+    assert dbus[DFU_PACKET] == 0, "no packet went as a D-Bus call"
+    assert dbus[CONTROL_POINT] > 0
+
+
+async def test_packets_as_gatt_writes_where_bluez_does_not_acquire(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    package = app_package(size=16 * 1024)
+    caplog.set_level(logging.INFO, logger="dfu")
+    async with bluez_stack(monkeypatch) as stack:
+        stack.bluetoothd.refuse_acquire = True
+        result = await Updater(platform_backend(), S140, package, address=APP).run()
+        assert result.firmware_revision == "2"
+        acquired, dbus = stack.bluetoothd.acquired_writes, stack.bluetoothd.dbus_writes
+    assert "AcquireWrite refused" in caplog.text
+    assert "packets=GATT writes" in caplog.text
+    assert acquired[DFU_PACKET] == 0
+    assert dbus[DFU_PACKET] > 16 * 1024 // 244
 
 
 async def test_link_drop_resumes_over_bluez(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -172,16 +172,14 @@ def test_ctrl_c_cancels_the_updates_and_leaves_the_peripherals_resumable(
     monkeypatch.setattr(cli_update, "make_sim_world", capture)
     monkeypatch.setattr(cli_update, "Updater", InterruptedUpdater)
     # asyncio.Runner takes over SIGINT only from the default handler, and leaves the default one behind:
-    # the test runner's own handler is put back afterwards
-    before = signal.getsignal(signal.SIGINT)
-    monkeypatch.setattr(signal, "getsignal", lambda _: signal.default_int_handler)
+    # whatever the test runner had is put back afterwards
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         code, out, _ = run(
             "update", str(pkg), "--sim", "nrf52840-s140", "--address", A, "--address", B, "--json"
         )
     finally:
-        if before is not None:  # None only for a handler set outside Python, which getsignal cannot give back
-            signal.signal(signal.SIGINT, before)
+        signal.signal(signal.SIGINT, before)
     assert code == EXIT_INTERRUPTED
     assert json.loads(out)["exit_code"] == EXIT_INTERRUPTED
     assert len(fired) == 1
@@ -193,3 +191,19 @@ def test_ctrl_c_cancels_the_updates_and_leaves_the_peripherals_resumable(
     assert first is not None
     assert first.bootloader is not None  # type: ignore[attr-defined]
     assert first.bootloader.data_offset >= 4096, "its data progress is kept for a resume"  # type: ignore[attr-defined]
+
+
+def test_rehearsal_preflights_each_board_against_its_own_profile(pkg: Path) -> None:
+    """Without --profile each simulated board is expected to be what it is: the nRF52832 is refused by
+    preflight (S132 where the package needs S140), before any radio work, while the other is updated."""
+    args = ["update", str(pkg), "--sim", "nrf52840-s140,nrf52832-s132", "--address", A, "--address", B]
+    code, out, _ = run(*args, "--json")
+    assert code == EXIT_REJECTED
+    ok, refused = (json.loads(line) for line in out.splitlines())
+    assert ok["ok"] is True
+    assert refused["target"] == B
+    assert "nrf52832-s132 runs S132" in refused["error"], "the preflight's reason, not the bootloader's"
+
+
+def test_sim_without_a_profile_never_falls_through_to_the_radio(pkg: Path) -> None:
+    assert run("update", str(pkg), "--sim", " , ", "--address", A)[0] == EXIT_USAGE

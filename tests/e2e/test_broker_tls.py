@@ -66,8 +66,17 @@ def test_broker_moves_to_a_fresh_port_when_its_port_is_taken(
             assert broker.running
             assert f"listener {broker.port} " in broker.config_file.read_text()
             assert f"Opening ipv4 listen socket on port {broker.port}." in broker.log_text()
-            broker.restart()  # the same port again, its earlier "running" line does not count
+            broker.restart()
             assert broker.running
+            # Clients know its port now: a restart comes back on it or fails (its earlier "running" line
+            # in the same log does not count as listening)
+            broker.stop()
+            with (
+                socket.create_server(("127.0.0.1", broker.port)),
+                pytest.raises(RuntimeError, match="listen"),
+            ):
+                broker.start()
+            assert not broker.running
         finally:
             broker.stop()
 

@@ -1,0 +1,113 @@
+"""BlueZ `AcquireWrite`: a characteristic's writes without response over a socket instead of D-Bus calls.
+
+Why: bleak sends every write as one awaited D-Bus `WriteValue` call, a few hundred µs of gateway CPU each
+(`benchmarks.client_cpu --stack bluez`), and a 200 KB image is some 840 of them. BlueZ's `AcquireWrite` hands
+the client a SOCK_SEQPACKET socket on which each datagram is one ATT Write Command: one `send()` per packet.
+bleak does not offer it, so this module asks bluetoothd itself, on its own D-Bus connection, for the
+characteristic at bleak's object path (`BleakGATTCharacteristic.obj` on BlueZ is `(path, properties)`).
+
+Ordering: bluetoothd reads the socket into the same ATT queue as D-Bus writes, but it may take a D-Bus
+write before datagrams still unread in the socket. `drained()` waits until bluetoothd has read every
+datagram (the socket's unread bytes, `SIOCOUTQ`, are 0); the DFU link calls it before each control-point
+write, whose meaning (checksum, execute) depends on all packets before it.
+"""
+
+from __future__ import annotations
+
+import array
+import asyncio
+import contextlib
+import fcntl
+import logging
+import socket
+import termios
+from dataclasses import dataclass
+
+from bleak.backends.characteristic import BleakGATTCharacteristic
+from dbus_fast import BusType, Message, MessageType
+from dbus_fast.aio import MessageBus
+
+log = logging.getLogger(__name__)
+
+BLUEZ = "org.bluez"
+GATT_CHARACTERISTIC = "org.bluez.GattCharacteristic1"
+DRAIN_POLL_S = 0.0005
+
+
+@dataclass(slots=True)
+class AcquiredWrite:
+    """The socket of an acquired characteristic and the ATT MTU bluetoothd reported with it."""
+
+    sock: socket.socket
+    mtu: int
+
+    @property
+    def max_write(self) -> int:
+        return self.mtu - 3
+
+    async def send(self, data: bytes) -> None:
+        """One Write Command; waits only if the socket's buffer is full (bluetoothd not reading)."""
+        await asyncio.get_running_loop().sock_sendall(self.sock, data)
+
+    def unread(self) -> int:
+        """Bytes sent that bluetoothd has not read yet."""
+        buf = array.array("i", [0])
+        fcntl.ioctl(self.sock.fileno(), termios.TIOCOUTQ, buf)  # SIOCOUTQ on a socket
+        return buf[0]
+
+    async def drained(self, timeout_s: float) -> bool:
+        """Wait until bluetoothd has read every datagram (False if it did not within `timeout_s`)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while self.unread() > 0:
+            if loop.time() >= deadline:
+                return False
+            await asyncio.sleep(DRAIN_POLL_S)
+        return True
+
+    def close(self) -> None:
+        """Release the acquisition: bluetoothd sees the socket close."""
+        self.sock.close()
+
+
+async def acquire_write(char: BleakGATTCharacteristic) -> AcquiredWrite | None:
+    """AcquireWrite on `char` (BlueZ only); None where it is not available, with the reason logged."""
+    obj = char.obj
+    if not (isinstance(obj, tuple) and obj and isinstance(obj[0], str) and obj[0].startswith("/org/bluez/")):
+        return None
+    if "write-without-response" not in char.properties:
+        return None
+    bus: MessageBus | None = None
+    try:
+        bus = await MessageBus(bus_type=BusType.SYSTEM, negotiate_unix_fd=True).connect()
+        reply = await bus.call(
+            Message(
+                destination=BLUEZ,
+                path=obj[0],
+                interface=GATT_CHARACTERISTIC,
+                member="AcquireWrite",
+                signature="a{sv}",
+                body=[{}],
+            )
+        )
+    except (OSError, EOFError, ValueError) as exc:
+        log.info("AcquireWrite unavailable path=%s error=%r", obj[0], exc)
+        return None
+    finally:
+        if bus is not None:
+            bus.disconnect()  # the socket outlives the call; the acquisition ends when it is closed
+    if reply is None or reply.message_type is not MessageType.METHOD_RETURN or not reply.unix_fds:
+        detail = reply.body if reply is not None else None
+        log.info(
+            "AcquireWrite refused path=%s error=%s %s", obj[0], getattr(reply, "error_name", None), detail
+        )
+        for fd in getattr(reply, "unix_fds", None) or []:
+            with contextlib.suppress(OSError):
+                socket.close(fd)
+        return None
+    sock = socket.socket(fileno=reply.unix_fds[0])
+    sock.setblocking(False)
+    return AcquiredWrite(sock, int(reply.body[1]))
+
+
+__all__ = ["AcquiredWrite", "acquire_write"]
