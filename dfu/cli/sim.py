@@ -206,7 +206,10 @@ async def _bluez(socket_path: Path, bus_address: str | None) -> None:
     try:
         async with RemoteAir(socket_path) as remote:
             daemon = FakeBluetoothd(remote)
-            await daemon.start(bus_address)
+            try:
+                await daemon.start(bus_address)
+            except (OSError, EOFError) as exc:
+                raise click.ClickException(f"no D-Bus at {bus_address or 'the system bus'}: {exc}") from None
             click.echo(f"org.bluez on {bus_address or 'the system bus'}")
             sys.stdout.flush()  # a supervisor or test waits for this line on a pipe
             try:

@@ -21,8 +21,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -109,9 +110,26 @@ class Seen:
         return SECURE_DFU_SERVICE in {u.lower() for u in self.adv.service_uuids}
 
 
+@contextlib.asynccontextmanager
+async def scanning(backend: BleBackend) -> AsyncIterator[BleakScanner]:
+    """A started scanner; an adapter that cannot scan at all (no bluetoothd, no D-Bus, adapter off) is a
+    DfuLinkError that says where to look, not a bare `[Errno 2]` from deep inside D-Bus."""
+    scanner = BleakScanner(backend=backend.scanner)
+    try:
+        await scanner.start()
+    except (OSError, EOFError, BleakError) as exc:
+        where = os.environ.get("DBUS_SYSTEM_BUS_ADDRESS", "the system bus")
+        hint = f" (is bluetoothd running and reachable on {where}?)" if is_bluez(backend) else ""
+        raise DfuLinkError(f"cannot scan: {exc}{hint}") from exc
+    try:
+        yield scanner
+    finally:
+        await scanner.stop()
+
+
 async def scan(backend: BleBackend, duration_s: float) -> list[Seen]:
     """Everything that advertised during `duration_s`, strongest first."""
-    async with BleakScanner(backend=backend.scanner) as scanner:
+    async with scanning(backend) as scanner:
         await asyncio.sleep(duration_s)
         found = scanner.discovered_devices_and_advertisement_data
     return sorted((Seen(d, a) for d, a in found.values()), key=lambda s: (-s.rssi, s.address))
@@ -119,7 +137,7 @@ async def scan(backend: BleBackend, duration_s: float) -> list[Seen]:
 
 async def find(backend: BleBackend, match: Callable[[Seen], bool], *, timeout_s: float, what: str) -> Seen:
     """The first advertiser `match` accepts, or DeviceNotFoundError after `timeout_s` (loop time)."""
-    async with BleakScanner(backend=backend.scanner) as scanner:
+    async with scanning(backend) as scanner:
         try:
             async with asyncio.timeout(timeout_s):
                 async for device, adv in scanner.advertisement_data():

@@ -4,11 +4,13 @@ the simulated bluetoothd: the code path of a Raspberry Pi gateway, which the sim
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import pytest
 from bleak import BleakClient, BleakScanner
 from bleak.exc import BleakGATTProtocolError
 
+from dfu.errors import DfuLinkError
 from dfu.transport.ble import is_bluez, platform_backend
 from dfu.transport.ble import scan as ble_scan
 from dfu.updater import Updater
@@ -89,3 +91,11 @@ async def test_scan_and_att_errors_through_bluez(monkeypatch: pytest.MonkeyPatch
             with pytest.raises(BleakGATTProtocolError) as err:
                 await client.write_gatt_char(BUTTONLESS_UNBONDED, b"\x01", response=True)
             assert err.value.code == 0xFD
+
+
+async def test_no_bluetoothd_is_a_link_error_that_says_where_to_look(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", f"unix:path={tmp_path / 'nobody-listens'}")
+    with pytest.raises(DfuLinkError, match="is bluetoothd running and reachable on unix:path="):
+        await ble_scan(platform_backend(), 1.0)

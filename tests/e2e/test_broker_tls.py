@@ -85,7 +85,10 @@ def test_broker_on_a_fixed_taken_port_fails_with_the_reason(tmp_path: Path) -> N
     with _listener() as taken:
         port = taken.getsockname()[1]
         broker = MosquittoBroker(Pki(tmp_path / "pki"), tmp_path, port=port)
-        with pytest.raises(RuntimeError, match="could not listen"):
-            broker.start()
-        assert not broker.running
-        assert "Address already in use" in broker.log_text()
+        try:
+            with pytest.raises(RuntimeError, match="could not listen"):
+                broker.start()
+            assert not broker.running
+            assert "Address already in use" in broker.log_text()
+        finally:
+            broker.stop()  # never leave a broker behind, even when this test fails
