@@ -36,10 +36,12 @@ DRAIN_POLL_S = 0.0005
 
 @dataclass(slots=True)
 class AcquiredWrite:
-    """The socket of an acquired characteristic and the ATT MTU bluetoothd reported with it."""
+    """The socket of an acquired characteristic, the ATT MTU bluetoothd reported with it, and the D-Bus
+    connection that asked (kept open while the socket is used: bluetoothd may tie the acquisition to it)."""
 
     sock: socket.socket
     mtu: int
+    bus: MessageBus | None = None
 
     @property
     def max_write(self) -> int:
@@ -66,8 +68,11 @@ class AcquiredWrite:
         return True
 
     def close(self) -> None:
-        """Release the acquisition: bluetoothd sees the socket close."""
+        """Release the acquisition: bluetoothd sees the socket close (and its requester leave the bus)."""
         self.sock.close()
+        if self.bus is not None:
+            self.bus.disconnect()
+            self.bus = None
 
 
 async def acquire_write(char: BleakGATTCharacteristic) -> AcquiredWrite | None:
@@ -92,10 +97,9 @@ async def acquire_write(char: BleakGATTCharacteristic) -> AcquiredWrite | None:
         )
     except (OSError, EOFError, ValueError) as exc:
         log.info("AcquireWrite unavailable path=%s error=%r", obj[0], exc)
-        return None
-    finally:
         if bus is not None:
-            bus.disconnect()  # the socket outlives the call; the acquisition ends when it is closed
+            bus.disconnect()
+        return None
     if reply is None or reply.message_type is not MessageType.METHOD_RETURN or not reply.unix_fds:
         detail = reply.body if reply is not None else None
         log.info(
@@ -104,10 +108,11 @@ async def acquire_write(char: BleakGATTCharacteristic) -> AcquiredWrite | None:
         for fd in getattr(reply, "unix_fds", None) or []:
             with contextlib.suppress(OSError):
                 socket.close(fd)
+        bus.disconnect()
         return None
     sock = socket.socket(fileno=reply.unix_fds[0])
     sock.setblocking(False)
-    return AcquiredWrite(sock, int(reply.body[1]))
+    return AcquiredWrite(sock, int(reply.body[1]), bus)
 
 
 __all__ = ["AcquiredWrite", "acquire_write"]
