@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.dfu_throughput import IMAGE_BYTES, PROFILE, app_package
-from dfu.updater import Phase, UpdateOptions, UpdateProgress, Updater
+from dfu.updater import Phase, UpdateOptions, UpdateProgress, Updater, UpdateResult
 from profiles.model import load_profile
 from simulator.bleak_backend import backend_for
 from simulator.remote import RemoteAir
@@ -161,7 +161,8 @@ async def measure(
         socket = Path(tmp) / "sim.sock"
         server = await _serve(socket, count, scale)
         try:
-            async with _CountingAir(socket) as remote:
+            remote = _CountingAir(socket)
+            async with remote:
                 backend = backend_for(remote)
                 window, options = _TransferWindow(), UpdateOptions()
                 updaters = [
@@ -185,9 +186,26 @@ async def measure(
         finally:
             server.terminate()
             await server.wait()
+    return _row(results, ops, cpu, wall, window, floor, sim_cpu)
+
+
+def _row(
+    results: list[UpdateResult],
+    ops: int,
+    cpu: float,
+    wall: float,
+    window: _TransferWindow,
+    floor: float,
+    sim_cpu: float,
+    *,
+    stack: str = "simulator",
+    bluetoothd_cpu: float | None = None,
+    daemon_cpu: float | None = None,
+) -> CpuRow:
+    """The figures of one run, per MB of firmware the updates delivered (other processes' CPU too)."""
     mb = sum(r.bytes for r in results) / 1e6
     return CpuRow(
-        peripherals=count,
+        peripherals=len(results),
         megabytes=round(mb, 6),
         gatt_ops=ops,
         client_cpu_s=round(cpu, 3),
@@ -197,6 +215,9 @@ async def measure(
         ipc_floor_us=round(floor / PINGS * 1e6, 1),
         simulator_cpu_s_per_mb=round(sim_cpu / mb, 3),
         wall_s=round(wall, 2),
+        stack=stack,
+        bluetoothd_cpu_s_per_mb=None if bluetoothd_cpu is None else round(bluetoothd_cpu / mb, 3),
+        dbus_daemon_cpu_s_per_mb=None if daemon_cpu is None else round(daemon_cpu / mb, 3),
     )
 
 
@@ -315,22 +336,17 @@ async def measure_bluez(
             for proc in (bluetoothd, server):
                 proc.terminate()
                 await proc.wait()
-    mb = sum(r.bytes for r in results) / 1e6
-    ops = counter.ops
-    return CpuRow(
-        peripherals=count,
-        megabytes=round(mb, 6),
-        gatt_ops=ops,
-        client_cpu_s=round(cpu, 3),
-        client_cpu_s_per_mb=round(cpu / mb, 3),
-        transfer_cpu_s_per_mb=round(window.cpu_s / mb, 3),
-        cpu_us_per_op=round(cpu / ops * 1e6, 1),
-        ipc_floor_us=round(floor / PINGS * 1e6, 1),
-        simulator_cpu_s_per_mb=round(sim_cpu / mb, 3),
-        wall_s=round(wall, 2),
+    return _row(
+        results,
+        counter.ops,
+        cpu,
+        wall,
+        window,
+        floor,
+        sim_cpu,
         stack="bluez" if acquire else "bluez-gatt",
-        bluetoothd_cpu_s_per_mb=round(bluetoothd_cpu / mb, 3),
-        dbus_daemon_cpu_s_per_mb=round(daemon_cpu / mb, 3),
+        bluetoothd_cpu=bluetoothd_cpu,
+        daemon_cpu=daemon_cpu,
     )
 
 
