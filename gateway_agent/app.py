@@ -333,7 +333,10 @@ class Agent:
 
     def runner(self) -> DfuRunner:
         if self._runner is None:
-            self._runner = UpdaterRunner(self.backend())
+            from dfu.updater import UpdateOptions
+
+            options = UpdateOptions(acquire_write=self.cfg.dfu.acquire_write)
+            self._runner = UpdaterRunner(self.backend(), options)
         return self._runner
 
     def backend(self) -> BleBackend:

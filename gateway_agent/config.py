@@ -141,6 +141,10 @@ class DfuSection(_Section):
     )
     progress_step_percent: int = Field(5, ge=1, le=100, description="report progress at most every N %")
     progress_interval_s: float = Field(2.0, gt=0, description="... or when this long passed since the last")
+    acquire_write: bool = Field(
+        True,
+        description="on BlueZ, send DFU packets over an AcquireWrite socket (false: one D-Bus call each)",
+    )
 
 
 class DownloadSection(_Section):

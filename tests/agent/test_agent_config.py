@@ -173,3 +173,29 @@ def test_agent_demo_command_and_example_config() -> None:
 def test_agent_docs_configuration_table_is_current(page: str) -> None:
     doc = (REPO / "docs" / page).read_text()
     assert markdown_reference().strip() in doc, "regenerate: python -m gateway_agent.config --markdown"
+
+
+def test_agent_passes_acquire_write_to_every_update(
+    tmp_path: Path, tls: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gateway_agent.app import Agent
+    from gateway_agent.dfu_runner import UpdaterRunner
+    from simulator.air import Air
+    from simulator.bleak_backend import backend_for
+
+    path = tmp_path / "c.toml"
+    path.write_text(good(tls, tmp_path))
+    backend = backend_for(Air())
+    agent = Agent(load_config(path), backend=backend)
+    default = agent.runner()
+    agent.journal.close()
+    assert isinstance(default, UpdaterRunner)
+    assert default.options is not None
+    assert default.options.acquire_write is True
+    monkeypatch.setenv("GATEWAY_AGENT__DFU__ACQUIRE_WRITE", "false")
+    agent = Agent(load_config(path), backend=backend)
+    off = agent.runner()
+    agent.journal.close()
+    assert isinstance(off, UpdaterRunner)
+    assert off.options is not None
+    assert off.options.acquire_write is False
