@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import cProfile
 import json
 import os
@@ -104,12 +105,27 @@ async def _serve(socket: Path, count: int, scale: float) -> asyncio.subprocess.P
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.DEVNULL,
     )
+    return await _ready(proc, b"listening", "sim serve")
+
+
+async def _ready(proc: asyncio.subprocess.Process, marker: bytes, what: str) -> asyncio.subprocess.Process:
+    """Wait for the line saying `proc` serves; a process that does not get there is killed, not left over."""
     assert proc.stdout is not None
-    line = await asyncio.wait_for(proc.stdout.readline(), 30)
-    if b"listening" not in line:
+    try:
+        line = await asyncio.wait_for(proc.stdout.readline(), 30)
+        if marker not in line:
+            raise RuntimeError(f"{what} did not start: {line!r}")
+    except BaseException:
         proc.kill()
-        raise RuntimeError(f"sim serve did not start: {line!r}")
+        await proc.wait()
+        raise
     return proc
+
+
+async def _stop(proc: asyncio.subprocess.Process) -> None:
+    if proc.returncode is None:
+        proc.terminate()
+    await proc.wait()
 
 
 class _CountingAir(RemoteAir):
@@ -261,12 +277,7 @@ async def _spawn_bluez(socket: Path, bus_address: str) -> asyncio.subprocess.Pro
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.DEVNULL,
     )
-    assert proc.stdout is not None
-    line = await asyncio.wait_for(proc.stdout.readline(), 30)
-    if b"org.bluez on" not in line:
-        proc.kill()
-        raise RuntimeError(f"sim bluez did not start: {line!r}")
-    return proc
+    return await _ready(proc, b"org.bluez on", "sim bluez")
 
 
 async def measure_bluez(
@@ -289,11 +300,14 @@ async def measure_bluez(
     profile = load_profile(PROFILE)
     with tempfile.TemporaryDirectory(prefix="cpu", dir="/tmp") as tmp, running_dbus(Path(tmp) / "d") as bus:
         socket = Path(tmp) / "sim.sock"
-        server = await _serve(socket, count, scale)
-        bluetoothd = await _spawn_bluez(socket, bus.address)
+        cleanup = contextlib.AsyncExitStack()
         previous = os.environ.get("DBUS_SYSTEM_BUS_ADDRESS")
-        os.environ["DBUS_SYSTEM_BUS_ADDRESS"] = bus.address
         try:
+            server = await _serve(socket, count, scale)
+            cleanup.push_async_callback(_stop, server)
+            bluetoothd = await _spawn_bluez(socket, bus.address)
+            cleanup.push_async_callback(_stop, bluetoothd)
+            os.environ["DBUS_SYSTEM_BUS_ADDRESS"] = bus.address
             backend = platform_backend()
             window, options = _TransferWindow(), UpdateOptions(acquire_write=acquire)
             updaters = [
@@ -313,6 +327,7 @@ async def measure_bluez(
             others = [_proc_cpu_s(pid) for pid in pids]
             sim_cpu, bluetoothd_cpu, daemon_cpu = (b - a for a, b in zip(others_before, others, strict=True))
             ping = await MessageBus(bus_address=bus.address).connect()
+            cleanup.callback(ping.disconnect)
             floor = time.process_time()
             for _ in range(PINGS):
                 await ping.call(
@@ -324,18 +339,15 @@ async def measure_bluez(
                     )
                 )
             floor = time.process_time() - floor
-            ping.disconnect()
+        finally:
             instance = manager._global_instances.pop(asyncio.get_running_loop(), None)
             if instance is not None and instance._bus is not None:
                 instance._bus.disconnect()
-        finally:
             if previous is None:
                 os.environ.pop("DBUS_SYSTEM_BUS_ADDRESS", None)
             else:
                 os.environ["DBUS_SYSTEM_BUS_ADDRESS"] = previous
-            for proc in (bluetoothd, server):
-                proc.terminate()
-                await proc.wait()
+            await cleanup.aclose()
     return _row(
         results,
         counter.ops,

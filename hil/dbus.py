@@ -8,6 +8,7 @@ lives in a temporary directory and only this user's processes reach it.
 from __future__ import annotations
 
 import contextlib
+import select
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -53,8 +54,8 @@ class DbusDaemon:
         self.address = f"unix:path={self.socket}"
         self._proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> None:
-        """Start and wait until it prints its address: it then accepts connections."""
+    def start(self, timeout: float = 10.0) -> None:
+        """Start and wait (at most `timeout`) until it prints its address: it then accepts connections."""
         self._proc = subprocess.Popen(
             [
                 dbus_daemon_binary(),
@@ -67,7 +68,9 @@ class DbusDaemon:
             stderr=subprocess.PIPE,
         )
         assert self._proc.stdout is not None
-        line = self._proc.stdout.readline()  # printed once the socket listens; EOF if it died
+        ready, _, _ = select.select([self._proc.stdout], [], [], timeout)
+        # the address is printed once the socket listens; EOF if it died
+        line = self._proc.stdout.readline() if ready else b""
         if not line.strip():
             err = self._proc.stderr.read().decode() if self._proc.stderr else ""
             self.stop()

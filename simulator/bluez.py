@@ -75,8 +75,11 @@ CCCD = "00002902-0000-1000-8000-00805f9b34fb"
 DEFAULT_MTU = 23
 MTU_PUBLISH_DELAY_S = 0.05
 """BlueZ exports GATT objects before the ATT MTU exchange ends: bleak reports 20-byte writes till then."""
-ACQUIRED_FD_HANDOFF_S = 0.5
-"""How long the stand-in keeps its copy of a handed-out socket end (until the reply carrying it is sent)."""
+ACQUIRED_FD_HANDOFF_S = 5.0
+"""Longest the stand-in keeps its copy of a handed-out socket end unused (the reply carrying it is sent by
+then); it is closed at the client's first datagram anyway."""
+BLUEZ_SOCKET_READ = 512
+"""bluetoothd's `sock_read` buffer: a longer datagram is cut to this"""
 CONNECT_WAIT_S = 10.0
 """How long Connect waits for the device to advertise (BlueZ's LE connection attempt)."""
 
@@ -193,6 +196,7 @@ class _WriteQueue:
             self._pump = asyncio.get_running_loop().create_task(
                 self._run(), name=f"att:{self._device.address}"
             )
+            self._daemon.track(self._pump)
 
     async def submit(self, uuid: str, data: bytes, *, with_response: bool) -> None:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -212,7 +216,7 @@ class _WriteQueue:
                 if link is None:
                     raise AirError("Not connected")
                 await self._daemon.air.write(link.link_id, uuid, data, with_response=with_response)
-            except AirError as exc:
+            except Exception as exc:  # every caller gets its answer, whatever the air raised
                 if fut is None:
                     log.debug(
                         "acquired write dropped", extra={"address": self._device.address, "error": str(exc)}
@@ -382,6 +386,7 @@ class Characteristic(ServiceInterface):
         self.mtu = DEFAULT_MTU
         self.write_acquired = False
         self._acquired: socket.socket | None = None
+        self._theirs: socket.socket | None = None
 
     def _link_id(self) -> str:
         link = self._device.link
@@ -403,6 +408,8 @@ class Characteristic(ServiceInterface):
     @dbus_method()
     async def WriteValue(self, value: DBusBytes, options: DBusDict) -> None:
         self._link_id()
+        if self.write_acquired:
+            raise DBusError(_ERR + "NotPermitted", "Write acquired")
         kind = options.get("type")
         command = isinstance(kind, Variant) and kind.value == "command"
         self._daemon.dbus_writes[self.uuid] += 1
@@ -424,39 +431,69 @@ class Characteristic(ServiceInterface):
             raise DBusError(
                 _ERR + "NotPermitted", "Write acquired" if self.write_acquired else "Not permitted"
             )
+        link = self._device.link
+        assert link is not None
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         ours.setblocking(False)
-        self._acquired = ours
+        self._acquired, self._theirs = ours, theirs
         loop = asyncio.get_running_loop()
         loop.add_reader(ours.fileno(), self._on_acquired_readable)
-        # dbus-fast passes `theirs` with the reply it is about to write: close this copy only after that,
-        # so the client's close is seen as the end of the acquisition (EOF) as bluetoothd sees it
-        loop.call_later(ACQUIRED_FD_HANDOFF_S, theirs.close)
+        # dbus-fast sends `theirs` with the reply once it can write: this copy is closed when the client
+        # is seen using its own (first datagram), on release, or after a generous handoff time, so that the
+        # client closing its end reads as the end of the acquisition (EOF), as bluetoothd sees it
+        loop.call_later(ACQUIRED_FD_HANDOFF_S, self._close_theirs, theirs)
         self.write_acquired = True
         self.emit_properties_changed({"WriteAcquired": True})
-        return theirs.fileno(), self.mtu
+        return theirs.fileno(), link.att_mtu  # bt_gatt_client_get_mtu: the exchanged MTU
+
+    def _close_theirs(self, theirs: socket.socket) -> None:
+        if self._theirs is theirs:
+            self._theirs = None
+        theirs.close()
 
     def _on_acquired_readable(self) -> None:
+        """bluetoothd's `sock_read`: one datagram per main-loop turn; with `acquired_read_delay_s` each read
+        comes that long after the socket became readable, and other work (D-Bus calls) goes first."""
         sock = self._acquired
-        while sock is not None:
-            try:
-                data = sock.recv(65536)
-            except BlockingIOError:
-                return
-            except OSError:
-                data = b""
-            if not data:
-                self.release_write()
-                return
-            self._daemon.acquired_writes[self.uuid] += 1
-            self._device.writes.submit_nowait(self.uuid, data)
+        if sock is None:
+            return
+        delay = self._daemon.acquired_read_delay_s
+        if delay > 0:
+            loop = asyncio.get_running_loop()
+            loop.remove_reader(sock.fileno())
+            loop.call_later(delay, self._read_one, sock)
+            return
+        self._read_one(sock)
+
+    def _read_one(self, sock: socket.socket) -> None:
+        if self._acquired is not sock:
+            return
+        try:
+            data = sock.recv(BLUEZ_SOCKET_READ)
+        except BlockingIOError:
+            if self._daemon.acquired_read_delay_s > 0:
+                asyncio.get_running_loop().add_reader(sock.fileno(), self._on_acquired_readable)
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self.release_write()
+            return
+        if self._theirs is not None:
+            self._close_theirs(self._theirs)
+        self._daemon.acquired_writes[self.uuid] += 1
+        self._device.writes.submit_nowait(self.uuid, data)
+        if self._daemon.acquired_read_delay_s > 0:
+            asyncio.get_running_loop().add_reader(sock.fileno(), self._on_acquired_readable)
 
     def release_write(self) -> None:
         sock, self._acquired = self._acquired, None
         if sock is not None:
-            with contextlib.suppress(ValueError, OSError):
+            with contextlib.suppress(ValueError, OSError, RuntimeError):
                 asyncio.get_running_loop().remove_reader(sock.fileno())
             sock.close()
+        if self._theirs is not None:
+            self._close_theirs(self._theirs)
         if self.write_acquired:
             self.write_acquired = False
             self.emit_properties_changed({"WriteAcquired": False})
@@ -584,6 +621,9 @@ class FakeBluetoothd:
         """WriteValue calls per characteristic UUID (all links; for tests and benchmarks)"""
         self.acquired_writes: Counter[str] = Counter()
         """datagrams read from acquired sockets, per characteristic UUID"""
+        self.acquired_read_delay_s = 0.0
+        """seconds between two datagrams read from an acquired socket (a busy bluetoothd main loop): D-Bus
+        calls then overtake unread datagrams, as they can in bluetoothd"""
         self.refuse_acquire = False
         """answer AcquireWrite with NotPermitted (as where it is not offered: clients use WriteValue)"""
         self._discovery_sessions = 0
@@ -600,7 +640,14 @@ class FakeBluetoothd:
         self.bus.export(ADAPTER_PATH, self.adapter)
         await self.bus.request_name(BUS_NAME)
 
+    def track(self, task: asyncio.Task[None]) -> None:
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     async def stop(self) -> None:
+        for device in self.devices.values():
+            for char in device.gatt.chars.values():
+                char.release_write()
         for task in list(self._tasks):
             task.cancel()
         if self._scan_id is not None:

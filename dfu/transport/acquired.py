@@ -19,9 +19,11 @@ import asyncio
 import contextlib
 import fcntl
 import logging
+import os
 import socket
 import termios
 from dataclasses import dataclass
+from typing import Any
 
 from bleak.backends.characteristic import BleakGATTCharacteristic
 from dbus_fast import BusType, Message, MessageType
@@ -32,6 +34,8 @@ log = logging.getLogger(__name__)
 BLUEZ = "org.bluez"
 GATT_CHARACTERISTIC = "org.bluez.GattCharacteristic1"
 DRAIN_POLL_S = 0.0005
+BLUEZ_SOCKET_READ = 512
+"""bluetoothd reads an acquired socket into a 512-byte buffer: a longer datagram would be cut short"""
 
 
 @dataclass(slots=True)
@@ -45,7 +49,7 @@ class AcquiredWrite:
 
     @property
     def max_write(self) -> int:
-        return self.mtu - 3
+        return min(self.mtu - 3, BLUEZ_SOCKET_READ)
 
     async def send(self, data: bytes) -> None:
         """One Write Command; waits only if the socket's buffer is full (bluetoothd not reading)."""
@@ -75,8 +79,20 @@ class AcquiredWrite:
             self.bus = None
 
 
-async def acquire_write(char: BleakGATTCharacteristic) -> AcquiredWrite | None:
-    """AcquireWrite on `char` (BlueZ only); None where it is not available, with the reason logged."""
+def _authenticator() -> Any:
+    """bleak's choice of D-Bus authentication (BLEAK_DBUS_AUTH_UID in containers), so that where bleak
+    reaches bluetoothd this connection does too."""
+    try:
+        from bleak.backends.bluezdbus.utils import get_dbus_authenticator
+    except ImportError:  # pragma: no cover - bleak without its BlueZ backend (not Linux)
+        return None
+    return get_dbus_authenticator()
+
+
+async def acquire_write(char: BleakGATTCharacteristic, *, timeout_s: float = 10.0) -> AcquiredWrite | None:
+    """AcquireWrite on `char` (BlueZ only); None where it is not available, with the reason logged.
+
+    Bounded by `timeout_s`: bluetoothd holds the answer until the GATT client is ready."""
     obj = char.obj
     if not (isinstance(obj, tuple) and obj and isinstance(obj[0], str) and obj[0].startswith("/org/bluez/")):
         return None
@@ -84,33 +100,45 @@ async def acquire_write(char: BleakGATTCharacteristic) -> AcquiredWrite | None:
         return None
     bus: MessageBus | None = None
     try:
-        bus = await MessageBus(bus_type=BusType.SYSTEM, negotiate_unix_fd=True).connect()
-        reply = await bus.call(
-            Message(
-                destination=BLUEZ,
-                path=obj[0],
-                interface=GATT_CHARACTERISTIC,
-                member="AcquireWrite",
-                signature="a{sv}",
-                body=[{}],
+        async with asyncio.timeout(timeout_s):
+            bus = await MessageBus(
+                bus_type=BusType.SYSTEM, negotiate_unix_fd=True, auth=_authenticator()
+            ).connect()
+            reply = await bus.call(
+                Message(
+                    destination=BLUEZ,
+                    path=obj[0],
+                    interface=GATT_CHARACTERISTIC,
+                    member="AcquireWrite",
+                    signature="a{sv}",
+                    body=[{}],
+                )
             )
-        )
-    except (OSError, EOFError, ValueError) as exc:
+    except (OSError, EOFError, ValueError, TimeoutError) as exc:
         log.info("AcquireWrite unavailable path=%s error=%r", obj[0], exc)
         if bus is not None:
             bus.disconnect()
         return None
-    if reply is None or reply.message_type is not MessageType.METHOD_RETURN or not reply.unix_fds:
+    fds = list(getattr(reply, "unix_fds", None) or [])
+    ok = reply is not None and reply.message_type is MessageType.METHOD_RETURN and reply.signature == "hq"
+    if not ok or not fds:
         detail = reply.body if reply is not None else None
         log.info(
             "AcquireWrite refused path=%s error=%s %s", obj[0], getattr(reply, "error_name", None), detail
         )
-        for fd in getattr(reply, "unix_fds", None) or []:
+        for fd in fds:
             with contextlib.suppress(OSError):
-                socket.close(fd)
+                os.close(fd)
+        assert bus is not None
         bus.disconnect()
         return None
-    sock = socket.socket(fileno=reply.unix_fds[0])
+    assert reply is not None
+    assert bus is not None
+    os.set_inheritable(fds[0], False)  # a child process must not keep the acquisition alive
+    for extra in fds[1:]:
+        with contextlib.suppress(OSError):
+            os.close(extra)
+    sock = socket.socket(fileno=fds[0])
     sock.setblocking(False)
     return AcquiredWrite(sock, int(reply.body[1]), bus)
 

@@ -247,7 +247,7 @@ async def open_peripheral(
             await _settle_mtu(link)
         await link._subscribe()
         if is_bluez(backend) and acquire_write:
-            link._acquired = await acquire_write_of(link._pkt)
+            link._acquired = await acquire_write_of(link._pkt, timeout_s=response_timeout_s)
     except BaseException:
         await disconnect_quietly(client)
         raise

@@ -99,3 +99,18 @@ async def test_no_bluetoothd_is_a_link_error_that_says_where_to_look(
     monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", f"unix:path={tmp_path / 'nobody-listens'}")
     with pytest.raises(DfuLinkError, match="is bluetoothd running and reachable on unix:path="):
         await ble_scan(platform_backend(), 1.0)
+
+
+async def test_control_writes_wait_for_bluetoothd_to_read_the_queued_packets(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """bluetoothd reads one datagram per main-loop turn, so a D-Bus write can overtake packets still in the
+    socket: with a slow reader a checksum or execute would land before its packets unless the link waits."""
+    package = app_package(size=8 * 1024)
+    async with bluez_stack(monkeypatch) as stack:
+        stack.bluetoothd.acquired_read_delay_s = 0.02
+        result = await Updater(platform_backend(), S140, package, address=APP).run()
+        acquired = stack.bluetoothd.acquired_writes
+    assert result.firmware_revision == "2"
+    assert result.retries == 0, "no object arrived damaged"
+    assert acquired[DFU_PACKET] > 0

@@ -39,8 +39,13 @@ async def _serve(
         sys.executable, "-c", CLI, *args, stdout=asyncio.subprocess.PIPE, cwd=REPO
     )
     assert proc.stdout is not None
-    line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode().strip()
-    assert line == f"listening on {socket}", line
+    try:
+        line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode().strip()
+        assert line == f"listening on {socket}", line
+    except BaseException:
+        proc.kill()  # a server that did not come up is not left behind
+        await proc.wait()
+        raise
     return proc
 
 
