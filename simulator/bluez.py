@@ -25,9 +25,13 @@ What it models of bluetoothd (BlueZ 5.66 behaviour, as bleak sees it):
 * A link that drops (supervision timeout, peripheral reset) sets ``Connected`` false and removes its GATT
   objects, as bluetoothd does.
 
-* ``AcquireWrite``: a SOCK_SEQPACKET socket whose datagrams are Write Commands; bluetoothd reads them as
-  they come into the same ordered ATT queue as D-Bus writes (so a client must let the socket drain before a
-  D-Bus write that must follow them); closing the socket or losing the link releases it.
+* ``AcquireWrite``: a SOCK_SEQPACKET socket whose datagrams are Write Commands, answered with the exchanged
+  MTU. bluetoothd reads one datagram (at most 512 bytes) per main-loop turn into the same ordered ATT queue
+  as D-Bus writes, so a D-Bus write can overtake datagrams still unread: a client must let the socket drain
+  first (`acquired_read_delay_s` models a busy daemon to test that). WriteValue on an acquired
+  characteristic is refused ("Write acquired"); closing the socket or losing the link releases it.
+* A link drop removes the GATT objects (a cold cache); bluetoothd with ``Cache=always`` keeps them and only
+  clears ServicesResolved and Connected. bleak handles both; only the first is exercised here.
 
 Not modelled: pairing and bonds (``Pair`` answers NotSupported), AcquireNotify, BR/EDR, advertisement
 monitors (passive scanning), device expiry after a scan.
