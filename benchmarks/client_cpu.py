@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.dfu_throughput import IMAGE_BYTES, PROFILE, app_package
+from dfu.transport.backend import BleBackend
 from dfu.updater import Phase, UpdateOptions, UpdateProgress, Updater, UpdateResult
 from profiles.model import load_profile
 from simulator.bleak_backend import backend_for
@@ -168,11 +169,29 @@ class _TransferWindow:
         return max(0.0, self._ended - self._started) if self._started is not None else 0.0
 
 
+async def _timed_updates(
+    backend: BleBackend, count: int, size: int, options: UpdateOptions, profiler: cProfile.Profile | None
+) -> tuple[list[UpdateResult], float, float, _TransferWindow]:
+    """`count` concurrent updates of a `size`-byte application: results, process CPU s, wall s, window."""
+    package, profile, window = app_package(size), load_profile(PROFILE), _TransferWindow()
+    updaters = [
+        Updater(backend, profile, package, address=a, options=options, on_progress=window.on)
+        for a in address_range(BASE_ADDRESS, count)
+    ]
+    cpu, wall = time.process_time(), time.monotonic()
+    if profiler is not None:
+        profiler.enable()
+    try:
+        results = await asyncio.gather(*(u.run() for u in updaters))
+    finally:
+        if profiler is not None:
+            profiler.disable()
+    return list(results), time.process_time() - cpu, time.monotonic() - wall, window
+
+
 async def measure(
     count: int, scale: float, profiler: cProfile.Profile | None = None, size: int = IMAGE_BYTES
 ) -> CpuRow:
-    package = app_package(size)
-    profile = load_profile(PROFILE)
     with tempfile.TemporaryDirectory() as tmp:
         socket = Path(tmp) / "sim.sock"
         server = await _serve(socket, count, scale)
@@ -180,19 +199,10 @@ async def measure(
             remote = _CountingAir(socket)
             async with remote:
                 backend = backend_for(remote)
-                window, options = _TransferWindow(), UpdateOptions()
-                updaters = [
-                    Updater(backend, profile, package, address=a, options=options, on_progress=window.on)
-                    for a in address_range(BASE_ADDRESS, count)
-                ]
                 sim_before = _proc_cpu_s(server.pid)
-                cpu, wall = time.process_time(), time.monotonic()
-                if profiler is not None:
-                    profiler.enable()
-                results = await asyncio.gather(*(u.run() for u in updaters))
-                if profiler is not None:
-                    profiler.disable()
-                cpu, wall = time.process_time() - cpu, time.monotonic() - wall
+                results, cpu, wall, window = await _timed_updates(
+                    backend, count, size, UpdateOptions(), profiler
+                )
                 ops = remote.gatt_ops
                 sim_cpu = _proc_cpu_s(server.pid) - sim_before
                 floor = time.process_time()
@@ -296,8 +306,6 @@ async def measure_bluez(
     from dfu.transport.ble import platform_backend
     from hil.dbus import running_dbus
 
-    package = app_package(size)
-    profile = load_profile(PROFILE)
     with tempfile.TemporaryDirectory(prefix="cpu", dir="/tmp") as tmp, running_dbus(Path(tmp) / "d") as bus:
         socket = Path(tmp) / "sim.sock"
         cleanup = contextlib.AsyncExitStack()
@@ -309,21 +317,11 @@ async def measure_bluez(
             cleanup.push_async_callback(_stop, bluetoothd)
             os.environ["DBUS_SYSTEM_BUS_ADDRESS"] = bus.address
             backend = platform_backend()
-            window, options = _TransferWindow(), UpdateOptions(acquire_write=acquire)
-            updaters = [
-                Updater(backend, profile, package, address=a, options=options, on_progress=window.on)
-                for a in address_range(BASE_ADDRESS, count)
-            ]
+            options = UpdateOptions(acquire_write=acquire)
             pids = (server.pid, bluetoothd.pid, bus.pid)
             others_before = [_proc_cpu_s(pid) for pid in pids]
             with _GattCounter() as counter:
-                cpu, wall = time.process_time(), time.monotonic()
-                if profiler is not None:
-                    profiler.enable()
-                results = await asyncio.gather(*(u.run() for u in updaters))
-                if profiler is not None:
-                    profiler.disable()
-                cpu, wall = time.process_time() - cpu, time.monotonic() - wall
+                results, cpu, wall, window = await _timed_updates(backend, count, size, options, profiler)
             others = [_proc_cpu_s(pid) for pid in pids]
             sim_cpu, bluetoothd_cpu, daemon_cpu = (b - a for a, b in zip(others_before, others, strict=True))
             ping = await MessageBus(bus_address=bus.address).connect()
