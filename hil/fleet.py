@@ -41,6 +41,7 @@ from simulator.server import address_range
 DEMO_KEY_FILE = Path(str(resources.files("profiles") / "keys" / "demo-private.pem"))
 SERVICE_MAIN = "fota_service.cli:main"
 AGENT_MAIN = "gateway_agent.__main__:main"
+SIM_MAIN = "dfu.cli:main"
 POLL_S = 0.05
 """Polling step on real processes (bounded by a deadline each time)."""
 
@@ -225,7 +226,7 @@ def start_sim(
     proc = Managed(
         name,
         python_command(
-            "dfu.cli:main",
+            SIM_MAIN,
             "sim",
             "serve",
             "--socket",
@@ -508,9 +509,10 @@ def gateway_config(
     require_https: bool,
     download_ca_file: Path | None,
     state_dir: Path,
-    sim_socket: Path,
+    sim_socket: Path | None,
 ) -> Path:
-    """A `gateway-agent run --config` file as an operator writes it (TOML), for the simulator backend."""
+    """A `gateway-agent run --config` file as an operator writes it (TOML): the simulator backend on
+    `sim_socket`, or (None) BlueZ, as on a Pi."""
 
     def q(value: object) -> str:
         return json.dumps(str(value))  # a TOML basic string is JSON-compatible for these values
@@ -543,11 +545,11 @@ def gateway_config(
         f"dir = {q(state_dir)}",
         "",
         "[ble]",
-        'backend = "simulator"',
-        "",
-        "[simulator]",
-        f"socket = {q(sim_socket)}",
-        "",
+        *(
+            ['backend = "bluez"', ""]
+            if sim_socket is None
+            else ['backend = "simulator"', "", "[simulator]", f"socket = {q(sim_socket)}", ""]
+        ),
     ]
     for address, profile in peripherals.items():
         lines += ["[[peripherals]]", f"address = {q(address)}", f"profile = {q(profile)}", ""]
@@ -614,9 +616,13 @@ async def running_fleet(
     profile: str = "nrf52840-s140",
     extra: Sequence[tuple[int, str, str]] = (),
     tenant: str = "fleet",
+    bluez: bool = False,
 ) -> AsyncIterator[Fleet]:
     """Broker, `nrf-dfu sim serve` per gateway, the job service and the gateway agents, all real processes,
     with the gateways and peripherals registered at the service and every agent's shadow report received.
+
+    `bluez`: each agent runs the BlueZ backend, as on a Pi, against its own private bus on which
+    `nrf-dfu sim bluez` serves that gateway's simulated peripherals as bluetoothd would.
 
     `batch_interval` defaults high so that in a test only acknowledgements roll the next batch out: the
     documented "or after batch_interval" escape can then not blur the waves being checked. `extra` adds
@@ -625,6 +631,7 @@ async def running_fleet(
     import httpx
 
     from hil.broker import free_port, running_broker
+    from hil.dbus import running_dbus
 
     started: list[Managed] = []
     socket_dir = Path(tempfile.mkdtemp(prefix="fleet", dir="/tmp"))  # unix socket paths must stay short
@@ -719,6 +726,26 @@ async def running_fleet(
                         cert = pki.client(gateway_id)
                         state_dir = directory / gateway_id
                         state_dir.mkdir()
+                        agent_env: dict[str, str] = {}
+                        if bluez:
+                            bus = stack.enter_context(running_dbus(socket_dir / f"bus-{g}"))
+                            bluetoothd = Managed(
+                                f"bluetoothd-{g}",
+                                python_command(
+                                    SIM_MAIN,
+                                    "sim",
+                                    "bluez",
+                                    "--socket",
+                                    str(air.socket),
+                                    "--bus",
+                                    bus.address,
+                                ),
+                                directory / f"bluetoothd-{g}.log",
+                            )
+                            bluetoothd.start()
+                            started.append(bluetoothd)
+                            await bluetoothd.wait_for_log(r"org\.bluez on", within=30)
+                            agent_env["DBUS_SYSTEM_BUS_ADDRESS"] = bus.address
                         cfg = gateway_config(
                             directory / f"{gateway_id}.toml",
                             gateway_id=gateway_id,
@@ -734,12 +761,13 @@ async def running_fleet(
                             require_https=True,
                             download_ca_file=pki.ca_file,
                             state_dir=state_dir,
-                            sim_socket=air.socket,
+                            sim_socket=None if bluez else air.socket,
                         )
                         agent = Managed(
                             gateway_id,
                             python_command(AGENT_MAIN, "run", "--config", str(cfg)),
                             directory / f"{gateway_id}.log",
+                            env=agent_env,
                         )
                         agent.start()
                         started.append(agent)
