@@ -423,9 +423,6 @@ def update(
         finally:
             if closer is not None:
                 await closer()
-        for outcome in outcomes:  # a bug, not a failed update: never reported as one
-            if isinstance(outcome, BaseException) and not isinstance(outcome, DfuError | OSError):
-                raise outcome
         return outcomes
 
     try:
@@ -456,6 +453,9 @@ def update(
             click.echo(f"error: {who}{describe_error(outcome)}", err=True)
     if len(targets) > 1 and not as_json:
         click.echo(total_line(outcomes, seconds, simulated=simulated))
+    bugs = [o for o in outcomes if isinstance(o, BaseException) and not isinstance(o, DfuError | OSError)]
+    if bugs:  # not a failed update but a bug: shown with its traceback, after the others' outcomes
+        raise bugs[0]
     failed = [o for o in outcomes if isinstance(o, BaseException)]
     if failed:
         sys.exit(exit_code_for(failed[0]))

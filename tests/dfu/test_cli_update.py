@@ -207,3 +207,24 @@ def test_rehearsal_preflights_each_board_against_its_own_profile(pkg: Path) -> N
 
 def test_sim_without_a_profile_never_falls_through_to_the_radio(pkg: Path) -> None:
     assert run("update", str(pkg), "--sim", " , ", "--address", A)[0] == EXIT_USAGE
+
+
+def test_a_bug_in_one_update_still_reports_the_others(pkg: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from dfu.cli import update as cli_update
+
+    class Buggy(Updater):
+        async def run(self) -> Any:
+            if self.address == B:
+                raise RuntimeError("a bug, not a failed update")
+            return await super().run()
+
+    monkeypatch.setattr(cli_update, "Updater", Buggy)
+    result = CliRunner().invoke(
+        main, ["update", str(pkg), "--sim", "nrf52840-s140", "--address", A, "--address", B, "--json"]
+    )
+    assert isinstance(result.exception, RuntimeError), "a bug surfaces as itself, with its traceback"
+    ok, bug = (json.loads(line) for line in result.stdout.splitlines())
+    assert ok["ok"] is True
+    assert ok["address"] == A
+    assert bug["ok"] is False
+    assert bug["target"] == B
