@@ -332,7 +332,10 @@ def _targets(addresses: tuple[str, ...], names: tuple[str, ...]) -> list[Target]
     return targets
 
 
-@click.command()
+@click.command(
+    epilog="Exit codes: 0 updated, 2 usage, 3 bad package, 4 refused (by the peripheral or preflight), "
+    "5 link or timeout (resumable: run it again), 130 interrupted (resumable), 1 anything else."
+)
 @click.argument("package_path", metavar="PKG", type=click.Path(path_type=Path))
 @click.option(
     "--address", "addresses", multiple=True, help="a peripheral's (application) address; repeatable"
