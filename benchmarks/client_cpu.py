@@ -36,7 +36,6 @@ import cProfile
 import json
 import os
 import pstats
-import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -46,6 +45,7 @@ from typing import Any
 from benchmarks.dfu_throughput import IMAGE_BYTES, PROFILE, app_package
 from dfu.transport.backend import BleBackend
 from dfu.updater import Phase, UpdateOptions, UpdateProgress, Updater, UpdateResult
+from hil.cli_process import spawn_cli, stop_cli
 from profiles.model import load_profile
 from simulator.bleak_backend import backend_for
 from simulator.remote import RemoteAir
@@ -87,46 +87,9 @@ def _proc_cpu_s(pid: int) -> float:
 
 
 async def _serve(socket: Path, count: int, scale: float) -> asyncio.subprocess.Process:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-c",
-        "from dfu.cli import main; main()",
-        "sim",
-        "serve",
-        "--socket",
-        str(socket),
-        "--profile",
-        PROFILE,
-        "--count",
-        str(count),
-        "--address-base",
-        BASE_ADDRESS,
-        "--time-scale",
-        str(scale),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
-    return await _ready(proc, b"listening", "sim serve")
-
-
-async def _ready(proc: asyncio.subprocess.Process, marker: bytes, what: str) -> asyncio.subprocess.Process:
-    """Wait for the line saying `proc` serves; a process that does not get there is killed, not left over."""
-    assert proc.stdout is not None
-    try:
-        line = await asyncio.wait_for(proc.stdout.readline(), 30)
-        if marker not in line:
-            raise RuntimeError(f"{what} did not start: {line!r}")
-    except BaseException:
-        proc.kill()
-        await proc.wait()
-        raise
-    return proc
-
-
-async def _stop(proc: asyncio.subprocess.Process) -> None:
-    if proc.returncode is None:
-        proc.terminate()
-    await proc.wait()
+    args = ["sim", "serve", "--socket", str(socket), "--profile", PROFILE, "--count", str(count)]
+    args += ["--address-base", BASE_ADDRESS, "--time-scale", str(scale)]
+    return await spawn_cli(*args, ready=b"listening", what="sim serve")
 
 
 class _CountingAir(RemoteAir):
@@ -210,8 +173,7 @@ async def measure(
                     await remote.ping()
                 floor = time.process_time() - floor
         finally:
-            server.terminate()
-            await server.wait()
+            await stop_cli(server)
     return _row(results, ops, cpu, wall, window, floor, sim_cpu)
 
 
@@ -274,20 +236,8 @@ class _GattCounter:
 
 
 async def _spawn_bluez(socket: Path, bus_address: str) -> asyncio.subprocess.Process:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-c",
-        "from dfu.cli import main; main()",
-        "sim",
-        "bluez",
-        "--socket",
-        str(socket),
-        "--bus",
-        bus_address,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
-    return await _ready(proc, b"org.bluez on", "sim bluez")
+    args = ["sim", "bluez", "--socket", str(socket), "--bus", bus_address]
+    return await spawn_cli(*args, ready=b"org.bluez on", what="sim bluez")
 
 
 async def measure_bluez(
@@ -299,12 +249,11 @@ async def measure_bluez(
     acquire: bool = True,
 ) -> CpuRow:
     """The same updates over bleak's BlueZ backend: D-Bus to the bluetoothd stand-in (`nrf-dfu sim bluez`)."""
-    from bleak.backends.bluezdbus import manager
     from dbus_fast import Message
     from dbus_fast.aio import MessageBus
 
     from dfu.transport.ble import platform_backend
-    from hil.dbus import running_dbus
+    from hil.dbus import close_bleak_manager, running_dbus
 
     with tempfile.TemporaryDirectory(prefix="cpu", dir="/tmp") as tmp, running_dbus(Path(tmp) / "d") as bus:
         socket = Path(tmp) / "sim.sock"
@@ -312,9 +261,9 @@ async def measure_bluez(
         previous = os.environ.get("DBUS_SYSTEM_BUS_ADDRESS")
         try:
             server = await _serve(socket, count, scale)
-            cleanup.push_async_callback(_stop, server)
+            cleanup.push_async_callback(stop_cli, server)
             bluetoothd = await _spawn_bluez(socket, bus.address)
-            cleanup.push_async_callback(_stop, bluetoothd)
+            cleanup.push_async_callback(stop_cli, bluetoothd)
             os.environ["DBUS_SYSTEM_BUS_ADDRESS"] = bus.address
             backend = platform_backend()
             options = UpdateOptions(acquire_write=acquire)
@@ -338,9 +287,7 @@ async def measure_bluez(
                 )
             floor = time.process_time() - floor
         finally:
-            instance = manager._global_instances.pop(asyncio.get_running_loop(), None)
-            if instance is not None and instance._bus is not None:
-                instance._bus.disconnect()
+            await close_bleak_manager()
             if previous is None:
                 os.environ.pop("DBUS_SYSTEM_BUS_ADDRESS", None)
             else:

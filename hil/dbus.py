@@ -101,4 +101,18 @@ def running_dbus(directory: Path) -> Iterator[DbusDaemon]:
         daemon.stop()
 
 
-__all__ = ["DbusDaemon", "dbus_daemon_binary", "running_dbus"]
+async def close_bleak_manager() -> None:
+    """bleak keeps one BlueZ manager (a system-bus connection) per event loop: close this loop's, so that a
+    private bus can go away with it."""
+    import asyncio
+
+    from bleak.backends.bluezdbus import manager
+
+    instance = manager._global_instances.pop(asyncio.get_running_loop(), None)
+    if instance is not None and instance._bus is not None:
+        instance._bus.disconnect()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(instance._bus.wait_for_disconnect(), 5)  # type: ignore[no-untyped-call]
+
+
+__all__ = ["DbusDaemon", "close_bleak_manager", "dbus_daemon_binary", "running_dbus"]

@@ -3,9 +3,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import sys
 import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -13,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from hil.dbus import running_dbus
+from hil.cli_process import spawn_cli, stop_cli
+from hil.dbus import close_bleak_manager, running_dbus
 from simulator.bluez import FakeBluetoothd
 from simulator.remote import RemoteAir
 
 REPO = Path(__file__).resolve().parents[2]
-CLI = "from dfu.cli import main; main()"
 
 
 @dataclass
@@ -26,27 +24,6 @@ class BlueZStack:
     remote: RemoteAir
     bluetoothd: FakeBluetoothd
     bus_address: str
-
-
-async def _serve(
-    socket: Path, profile: Path, count: int, scale: float, faults: list[str]
-) -> asyncio.subprocess.Process:
-    args = ["sim", "serve", "--socket", str(socket), "--count", str(count), "--profile", str(profile)]
-    args += ["--address-base", "C8:2E:1A:00:00:01", "--time-scale", str(scale)]
-    for fault in faults:
-        args += ["--fault", fault]
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", CLI, *args, stdout=asyncio.subprocess.PIPE, cwd=REPO
-    )
-    assert proc.stdout is not None
-    try:
-        line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode().strip()
-        assert line == f"listening on {socket}", line
-    except BaseException:
-        proc.kill()  # a server that did not come up is not left behind
-        await proc.wait()
-        raise
-    return proc
 
 
 @contextlib.asynccontextmanager
@@ -60,7 +37,11 @@ async def bluez_stack(
         profile = Path(tmp) / "patient.toml"
         shipped = (REPO / "profiles" / "nrf52840-s140.toml").read_text()
         profile.write_text(shipped.replace("inactivity_timeout_s = 120.0", "inactivity_timeout_s = 100000.0"))
-        server = await _serve(Path(tmp) / "s.sock", profile, count, scale, faults or [])
+        args = ["sim", "serve", "--socket", str(Path(tmp) / "s.sock"), "--count", str(count)]
+        args += ["--profile", str(profile), "--address-base", "C8:2E:1A:00:00:01", "--time-scale", str(scale)]
+        for fault in faults or []:
+            args += ["--fault", fault]
+        server = await spawn_cli(*args, ready=b"listening on", what="sim serve")
         monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", bus.address)
         try:
             async with RemoteAir(Path(tmp) / "s.sock") as remote:
@@ -69,22 +50,10 @@ async def bluez_stack(
                 try:
                     yield BlueZStack(remote, bluetoothd, bus.address)
                 finally:
-                    await _close_bleak_manager()
+                    await close_bleak_manager()
                     await bluetoothd.stop()
         finally:
-            server.terminate()
-            await asyncio.wait_for(server.wait(), 30)
-
-
-async def _close_bleak_manager() -> None:
-    """bleak keeps one BlueZ manager (a bus connection) per event loop: close ours with the test's bus."""
-    from bleak.backends.bluezdbus import manager
-
-    instance = manager._global_instances.pop(asyncio.get_running_loop(), None)
-    if instance is not None and instance._bus is not None:
-        instance._bus.disconnect()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(instance._bus.wait_for_disconnect(), 5)
+            await stop_cli(server)
 
 
 __all__ = ["BlueZStack", "bluez_stack"]
