@@ -63,7 +63,9 @@ async def measure(dfus: int, size: int, scale: str) -> dict[str, float]:
         logs: list[str] = []
         try:
             with running_broker(tmp / "broker") as broker:
-                async with firmware_server(broker.pki.ca, bundle.files("fw/app")) as server:
+                async with firmware_server(
+                    broker.pki.ca, bundle.files("T1/APP*1e29dfa3*2.0.0/app")
+                ) as server:
                     config = write_config(
                         tmp / "agent.toml", broker, tmp / "state",
                         peripherals=[(p, "nrf52840-s140") for p in peripherals],
@@ -87,7 +89,13 @@ async def measure(dfus: int, size: int, scale: str) -> dict[str, float]:
                         cpu0 = _cpu_s(agent.pid)
                         for i, p in enumerate(peripherals):
                             await cloud.send_job(
-                                job_tuple(p, f"bench-{i}", server.file_host, "fw/app", bundle.size)
+                                job_tuple(
+                                    p,
+                                    f"bench-{i}",
+                                    server.file_host,
+                                    "T1/APP*1e29dfa3*2.0.0/app",
+                                    bundle.size,
+                                )
                             )
                         jobs = [f"bench-{i}" for i in range(dfus)]
                         await cloud.wait_for(lambda: all(cloud.terminal(j) for j in jobs))

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import os
 import signal
 import sys
@@ -32,6 +31,18 @@ import aiomqtt
 import httpx
 
 from dfu.package import FirmwareFile, build_package
+from gateway_agent.cloud.wire import (
+    BleJob,
+    ExecutionStatus,
+    JobTopic,
+    JobUpdate,
+    LinkState,
+    ShadowConvention,
+    ShadowTopics,
+    job_topic,
+    parse_ble_job,
+    reported_state,
+)
 from simulator.firmware import make_application
 from tests.support.mosquitto import MosquittoBroker, free_port, running_broker
 
@@ -55,27 +66,37 @@ class Gateway:
     first_notification_at: float | None = None
     finished: asyncio.Event = field(default_factory=asyncio.Event)
 
+    @property
+    def shadow(self) -> ShadowTopics:
+        return ShadowTopics(self.gateway_id, ShadowConvention.AWS)
+
     async def run(self) -> None:
         """Answer each notification with a realistic status sequence; done when every peripheral succeeded."""
         done: set[str] = set()
         async for message in self.client.messages:
             topic = str(message.topic)
             assert isinstance(message.payload, bytes)
-            if topic.endswith("/jobs/ble/rcv"):
-                peripheral, job_id = json.loads(message.payload)[:2]
-                if peripheral in done:
+            if topic == job_topic(PREFIX, self.gateway_id, JobTopic.BLE_RECEIVE):
+                parsed = parse_ble_job(message.payload)
+                assert isinstance(parsed, BleJob), parsed
+                if parsed.peripheral_id in done:
                     continue
                 self.notified += 1
                 if self.first_notification_at is None:
                     self.first_notification_at = time.perf_counter()
-                for status, fourth in ((7, 0), (7, 100), (1, ""), (3, "")):
-                    update = json.dumps([peripheral, job_id, status, fourth]).encode()
-                    await self.client.publish(f"{PREFIX}{self.gateway_id}/jobs/ble/update", update, qos=1)
-                done.add(peripheral)
+                update_topic = job_topic(PREFIX, self.gateway_id, JobTopic.BLE_UPDATE)
+                for update in (
+                    JobUpdate(parsed.peripheral_id, parsed.job_id, ExecutionStatus.DOWNLOADING, progress=0),
+                    JobUpdate(parsed.peripheral_id, parsed.job_id, ExecutionStatus.DOWNLOADING, progress=100),
+                    JobUpdate(parsed.peripheral_id, parsed.job_id, ExecutionStatus.IN_PROGRESS),
+                    JobUpdate(parsed.peripheral_id, parsed.job_id, ExecutionStatus.SUCCEEDED),
+                ):
+                    await self.client.publish(update_topic, update.encode(), qos=1)
+                done.add(parsed.peripheral_id)
                 if len(done) == len(self.peripherals):
                     # barrier: the shadow answer comes after all our updates were handled
-                    await self.client.publish(f"$aws/things/{self.gateway_id}/shadow/get", b"", qos=1)
-            elif topic == f"{self.gateway_id}/shadow/get/accepted" and len(done) == len(self.peripherals):
+                    await self.client.publish(self.shadow.get, b"", qos=1)
+            elif topic == self.shadow.get_accepted and len(done) == len(self.peripherals):
                 self.finished.set()
                 return
 
@@ -162,22 +183,11 @@ async def bench(gateways: int, per_gateway: int) -> dict[str, float]:
                 )
             )
             for gw in gws:
-                await gw.client.subscribe(f"{PREFIX}{gw.gateway_id}/jobs/ble/rcv", qos=1)
-                await gw.client.subscribe(f"{gw.gateway_id}/shadow/get/accepted", qos=1)
+                await gw.client.subscribe(job_topic(PREFIX, gw.gateway_id, JobTopic.BLE_RECEIVE), qos=1)
+                await gw.client.subscribe(gw.shadow.get_accepted, qos=1)
             for gw in gws:
-                report = {
-                    "state": {
-                        "reported": {
-                            "device": {"serviceInfo": {"fota_v2_ble": True}},
-                            "statusConnections": {
-                                p: {"id": p, "status": {"connected": True}} for p in gw.peripherals
-                            },
-                        }
-                    }
-                }
-                await gw.client.publish(
-                    f"$aws/things/{gw.gateway_id}/shadow/update", json.dumps(report).encode(), qos=1
-                )
+                report = reported_state(dict.fromkeys(gw.peripherals, LinkState.CONNECTED))
+                await gw.client.publish(gw.shadow.update, report, qos=1)
             zip_bytes = build_package(
                 hw_version=52,
                 sd_req=[0x100],
@@ -186,11 +196,11 @@ async def bench(gateways: int, per_gateway: int) -> dict[str, float]:
             )
             r = await http.post("/firmwares", content=zip_bytes, headers={"content-type": "application/zip"})
             r.raise_for_status()
-            bundle_id = r.json()["bundleId"]
+            bundle_id = r.json()["uris"][0].split("/")[1]  # UploadFirmware answers {uris}, as nRF Cloud
             # barrier: a gateway's shadow get is answered after its report was handled
             async with asyncio.timeout(30):
                 for gw in gws:
-                    await gw.client.publish(f"$aws/things/{gw.gateway_id}/shadow/get", b"", qos=1)
+                    await gw.client.publish(gw.shadow.get, b"", qos=1)
                     async for _ in gw.client.messages:
                         break
             devices = [p for gw in gws for p in gw.peripherals]

@@ -21,7 +21,7 @@ import os
 import posixpath
 import zipfile
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -165,6 +165,47 @@ class DfuPackage:
         return cls((image,))
 
     @classmethod
+    def from_files(
+        cls,
+        files: Sequence[tuple[str, bytes]],
+        *,
+        limits: PackageLimits = DEFAULT_LIMITS,
+        strict: bool = True,
+    ) -> DfuPackage:
+        """The files of one job as a cloud delivers them, `(name, bytes)` each: a package zip, or an init
+        packet and its image in either order, under any names.
+
+        nRF Cloud names every hosted file `.bin` (the init packet too: `appdat.bin`, `sd_bl_dat.bin`) and may
+        list the image first, so names cannot decide (docs/nrf-cloud.md, "Job files"). The bytes do: the init
+        packet is the small `dfu.Packet` protobuf with an InitCommand; when both files could be one, the
+        packet whose SHA-256 describes the other file wins, and only then a name holding `dat` (what Nordic's
+        lte-gateway looks for), then the smaller file.
+        """
+        if len(files) == 1:
+            name, data = files[0]
+            if not data.startswith(b"PK\x03\x04"):
+                raise PackageError(f"{name}: a job with one file needs a Secure DFU zip, and this is not one")
+            return cls.from_zip(data, limits=limits, strict=strict)
+        if len(files) != 2:
+            raise PackageError(
+                f"a job needs an init packet and an image (or one zip), not {len(files)} files"
+            )
+        candidates = [i for i, (_, data) in enumerate(files) if _as_init_packet(data, limits) is not None]
+        if not candidates:
+            names = " and ".join(name for name, _ in files)
+            raise PackageError(
+                f"neither {names} is a Secure DFU init packet (dfu.Packet with an InitCommand)"
+            )
+        if len(candidates) == 2:
+            candidates.sort(key=lambda i: _init_packet_rank(files, i, limits))
+        init_index = candidates[0]
+        dat_name, dat = files[init_index]
+        bin_name, firmware = files[1 - init_index]
+        package = cls.from_pair(dat, firmware, limits=limits, strict=strict)
+        (image,) = package.images
+        return cls((replace(image, dat_file=dat_name, bin_file=bin_name),))
+
+    @classmethod
     def load(
         cls, path: str | os.PathLike[str], *, limits: PackageLimits = DEFAULT_LIMITS, strict: bool = True
     ) -> DfuPackage:
@@ -191,6 +232,32 @@ def _read_file(path: Path, limit: int) -> bytes:
     if len(data) > limit:
         raise PackageError(f"{path.name} is larger than the limit of {limit} bytes")
     return data
+
+
+INIT_PACKET_MAX_BYTES = 512
+"""The largest init packet a stock bootloader takes (select's max_size for command objects is 512 from nRF5
+SDK 15.3 on, 256 in 15.0; docs/secure-dfu.md): anything larger is an image, whatever it parses as."""
+
+
+def _as_init_packet(data: bytes, limits: PackageLimits) -> InitPacket | None:
+    if len(data) > min(INIT_PACKET_MAX_BYTES, limits.max_metadata_bytes):
+        return None
+    try:
+        init = parse_init_packet(data)
+    except PackageError:
+        return None
+    return init if init.has_init else None
+
+
+def _init_packet_rank(
+    files: Sequence[tuple[str, bytes]], index: int, limits: PackageLimits
+) -> tuple[int, ...]:
+    """Lower is likelier the init packet: it describes the other file, it is named so, it is smaller."""
+    init = _as_init_packet(files[index][1], limits)
+    other = files[1 - index][1]
+    describes = init is not None and init.matches_firmware(other)
+    named = "dat" in posixpath.basename(files[index][0]).lower()
+    return (not describes, not named, len(files[index][1]))
 
 
 class _Metadata(BaseModel):

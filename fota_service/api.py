@@ -20,8 +20,8 @@ from fastapi import Depends, FastAPI, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from fota_service.errors import FotaError, InvalidRequest, NotFound, Unauthorized
-from fota_service.model import DeviceKind, Effect, ExecutionStatus, FirmwareType, FotaModel
+from fota_service.errors import FotaError, InvalidRequest, NotFound, Unauthorized, ValidationFailed
+from fota_service.model import DeviceKind, Effect, FotaModel
 from fota_service.schemas import (
     BundleOut,
     BundlePage,
@@ -38,9 +38,11 @@ from fota_service.schemas import (
     JobPage,
     PutDevice,
     UpdateExecution,
+    UploadAccepted,
     iso,
 )
 from fota_service.service import FotaService
+from gateway_agent.cloud.wire import ExecutionStatus, FirmwareType
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +77,7 @@ def create_app(service: FotaService, *, token: str) -> FastAPI:
         401: {"model": ErrorBody},
         404: {"model": ErrorBody},
         409: {"model": ErrorBody},
+        422: {"model": ErrorBody},
     }
 
     @app.exception_handler(FotaError)
@@ -87,8 +90,9 @@ def create_app(service: FotaService, *, token: str) -> FastAPI:
         message = "; ".join(
             f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', '')}" for e in exc.errors()
         )
-        body = ErrorBody(code=40001, message=message, error="BadRequest")
-        return JSONResponse(body.model_dump(), status_code=400)
+        refusal = ValidationFailed(message)
+        body = ErrorBody(code=refusal.code, message=message, error=refusal.error)
+        return JSONResponse(body.model_dump(), status_code=refusal.status)
 
     def authorized(request: Request) -> None:
         header = request.headers.get("authorization", "")
@@ -113,7 +117,7 @@ def create_app(service: FotaService, *, token: str) -> FastAPI:
                 bundle_id=body.bundleId,
                 name=body.name,
                 description=body.description,
-                device_ids=body.deviceIds,
+                device_ids=body.devices,
                 tags=body.tags,
                 auto_apply=body.autoApply,
             )
@@ -140,22 +144,25 @@ def create_app(service: FotaService, *, token: str) -> FastAPI:
     async def fetch_job(jobId: str) -> JobOut:
         return JobOut.of(model, model.job(jobId))
 
-    @app.post("/v1/fota-jobs/{jobId}/apply", dependencies=auth, responses=errors)
-    async def apply_job(jobId: str) -> JobOut:
+    # apply, cancel, delete and the execution PATCH answer 202 with an empty body, as nRF Cloud's v1 API does
+    @app.post("/v1/fota-jobs/{jobId}/apply", status_code=202, dependencies=auth, responses=errors)
+    async def apply_job(jobId: str) -> Response:
         effects = run(lambda m, now: m.apply_job(jobId, now))
         job = model.job(jobId)
         log.info("job applied", extra={"job_id": jobId, "status": job.status.value, "notified": len(effects)})
-        return JobOut.of(model, job)
+        return Response(status_code=202)
 
-    @app.put("/v1/fota-jobs/{jobId}/cancel", dependencies=auth, responses=errors)
-    async def cancel_job(jobId: str) -> JobOut:
+    @app.put("/v1/fota-jobs/{jobId}/cancel", status_code=202, dependencies=auth, responses=errors)
+    async def cancel_job(jobId: str) -> Response:
         run(lambda m, now: m.cancel_job(jobId, now))
-        return JobOut.of(model, model.job(jobId))
+        return Response(status_code=202)
 
-    @app.delete("/v1/fota-jobs/{jobId}", status_code=204, dependencies=auth, responses=errors)
+    @app.delete("/v1/fota-jobs/{jobId}", status_code=202, dependencies=auth, responses=errors)
     async def delete_job(jobId: str) -> Response:
+        """The job disappears from the lists; its executions stay (nRF Cloud: "Does not affect executions
+        associated with this job")."""
         run(lambda m, now: m.delete_job(jobId, now))
-        return Response(status_code=204)
+        return Response(status_code=202)
 
     # ------------------------------------------------------------------------------------ executions
     @app.get("/v1/fota-job-execution-statuses/{jobId}", dependencies=auth, responses=errors)
@@ -177,21 +184,23 @@ def create_app(service: FotaService, *, token: str) -> FastAPI:
     async def fetch_execution(deviceId: str, jobId: str) -> ExecutionOut:
         return ExecutionOut.of(model.execution(deviceId, jobId))
 
-    @app.patch("/v1/fota-job-executions/{deviceId}/{jobId}", dependencies=auth, responses=errors)
-    async def update_execution(deviceId: str, jobId: str, body: UpdateExecution) -> ExecutionOut:
-        status = ExecutionStatus[body.status]
+    @app.patch(
+        "/v1/fota-job-executions/{deviceId}/{jobId}", status_code=202, dependencies=auth, responses=errors
+    )
+    async def update_execution(deviceId: str, jobId: str, body: UpdateExecution) -> Response:
+        status = ExecutionStatus.from_name(body.status)
         run(
             lambda m, now: m.update_execution(
                 deviceId, jobId, status, now, details=body.details, progress=body.progress
             )
         )
-        return ExecutionOut.of(model.execution(deviceId, jobId))
+        return Response(status_code=202)
 
     # ------------------------------------------------------------------------------------- firmwares
-    @app.post("/v1/firmwares", status_code=201, dependencies=auth, responses=errors)
+    @app.post("/v1/firmwares", status_code=202, dependencies=auth, responses=errors)
     async def upload_firmware(
         request: Request, name: str = "", version: str = "", description: str = ""
-    ) -> BundleOut:
+    ) -> UploadAccepted:
         """The body is the zip itself (`application/zip`), or base64 of it as nRF Cloud's API takes."""
         body = bytearray()
         async for chunk in request.stream():
@@ -205,7 +214,10 @@ def create_app(service: FotaService, *, token: str) -> FastAPI:
             except binascii.Error as exc:
                 raise InvalidRequest("body is neither a zip nor base64 of one") from exc
         bundle = service.upload_bundle(data, name=name, version=version, description=description)
-        return _bundle_out(bundle_id=bundle.bundle_id)
+        return UploadAccepted(uris=_uris(bundle.bundle_id))
+
+    def _uris(bundle_id: str) -> list[str]:
+        return [f"{model.tenant}/{bundle_id}/{n}" for n, _ in model.bundles[bundle_id].files]
 
     def _bundle_out(bundle_id: str) -> BundleOut:
         b = model.bundles[bundle_id]
@@ -213,10 +225,11 @@ def create_app(service: FotaService, *, token: str) -> FastAPI:
             bundleId=b.bundle_id,
             name=b.name,
             description=b.description,
-            firmwareType=b.firmware_type.name,
+            type=b.firmware_type.name,
             version=b.version,
             size=b.file_size,
-            files=[f"{model.tenant}/{b.bundle_id}/{n}" for n, _ in b.files],
+            filenames=[n for n, _ in b.files],
+            uris=_uris(b.bundle_id),
             createdAt=iso(b.created_at),
         )
 

@@ -162,11 +162,16 @@ for _command in (job, bundle, device, group_cmd, execution):
 
 @job.command("create")
 @click.option("--bundle", "bundle_id", required=True)
-@click.option("--name", required=True)
+@click.option("--name", default="")
 @click.option("--description", default="")
 @click.option("--device", "devices", multiple=True, help="device id (repeatable)")
 @click.option("--tag", "tags", multiple=True, help="group name (repeatable)")
-@click.option("--apply/--no-apply", default=False, help="deploy at once (autoApply)")
+@click.option(
+    "--apply/--no-apply",
+    default=True,
+    show_default=True,
+    help="deploy at once (autoApply, nRF Cloud's default)",
+)
 @click.pass_context
 def job_create(
     ctx: click.Context,
@@ -214,7 +219,7 @@ def job_list(ctx: click.Context, as_json: bool) -> None:
         s = j["executionStats"]
         table.add_row(
             j["jobId"],
-            j["name"],
+            j["name"] or "",
             j["status"],
             j["statusDetail"] or "",
             j["firmware"]["firmwareType"],
@@ -234,8 +239,10 @@ def job_show(ctx: click.Context, job_id: str) -> None:
 @click.argument("job_id")
 @click.pass_context
 def job_apply(ctx: click.Context, job_id: str) -> None:
-    """Deploy a CREATED job (a retry job, or one created without --apply)."""
-    result = _api(ctx).call("POST", f"/fota-jobs/{job_id}/apply")
+    """Deploy a CREATED job (a retry job, or one created with --no-apply)."""
+    api = _api(ctx)
+    api.call("POST", f"/fota-jobs/{job_id}/apply")  # 202, empty, as nRF Cloud answers
+    result = api.call("GET", f"/fota-jobs/{job_id}")
     click.echo(f"{result['status']} {result['statusDetail'] or ''}".strip())
 
 
@@ -243,7 +250,9 @@ def job_apply(ctx: click.Context, job_id: str) -> None:
 @click.argument("job_id")
 @click.pass_context
 def job_cancel(ctx: click.Context, job_id: str) -> None:
-    click.echo(_api(ctx).call("PUT", f"/fota-jobs/{job_id}/cancel")["status"])
+    api = _api(ctx)
+    api.call("PUT", f"/fota-jobs/{job_id}/cancel")
+    click.echo(api.call("GET", f"/fota-jobs/{job_id}")["status"])
 
 
 @job.command("delete")
@@ -256,7 +265,8 @@ def job_delete(ctx: click.Context, job_id: str) -> None:
 def _watch_table(job_doc: dict[str, Any], executions: list[dict[str, Any]]) -> Table:
     s = job_doc["executionStats"]
     title = (
-        f"{job_doc['name']} [{job_doc['status']}] {s['completedExecutions']}/{s['devices']} done · "
+        f"{job_doc['name'] or job_doc['jobId']} [{job_doc['status']}] "
+        f"{s['completedExecutions']}/{s['devices']} done · "
         f"queued {s['queued']} · downloading {s['downloading']} · in progress {s['inProgress']} · "
         f"succeeded {s['succeeded']} · failed {s['failed']} · timed out {s['timedOut']} · "
         f"rejected {s['rejected']} · cancelled {s['cancelled']}"
@@ -307,7 +317,7 @@ def job_watch(ctx: click.Context, job_id: str, interval: float) -> None:
 @click.option("--description", default="")
 @click.pass_context
 def bundle_upload(ctx: click.Context, zip_path: Path, name: str, version: str, description: str) -> None:
-    """Upload a Secure DFU zip (one image); prints the bundle id."""
+    """Upload nRF Cloud's bundle zip or an nrfutil package (one image); prints the bundle id."""
     params = {"name": name or zip_path.stem, "version": version, "description": description}
     result = _api(ctx).call(
         "POST",
@@ -316,7 +326,8 @@ def bundle_upload(ctx: click.Context, zip_path: Path, name: str, version: str, d
         content=zip_path.read_bytes(),
         headers={"content-type": "application/zip"},
     )
-    click.echo(result["bundleId"])
+    # UploadFirmware answers {uris}: `<tenant>/<bundleId>/<file>`, as nRF Cloud does
+    click.echo(result["uris"][0].split("/")[1])
 
 
 @bundle.command("list")

@@ -1,5 +1,9 @@
-"""Typed refusals of the job service. Each carries the HTTP status and nRF Cloud-style error code the REST
-layer answers with, so the model decides *what* is wrong and the edge only decides *how* to say it."""
+"""Typed refusals of the job service. Each carries the HTTP status and the error code the REST layer answers
+with, so the model decides *what* is wrong and the edge only decides *how* to say it.
+
+Codes keep nRF Cloud's meanings (its REST API's error table): 40000 bad request, 40100 access denied,
+40410 entity not found, 42200 validation failed. 40001 is nRF Cloud's "no valid device certificate", so it is
+never used here."""
 
 from __future__ import annotations
 
@@ -26,9 +30,19 @@ class Unauthorized(FotaError):
     error = "Unauthorized"
 
 
+class ValidationFailed(InvalidRequest):
+    """The request's data is invalid (nRF Cloud 42200 "Validation failed")."""
+
+    status = 422
+    code = 42200
+    error = "ValidationFailed"
+
+
 class NotFound(FotaError):
+    """nRF Cloud 40410 "Entity not found", whatever the entity."""
+
     status = 404
-    code = 40400
+    code = 40410
     error = "NotFound"
 
 
@@ -41,53 +55,43 @@ class JobNotFound(NotFound):
 
 
 class ExecutionNotFound(NotFound):
-    code = 40411
-
     def __init__(self, device_id: str, job_id: str) -> None:
         super().__init__(f"no execution of job {job_id} for device {device_id}")
 
 
 class BundleNotFound(NotFound):
-    code = 40412
-
     def __init__(self, bundle_id: str) -> None:
         super().__init__(f"bundle {bundle_id} not found")
 
 
 class DeviceNotFound(NotFound):
-    code = 40413
-
     def __init__(self, device_id: str) -> None:
         super().__init__(f"device {device_id} not found")
 
 
 class GroupNotFound(NotFound):
-    code = 40414
-
     def __init__(self, name: str) -> None:
         super().__init__(f"group {name} not found")
 
 
 class Conflict(FotaError):
+    """The state forbids it. nRF Cloud documents no code of its own for this; 409 with its generic 40000."""
+
     status = 409
-    code = 40900
+    code = 40000
     error = "Conflict"
 
 
 class InvalidJobState(Conflict):
-    code = 40910
-
     def __init__(self, job_id: str, status: str, action: str) -> None:
         super().__init__(f"cannot {action} job {job_id} in state {status}")
         self.job_status = status
 
 
 class ExecutionFinal(Conflict):
-    code = 40911
-
     def __init__(self, device_id: str, job_id: str, status: str) -> None:
         super().__init__(f"execution of job {job_id} for {device_id} is final ({status})")
 
 
-class BundleRejected(InvalidRequest):
-    code = 40020
+class BundleRejected(ValidationFailed):
+    pass

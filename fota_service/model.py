@@ -16,7 +16,8 @@ Job life cycle (seed: "FOTA job life cycle")::
     CREATED --apply--> [target validation] --ok--> IN_PROGRESS --all executions terminal--> COMPLETED
        |                        `--error--> CANCELLED (statusDetail = the validation error)
        |--cancel--> CANCELLED          IN_PROGRESS --cancel--> CANCELLED
-    CREATED | COMPLETED | CANCELLED --delete--> DELETION_IN_PROGRESS (gone from every list)
+    CREATED | COMPLETED | CANCELLED --delete--> DELETION_IN_PROGRESS (gone from every job list; its
+                                                executions stay, as nRF Cloud's DeleteFOTAJob leaves them)
 
 Target resolution happens at apply time: device ids ∪ current members of the target groups. Validation
 runs in this order: mixed BLE/IP target, too many gateways, a gateway without BLE FOTA, then eligibility
@@ -56,18 +57,7 @@ from fota_service.errors import (
     InvalidRequest,
     JobNotFound,
 )
-
-
-class FirmwareType(enum.IntEnum):
-    """FIRMWARE_TYPE of the job tuple (reference §3: 0, 1, 2, 5 verified; 3 and 4 from an SDK comment)."""
-
-    APP = 0
-    MODEM = 1
-    BOOT = 2
-    BOOTLOADER = 3
-    SOFTDEVICE = 4
-    MDM_FULL = 5
-
+from gateway_agent.cloud.wire import TERMINAL_STATUSES, BleJob, ExecutionStatus, FirmwareType
 
 SECURE_DFU_TYPES: frozenset[FirmwareType] = frozenset(
     {FirmwareType.APP, FirmwareType.MODEM, FirmwareType.SOFTDEVICE, FirmwareType.BOOTLOADER}
@@ -108,32 +98,6 @@ JOB_TRANSITIONS: dict[tuple[JobStatus, JobEvent], JobStatus] = {
 """Every job state change there is; anything else is refused with InvalidJobState."""
 
 
-class ExecutionStatus(enum.IntEnum):
-    """Wire values of STATUS (reference §3); REST uses the names (CANCELLED with two Ls)."""
-
-    QUEUED = 0
-    IN_PROGRESS = 1
-    FAILED = 2
-    SUCCEEDED = 3
-    TIMED_OUT = 4
-    CANCELLED = 5
-    REJECTED = 6
-    DOWNLOADING = 7
-
-    @property
-    def terminal(self) -> bool:
-        return self in TERMINAL_STATUSES
-
-
-TERMINAL_STATUSES: frozenset[ExecutionStatus] = frozenset(
-    {
-        ExecutionStatus.SUCCEEDED,
-        ExecutionStatus.FAILED,
-        ExecutionStatus.REJECTED,
-        ExecutionStatus.TIMED_OUT,
-        ExecutionStatus.CANCELLED,
-    }
-)
 _PENDING = (ExecutionStatus.QUEUED, ExecutionStatus.DOWNLOADING, ExecutionStatus.IN_PROGRESS)
 EXECUTION_TRANSITIONS: dict[ExecutionStatus, frozenset[ExecutionStatus]] = {
     **{
@@ -288,8 +252,9 @@ class Notify:
     path: str
     """Space-separated paths relative to host."""
 
-    def ble_tuple(self) -> list[str | int]:
-        return [self.device_id, self.job_id, int(self.firmware_type), self.file_size, self.host, self.path]
+    def ble_job(self) -> BleJob:
+        fw_type = int(self.firmware_type)
+        return BleJob(self.device_id, self.job_id, fw_type, self.file_size, self.host, self.path)
 
     def ip_tuple(self) -> list[str | int]:
         return [self.job_id, int(self.firmware_type), self.file_size, self.host, self.path]
@@ -312,7 +277,6 @@ class Changes:
     jobs: set[str] = field(default_factory=set)
     job_pending: set[str] = field(default_factory=set)
     """Jobs whose (large) pending rollout list changed; other job writes may skip it."""
-    deleted_jobs: set[str] = field(default_factory=set)
     executions: set[tuple[str, str]] = field(default_factory=set)
     deleted_executions: set[tuple[str, str]] = field(default_factory=set)
     devices: set[str] = field(default_factory=set)
@@ -324,7 +288,6 @@ class Changes:
         return any(
             (
                 self.jobs,
-                self.deleted_jobs,
                 self.executions,
                 self.deleted_executions,
                 self.devices,
@@ -525,12 +488,14 @@ class FotaModel:
         *,
         fota_v2_ble: bool | None = None,
         fota_v2: Sequence[str] | None = None,
-        connected: Iterable[str] = (),
+        peripherals: Iterable[str] = (),
     ) -> list[Effect]:
-        """A gateway's shadow report: its capabilities and the peripherals it is connected to.
+        """A gateway's shadow report: its capabilities and the peripherals it reports on.
 
         A `fota_v2_ble` of None means "not in this report" (shadow merge); False withdraws support.
-        Peripherals in statusConnections become (or move to be) connected to this gateway.
+        Peripherals in statusConnections become (or move to be) this gateway's, whether their link is up
+        at the moment or not: a gateway that links to a peripheral only to update it reports `connected`
+        false the rest of the time, and still serves it.
         """
         device = self.devices.get(gateway_id)
         if device is None:
@@ -544,7 +509,7 @@ class FotaModel:
             device.fota_v2 = frozenset(FirmwareType[t] for t in fota_v2 if t in FirmwareType.__members__)
         self.changes.devices.add(gateway_id)
         effects: list[Effect] = []
-        for address in connected:
+        for address in peripherals:
             peripheral = self.devices.get(address)
             if peripheral is None:
                 self.devices[address] = Device(address, DeviceKind.BLE, now, gateway_id=gateway_id)
@@ -694,18 +659,12 @@ class FotaModel:
         return []
 
     def delete_job(self, job_id: str, now: float) -> list[Effect]:
-        """Delete a COMPLETED, CREATED or CANCELLED job: DELETION_IN_PROGRESS, gone from every list; the
-        store then drops the job and its executions."""
+        """Delete a COMPLETED, CREATED or CANCELLED job: DELETION_IN_PROGRESS, gone from every job list and
+        fetch; its executions stay readable (nRF Cloud DeleteFOTAJob: "Does not affect executions associated
+        with this job"). In those states no execution is pending, so none is delivered again."""
         job = self.job(job_id)
         _transition(job, JobEvent.DELETE)
-        job.last_updated_at = now
-        for execution in list(self._by_job[job_id].values()):
-            self._unindex(execution)
-        del self.jobs[job_id]
-        del self._by_job[job_id]
-        self.changes.jobs.discard(job_id)
-        self.changes.job_pending.discard(job_id)
-        self.changes.deleted_jobs.add(job_id)
+        self._touch_job(job, now)
         return []
 
     def _touch_job(self, job: Job, now: float) -> None:
@@ -782,14 +741,17 @@ class FotaModel:
 
     # ------------------------------------------------------------------ executions
     def execution(self, device_id: str, job_id: str) -> Execution:
-        self.job(job_id)
+        """Executions outlive a deleted job."""
+        if job_id not in self.jobs:
+            raise JobNotFound(job_id)
         execution = self.executions.get((job_id, device_id))
         if execution is None:
             raise ExecutionNotFound(device_id, job_id)
         return execution
 
     def executions_of(self, job_id: str) -> list[Execution]:
-        self.job(job_id)
+        if job_id not in self.jobs:
+            raise JobNotFound(job_id)
         return sorted(self._by_job[job_id].values(), key=lambda e: e.seq)
 
     def pending_execution(self, device_id: str, job_id: str | None = None) -> Notify | None:
@@ -862,10 +824,11 @@ class FotaModel:
             self._create_retry(job, failed, now)
 
     def _create_retry(self, job: Job, failed: list[str], now: float) -> Job:
-        group = f"retry-{job.name}-{job.job_id}"
+        group = f"retry-{job.name or job.base_name or 'job'}-{job.job_id}"
         self.set_group(group, failed)
         number = job.retry_number + 1
-        name = f"{job.base_name} Retry" if number == 1 else f"{job.base_name} Retry {number}"
+        base = job.base_name or job.job_id
+        name = f"{base} Retry" if number == 1 else f"{base} Retry {number}"
         return self._add_job(
             self._new_id(),
             name,

@@ -1,16 +1,14 @@
 """MQTT side of the service: job requests and updates in, job notifications and shadow answers out.
 
-Thin: every message is parsed by a pydantic shape of `fota_service.schemas`, turned into one model command,
-and the resulting notifications are published by a single writer task. A malformed or refused message is
-logged and dropped; nothing a device sends can stop the loop. The bridge reconnects with a capped backoff and
-keeps unpublished notifications queued across reconnects (gateways also re-ask with `jobs/ble/req`).
+Thin: every topic and payload goes through the wire module (`gateway_agent.cloud.wire`), the same code the
+agent speaks, turned into one model command; the resulting notifications are published by a single writer
+task. A malformed or refused message is logged and dropped; nothing a device sends can stop the loop. The
+bridge reconnects with a capped backoff and keeps unpublished notifications queued across reconnects
+(gateways also re-ask with `jobs/ble/req`).
 
-Topics (prefix e.g. `prod/<tenant>/`, device id `+`):
-  in   <prefix>+/jobs/ble/req, <prefix>+/jobs/ble/update, <prefix>+/jobs/req, <prefix>+/jobs/update,
-       $aws/things/+/shadow/update, $aws/things/+/shadow/get, <prefix>+/shadow/update, <prefix>+/shadow/get
-  out  <prefix><gw>/jobs/ble/rcv, <prefix><dev>/jobs/rcv, <gw>/shadow/get/accepted,
-       $aws/things/<gw>/shadow/get/accepted, <prefix><gw>/shadow/get/accepted,
-       $aws/things/<gw>/shadow/update/delta
+Subscriptions: every device's job requests and updates (BLE and IP) under the prefix, and shadow gets and
+reports in all three shadow conventions (`wire.ShadowConvention`); a get is answered on the topic of the
+convention it came in.
 """
 
 from __future__ import annotations
@@ -19,15 +17,31 @@ import asyncio
 import json
 import logging
 import ssl
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import aiomqtt
 
 from fota_service.errors import FotaError
 from fota_service.model import DesiredChanged, Effect, Notify
-from fota_service.schemas import BleJobRequest, JobUpdate, PayloadError, ShadowReport
 from fota_service.service import FotaService
+from gateway_agent.cloud.wire import (
+    JobTopic,
+    JobUpdate,
+    ShadowAction,
+    ShadowConvention,
+    ShadowTopics,
+    delta_document,
+    job_subscriptions,
+    job_topic,
+    parse_ip_job_request,
+    parse_job_request,
+    parse_job_topic,
+    parse_shadow_topic,
+    read_report,
+    shadow_document,
+    shadow_subscriptions,
+)
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +73,8 @@ class MqttBridge:
         self._outbox: asyncio.Queue[Outgoing] = asyncio.Queue()
         self._reported: dict[str, dict[str, Any]] = {}
         self._versions: dict[str, int] = {}
+        self._conventions: dict[str, ShadowConvention] = {}
+        """the shadow convention each gateway last used (deltas go where it listens)"""
         self.connected = asyncio.Event()
         self.handled = 0
         self.sessions = 0
@@ -72,20 +88,22 @@ class MqttBridge:
         if isinstance(effect, Notify):
             self._queue_notify(effect)
         elif isinstance(effect, DesiredChanged):
-            desired = {"desiredConnections": self.service.model.peripherals_of(effect.gateway_id)}
-            self._send(
-                f"$aws/things/{effect.gateway_id}/shadow/update/delta",
-                {"state": desired, "version": self._bump(effect.gateway_id)},
-            )
+            gateway = effect.gateway_id
+            desired = {"desiredConnections": self.service.model.peripherals_of(gateway)}
+            topics = self._shadow_topics(gateway, self._conventions.get(gateway, ShadowConvention.AWS))
+            self._send(topics.delta, delta_document(desired, self._bump(gateway)))
+
+    def _shadow_topics(self, device_id: str, convention: ShadowConvention) -> ShadowTopics:
+        return ShadowTopics(device_id, convention, self.prefix)
 
     def _queue_notify(self, n: Notify) -> None:
         if n.gateway_id is not None:
-            self._send(f"{self.prefix}{n.gateway_id}/jobs/ble/rcv", n.ble_tuple())
+            self._send(job_topic(self.prefix, n.gateway_id, JobTopic.BLE_RECEIVE), n.ble_job().encode())
         else:
-            self._send(f"{self.prefix}{n.device_id}/jobs/rcv", n.ip_tuple())
+            self._send(job_topic(self.prefix, n.device_id, JobTopic.RECEIVE), _json(n.ip_tuple()))
 
-    def _send(self, topic: str, value: object) -> None:
-        self._outbox.put_nowait(Outgoing(topic, json.dumps(value, separators=(",", ":")).encode()))
+    def _send(self, topic: str, payload: bytes) -> None:
+        self._outbox.put_nowait(Outgoing(topic, payload))
 
     def _bump(self, gateway_id: str) -> int:
         self._versions[gateway_id] = self._versions.get(gateway_id, 0) + 1
@@ -115,16 +133,7 @@ class MqttBridge:
             s.host, s.port, identifier=s.client_id, tls_context=s.tls_context, keepalive=s.keepalive
         ) as client:
             p = self.prefix
-            for topic in (
-                f"{p}+/jobs/ble/req",
-                f"{p}+/jobs/ble/update",
-                f"{p}+/jobs/req",
-                f"{p}+/jobs/update",
-                f"{p}+/shadow/update",
-                f"{p}+/shadow/get",
-                "$aws/things/+/shadow/update",
-                "$aws/things/+/shadow/get",
-            ):
+            for topic in (*job_subscriptions(p), *shadow_subscriptions(p)):
                 await client.subscribe(topic, qos=1)
             log.info("mqtt connected", extra={"host": s.host, "port": s.port, "prefix": p})
             self.connected.set()
@@ -177,90 +186,83 @@ class MqttBridge:
         """Dispatch one incoming message; never raises for anything a device can send."""
         try:
             self._dispatch(topic, payload)
-        except (PayloadError, FotaError) as exc:
+        except (ValueError, FotaError) as exc:
             log.warning("mqtt message refused", extra={"topic": topic, "reason": str(exc)})
         except Exception:  # a bug must not take the bridge down; it is logged with its traceback
             log.exception("mqtt message handling failed", extra={"topic": topic})
 
     def _dispatch(self, topic: str, payload: bytes) -> None:
-        if topic.startswith("$aws/things/"):
-            parts = topic.split("/")
-            if len(parts) == 5 and parts[3] == "shadow":
-                self._shadow(parts[2], parts[4], payload, aws=True)
+        shadow = parse_shadow_topic(self.prefix, topic)
+        if shadow is not None:
+            self._shadow(*shadow, payload)
             return
-        if not topic.startswith(self.prefix):
+        job = parse_job_topic(self.prefix, topic)
+        if job is None:
             return
-        device_id, _, rest = topic[len(self.prefix) :].partition("/")
-        if rest == "jobs/ble/req":
-            request = BleJobRequest.parse(payload)
-            pending = self.service.model.pending_execution(request.peripheral_id, request.job_id)
+        device_id, kind = job
+        if kind is JobTopic.BLE_REQUEST:
+            peripheral_id, job_id = parse_job_request(payload)
+            pending = self.service.model.pending_execution(peripheral_id, job_id)
             if pending is not None and pending.gateway_id is not None:
                 # answered to the asking gateway: it is the one connected to the peripheral now
-                self._send(f"{self.prefix}{device_id}/jobs/ble/rcv", pending.ble_tuple())
-        elif rest == "jobs/ble/update":
-            update = JobUpdate.parse_ble(payload)
-            self._update(update)
-        elif rest == "jobs/req":
-            job_id = _ip_request(payload)
-            pending = self.service.model.pending_execution(device_id, job_id)
+                self._send(
+                    job_topic(self.prefix, device_id, JobTopic.BLE_RECEIVE), pending.ble_job().encode()
+                )
+        elif kind is JobTopic.BLE_UPDATE:
+            self._update(JobUpdate.decode(payload))
+        elif kind is JobTopic.REQUEST:
+            pending = self.service.model.pending_execution(device_id, parse_ip_job_request(payload))
             if pending is not None and pending.gateway_id is None:
-                self._send(f"{self.prefix}{device_id}/jobs/rcv", pending.ip_tuple())
-        elif rest == "jobs/update":
-            self._update(JobUpdate.parse_ip(device_id, payload))
-        elif rest in ("shadow/update", "shadow/get"):
-            self._shadow(device_id, rest.split("/")[1], payload, aws=False)
+                self._send(job_topic(self.prefix, device_id, JobTopic.RECEIVE), _json(pending.ip_tuple()))
+        elif kind is JobTopic.UPDATE:
+            self._update(replace(JobUpdate.decode_ip(payload), peripheral_id=device_id))
 
     def _update(self, u: JobUpdate) -> None:
         effects = self.service.run(
             lambda m, now: m.update_execution(
-                u.device_id, u.job_id, u.status, now, details=u.details, progress=u.progress
+                u.peripheral_id, u.job_id, u.status, now, details=u.details, progress=u.progress
             )
         )
         log.debug(
             "execution update",
             extra={
-                "device": u.device_id,
+                "device": u.peripheral_id,
                 "job_id": u.job_id,
                 "status": u.status.name,
                 "rolled": len(effects),
             },
         )
 
-    def _shadow(self, gateway_id: str, action: str, payload: bytes, *, aws: bool) -> None:
-        if action == "update":
-            report = ShadowReport.parse(payload)
-            self._reported.setdefault(gateway_id, {}).update(report.reported)
+    def _shadow(
+        self, device_id: str, convention: ShadowConvention, action: ShadowAction, payload: bytes
+    ) -> None:
+        self._conventions[device_id] = convention
+        if action is ShadowAction.UPDATE:
+            report = read_report(payload)
+            reported = self._reported.setdefault(device_id, {})
+            reported.update(report.reported)
             self.service.run(
                 lambda m, now: m.gateway_reported(
-                    gateway_id,
+                    device_id,
                     now,
                     fota_v2_ble=report.fota_v2_ble,
                     fota_v2=report.fota_v2,
-                    connected=report.connected,
+                    peripherals=[a for a, state in report.connections.items() if state is not None],
                 )
             )
-        elif action == "get":
-            desired = {
-                "nrfcloud_mqtt_topic_prefix": self.prefix,
-                "desiredConnections": self.service.model.peripherals_of(gateway_id),
-            }
-            reported = self._reported.get(gateway_id, {})
-            version = self._versions.get(gateway_id, 0)
-            full = {"state": {"desired": desired, "reported": reported}, "version": version}
-            if aws:
-                self._send(f"$aws/things/{gateway_id}/shadow/get/accepted", full)
-                # nRF Cloud's trimmed copy: the state without the AWS envelope
-                self._send(f"{gateway_id}/shadow/get/accepted", {"desired": desired, "reported": reported})
-            else:
-                self._send(f"{self.prefix}{gateway_id}/shadow/get/accepted", full)
+            return
+        desired = {
+            "nrfcloud_mqtt_topic_prefix": self.prefix,
+            "desiredConnections": self.service.model.peripherals_of(device_id),
+        }
+        reported = self._reported.get(device_id, {})
+        version = self._versions.get(device_id, 0)
+        topics = self._shadow_topics(device_id, convention)
+        trimmed = convention is not ShadowConvention.PREFIXED
+        self._send(topics.get_accepted, shadow_document(desired, reported, version, trimmed=trimmed))
+        if topics.aws_get_accepted is not None:
+            self._send(topics.aws_get_accepted, shadow_document(desired, reported, version, trimmed=False))
 
 
-def _ip_request(payload: bytes) -> str | None:
-    """`jobs/req`: `[""]` for the latest queued execution, or `["<JOB_ID>"]`."""
-    try:
-        items = json.loads(payload)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise PayloadError(f"not JSON: {exc}") from exc
-    if not isinstance(items, list) or len(items) != 1 or not isinstance(items[0], str):
-        raise PayloadError('expected [""] or ["<JOB_ID>"]')
-    return items[0] or None
+def _json(value: object) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode()

@@ -12,11 +12,10 @@ from fota_service.model import (
     Device,
     Execution,
     ExecutionStats,
-    ExecutionStatus,
-    FirmwareType,
     FotaModel,
     Job,
 )
+from gateway_agent.cloud.wire import ExecutionStatus, FirmwareType
 
 ExecutionStatusName = Literal[
     "QUEUED", "IN_PROGRESS", "DOWNLOADING", "SUCCEEDED", "FAILED", "REJECTED", "TIMED_OUT", "CANCELLED"
@@ -43,12 +42,20 @@ class _In(BaseModel):
 
 
 class CreateJob(_In):
+    """nRF Cloud's CreateJobInput: `autoApply` defaults to true, `name` is optional, `deviceIdentifiers` is
+    the deprecated spelling of `deviceIds` (still sent by hello.nrfcloud.com's backend)."""
+
     bundleId: str = Field(min_length=1)  # nRF Cloud field names
-    name: str = Field(min_length=1, max_length=256)
+    name: str = Field(default="", max_length=256)
     description: str = Field(default="", max_length=1024)
-    autoApply: bool = False
+    autoApply: bool = True
     deviceIds: list[str] = Field(default_factory=list, max_length=10_000)
+    deviceIdentifiers: list[str] = Field(default_factory=list, max_length=10_000)
     tags: list[str] = Field(default_factory=list, max_length=100)
+
+    @property
+    def devices(self) -> list[str]:
+        return list(dict.fromkeys([*self.deviceIds, *self.deviceIdentifiers]))
 
 
 class JobCreated(BaseModel):
@@ -152,14 +159,23 @@ class UpdateExecution(_In):
 
 
 class BundleOut(BaseModel):
+    """A ListFirmware item, in nRF Cloud's field names (hello.nrfcloud.com's recorded responses)."""
+
     bundleId: str
     name: str
     description: str
-    firmwareType: FirmwareTypeName
+    type: FirmwareTypeName
     version: str
     size: int
-    files: list[str]
+    filenames: list[str]
+    uris: list[str]
     createdAt: str | None
+
+
+class UploadAccepted(BaseModel):
+    """UploadFirmware's answer (202): the hosted files, `<tenant>/<bundleId>/<file>`."""
+
+    uris: list[str]
 
 
 class BundlePage(BaseModel):

@@ -9,29 +9,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
-import posixpath
 import time
 import uuid
 from collections.abc import Callable
 
-from dfu.errors import PackageError
-from dfu.init_packet import FwType
-from dfu.package import DfuPackage
-from fota_service.errors import BundleRejected
-from fota_service.model import Bundle, Effect, FirmwareType, FotaModel, RolloutConfig
+from fota_service.bundles import bundle_id, read_upload
+from fota_service.model import (
+    Bundle,
+    Effect,
+    FotaModel,
+    RolloutConfig,
+)
 from fota_service.store import Store
 
 log = logging.getLogger(__name__)
-
-_FW_TYPES: dict[FwType, FirmwareType] = {
-    FwType.APPLICATION: FirmwareType.APP,
-    FwType.EXTERNAL_APPLICATION: FirmwareType.APP,
-    FwType.SOFTDEVICE: FirmwareType.SOFTDEVICE,
-    FwType.SOFTDEVICE_BOOTLOADER: FirmwareType.SOFTDEVICE,
-    FwType.BOOTLOADER: FirmwareType.BOOTLOADER,
-}
-"""Init packet type → job FIRMWARE_TYPE. SoftDevice+bootloader goes as SOFTDEVICE: it replaces the stack."""
 
 Listener = Callable[[Effect], None]
 
@@ -95,41 +88,22 @@ class FotaService:
     def upload_bundle(
         self, data: bytes, *, name: str = "", version: str = "", description: str = ""
     ) -> Bundle:
-        """Validate a Secure DFU zip and keep its init packet and image as a bundle.
-
-        One image per bundle: the job tuple carries exactly one init packet and one image, so a multi-image
-        zip (SoftDevice + application, say) is refused; upload each image as its own bundle and deploy them
-        in send order (SoftDevice/bootloader first).
-        """
-        try:
-            package = DfuPackage.from_zip(data)
-        except PackageError as exc:
-            raise BundleRejected(f"not a valid Secure DFU package: {exc}") from exc
-        if len(package.images) != 1:
-            kinds = ", ".join(i.kind.value for i in package.images)
-            raise BundleRejected(
-                f"a bundle must hold exactly one image (init packet + image); this zip holds {kinds}: "
-                "upload each image as its own package"
-            )
-        (image,) = package.images
-        if image.init.fw_type is None:
-            raise BundleRejected("the init packet has no firmware type")
-        stem = image.kind.value
-        dat_name = posixpath.basename(image.dat_file or f"{stem}.dat")
-        bin_name = posixpath.basename(image.bin_file or f"{stem}.bin")
-        if dat_name == bin_name:
-            raise BundleRejected("init packet and image have the same file name")
-        fw_version = image.init.fw_version
+        """Validate an uploaded zip (nRF Cloud's bundle zip or an nrfutil package, `bundles.py`) and host its
+        init packet and image as one bundle. One image per bundle: the job tuple carries exactly one init
+        packet and one image, so upload each image of a multi-image package as its own bundle and deploy
+        them in send order (SoftDevice/bootloader first)."""
+        upload = read_upload(data, name=name, version=version, description=description)
+        token = hashlib.sha256(self.new_id().encode()).hexdigest()[:8]  # 8 hex digits from a fresh id
         bundle = Bundle(
-            bundle_id=self.new_id(),
-            name=name or stem,
-            firmware_type=_FW_TYPES[image.init.fw_type],
-            version=version or (str(fw_version) if fw_version is not None else "unknown"),
-            files=((dat_name, len(image.init_packet)), (bin_name, len(image.firmware))),
+            bundle_id=bundle_id(upload.firmware_type, token, upload.version),
+            name=upload.name,
+            firmware_type=upload.firmware_type,
+            version=upload.version,
+            files=tuple((file, len(blob)) for file, blob in upload.files),
             created_at=self.clock(),
-            description=description,
+            description=upload.description,
         )
-        self.store.save_files(bundle.bundle_id, {dat_name: image.init_packet, bin_name: image.firmware})
+        self.store.save_files(bundle.bundle_id, dict(upload.files))
         self.run(lambda m, _now: _add_bundle(m, bundle))
         log.info("bundle uploaded", extra={"bundle_id": bundle.bundle_id, "type": bundle.firmware_type.name})
         return bundle

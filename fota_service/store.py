@@ -39,14 +39,13 @@ from fota_service.model import (
     Device,
     DeviceKind,
     Execution,
-    ExecutionStatus,
-    FirmwareType,
     FotaModel,
     Job,
     JobDocument,
     JobStatus,
     JobTarget,
 )
+from gateway_agent.cloud.wire import ExecutionStatus, FirmwareType
 
 log = logging.getLogger(__name__)
 
@@ -160,9 +159,6 @@ class Store:
         if not changes:
             return
         with self.engine.begin() as conn:
-            for job_id in changes.deleted_jobs:
-                conn.execute(delete(executions).where(executions.c.job_id == job_id))
-                conn.execute(delete(jobs).where(jobs.c.job_id == job_id))
             for job_id, device_id in changes.deleted_executions:
                 conn.execute(
                     delete(executions).where(

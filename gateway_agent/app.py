@@ -27,11 +27,17 @@ from dfu.errors import PackageError
 from dfu.package import DfuPackage
 from dfu.transport.backend import BleBackend
 from gateway_agent.cloud.connection import CloudLink, LinkSettings
-from gateway_agent.cloud.messages import FileRole, JobUpdate, job_request_payload
-from gateway_agent.cloud.shadow import ShadowView
+from gateway_agent.cloud.wire import DesiredState, JobUpdate, LinkState, job_request
 from gateway_agent.config import AgentConfig
 from gateway_agent.dfu_runner import DfuRunner, UpdaterRunner
-from gateway_agent.download import DownloadError, DownloadPolicy, download_job, job_directory
+from gateway_agent.download import (
+    Downloaded,
+    DownloadError,
+    DownloadPolicy,
+    download_job,
+    job_directory,
+    job_files,
+)
 from gateway_agent.jobs import (
     DfuOutcome,
     Dropped,
@@ -49,6 +55,7 @@ from gateway_agent.jobs import (
 )
 from gateway_agent.journal import Journal, MessageKind, OutboxMessage
 from gateway_agent.logs import kv
+from gateway_agent.roster import Roster
 from profiles.model import PeripheralProfile, load_profile
 
 log = logging.getLogger("gateway_agent")
@@ -83,7 +90,7 @@ def link_settings(cfg: AgentConfig) -> LinkSettings:
         cert_file=str(b.cert_file),
         key_file=str(b.key_file),
         topic_prefix=cfg.cloud.topic_prefix,
-        shadow_family=cfg.cloud.shadow_topics,
+        shadow_convention=cfg.cloud.shadow_topics,
         keepalive_s=b.keepalive_s,
         connect_timeout_s=b.connect_timeout_s,
         reconnect_min_s=b.reconnect_min_s,
@@ -91,13 +98,16 @@ def link_settings(cfg: AgentConfig) -> LinkSettings:
     )
 
 
-def load_package(files: dict[FileRole, Path]) -> DfuPackage:
-    """The downloaded files as a DFU package (a .dat + .bin pair, or a zip). Raises PackageError."""
-    if FileRole.PACKAGE in files:
-        return DfuPackage.load(files[FileRole.PACKAGE])
-    return DfuPackage.from_pair(
-        files[FileRole.INIT_PACKET].read_bytes(), files[FileRole.FIRMWARE].read_bytes()
-    )
+def load_package(files: list[Downloaded]) -> DfuPackage:
+    """The downloaded files as a DFU package: an init packet and an image in either order, or a zip; the
+    bytes decide which is which (`DfuPackage.from_files`). Raises PackageError."""
+    blobs: list[tuple[str, bytes]] = []
+    for f in files:
+        try:
+            blobs.append((f.remote_name, f.path.read_bytes()))
+        except OSError as exc:
+            raise PackageError(f"{f.remote_name}: cannot read the downloaded file: {exc.strerror}") from exc
+    return DfuPackage.from_files(blobs)
 
 
 class Notifier:
@@ -130,7 +140,7 @@ class Agent:
         self._backend = backend
         self._runner = runner
         self.notifier = notifier or Notifier()
-        self._profiles: dict[str, str] = {p.address: p.profile for p in cfg.peripherals}
+        self.roster = Roster({p.address: p.profile for p in cfg.peripherals}, cfg.dfu.default_profile)
         self._profile_cache: dict[str, PeripheralProfile] = {}
         policy = JobPolicy(
             firmware_types={k: frozenset(v) for k, v in cfg.dfu.firmware_types.items()},
@@ -138,16 +148,15 @@ class Agent:
             progress_step_percent=cfg.dfu.progress_step_percent,
             progress_interval_s=cfg.dfu.progress_interval_s,
             admit=self.download_policy.admit,
-            serve_any_peripheral=cfg.dfu.default_profile is not None,
         )
-        self.jobs = Jobs(policy, self._profiles)
+        self.jobs = Jobs(policy, self.roster.served)
         self.link = CloudLink(
             link_settings(cfg),
             self.journal,
             on_job=self._on_job,
             on_shadow=self._on_shadow,
             on_connected=self._on_connected,
-            peripherals=self._peripheral_status,
+            peripherals=self.roster.report,
         )
         self._tasks: dict[ExecKey, asyncio.Task[None]] = {}
         self.stats = Stats()
@@ -158,8 +167,9 @@ class Agent:
     def _now(self) -> float:
         return asyncio.get_running_loop().time()
 
-    def _peripheral_status(self) -> dict[str, bool]:
-        return dict.fromkeys(self.jobs.peripherals, True)
+    def _set_link(self, address: str, state: LinkState) -> None:
+        if self.roster.set_link(address, state):
+            self.link.report_links({address: state})
 
     def _apply(self, effects: list[Effect]) -> None:
         """Persist the core's changes and the statuses they imply atomically, then act on the effects."""
@@ -169,9 +179,7 @@ class Agent:
                 messages.append(_update_message(e.update))
             elif isinstance(e, RequestJobs):
                 messages.append(
-                    OutboxMessage(
-                        MessageKind.REQUEST, e.peripheral_id, "", job_request_payload(e.peripheral_id)
-                    )
+                    OutboxMessage(MessageKind.REQUEST, e.peripheral_id, "", job_request(e.peripheral_id))
                 )
         self.journal.commit(self.jobs.take_dirty(), messages)
         if messages:
@@ -224,28 +232,28 @@ class Agent:
     def _on_connected(self) -> None:
         self._apply(self.jobs.on_connected())
 
-    def _on_shadow(self, view: ShadowView) -> None:
-        """desiredConnections adds peripherals (with `dfu.default_profile`); configured ones always stay."""
+    def _on_shadow(self, view: DesiredState) -> None:
+        """desiredConnections names the peripherals to serve (with `dfu.default_profile` unless pinned)."""
         if view.desired_connections is None:
             return
-        learned = set(view.desired_connections) - set(self._profiles)
-        if learned and self.cfg.dfu.default_profile is None:
-            for address in sorted(learned):
-                log.warning(
-                    "peripheral_without_profile", extra=kv(peripheral=address, hint="set dfu.default_profile")
-                )
-            learned = set()
-        wanted = set(self._profiles) | learned
-        if wanted != set(self.jobs.peripherals):
-            log.info("peripherals_changed", extra=kv(peripherals=",".join(sorted(wanted))))
-            self._apply(self.jobs.set_peripherals(wanted))
-            task = asyncio.get_running_loop().create_task(self.link.report_shadow())
-            task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        change = self.roster.set_desired(view.desired_connections)
+        if not change:
+            return
+        log.info(
+            "peripherals_changed",
+            extra=kv(
+                added=",".join(change.added) or None,
+                removed=",".join(change.removed) or None,
+                served=len(self.roster.served),
+            ),
+        )
+        self._apply(self.jobs.set_peripherals(self.roster.served))
+        self.link.report_links(
+            {**{a: None for a in change.removed}, **{a: self.roster.link(a) for a in change.added}}
+        )
 
     def profile_for(self, address: str) -> PeripheralProfile:
-        name = self._profiles.get(address) or self.cfg.dfu.default_profile
-        if name is None:
-            raise PackageError(f"no profile configured for {address}")
+        name = self.roster.profile_name(address)
         if name not in self._profile_cache:
             self._profile_cache[name] = load_profile(name)
         return self._profile_cache[name]
@@ -294,8 +302,7 @@ class Agent:
         fields = {"job": offer.job_id, "peripheral": offer.peripheral_id}
         outcome, text = DfuOutcome.SUCCEEDED, ""
         try:
-            files = {f.role: job_directory(self.state_dir, *key) / f.name for f in offer.files}
-            package = load_package(files)
+            package = load_package(job_files(offer, job_directory(self.state_dir, *key)))
             profile = self.profile_for(offer.peripheral_id)
             log.info(
                 "dfu_started", extra=kv(**fields, profile=profile.name, bytes=package.total_firmware_bytes)
@@ -304,7 +311,13 @@ class Agent:
             def progress(sent: int, total: int) -> None:
                 self._feed(lambda now: self.jobs.on_dfu_progress(key, sent, total, now))
 
-            result = await self.runner().run(offer.peripheral_id, profile, package, progress)
+            def link(state: LinkState) -> None:
+                self._set_link(offer.peripheral_id, state)
+
+            try:
+                result = await self.runner().run(offer.peripheral_id, profile, package, progress, link)
+            finally:
+                self._set_link(offer.peripheral_id, LinkState.DISCONNECTED)
             self.stats.dfus += 1
             self.stats.dfu_bytes += package.total_firmware_bytes
             log.info(
@@ -389,7 +402,7 @@ class Agent:
 
 
 def _update_message(u: JobUpdate) -> OutboxMessage:
-    return OutboxMessage(MessageKind.UPDATE, u.peripheral_id, u.job_id, u.payload())
+    return OutboxMessage(MessageKind.UPDATE, u.peripheral_id, u.job_id, u.encode())
 
 
 def _remove_tree(path: Path) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextvars
 import enum
-import re
 import ssl
 import sys
 import tomllib
@@ -26,8 +25,11 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-ADDRESS_RE = re.compile(r"^[0-9A-F]{2}(:[0-9A-F]{2}){5}$")
+from gateway_agent.cloud.wire import ADDRESS_RE, PREFIX_RE, ShadowConvention
+
 ENV_PREFIX = "GATEWAY_AGENT__"
+DEFAULT_PROFILE = "generic-nrf52"
+"""A generic nRF52 with a stock nRF5 SDK BLE secure bootloader: for boards nobody described."""
 
 
 def normalize_address(value: str) -> str:
@@ -100,8 +102,11 @@ class CloudSection(_Section):
         description="`<stage>/<tenant>/` (trailing slash); learned from the shadow's "
         "`nrfcloud_mqtt_topic_prefix` when not set",
     )
-    shadow_topics: Literal["aws", "prefixed"] = Field(
-        "aws", description='"aws": `$aws/things/<gw>/shadow/...`; "prefixed": `<prefix><gw>/shadow/...`'
+    shadow_topics: ShadowConvention = Field(
+        ShadowConvention.AWS,
+        description='shadow topic convention: "aws" (sdk-nrf\'s original: `$aws/things/<gw>/shadow/get`, '
+        'answers on `<gw>/shadow/get/accepted`), "trim" (sdk-nrf\'s current: `<gw>/shadow/get/trim` → '
+        '`<gw>/shadow/get/accepted/trim`), "prefixed" (gateway-common: `<prefix><gw>/shadow/...`)',
     )
 
     @field_validator("topic_prefix")
@@ -109,13 +114,13 @@ class CloudSection(_Section):
     def _prefix(cls, value: str | None) -> str | None:
         if value is None:
             return None
-        if not re.match(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*/$", value):
+        if not PREFIX_RE.match(value):
             raise ValueError("must look like `prod/<tenant>/` (segments, trailing slash, no wildcards)")
         return value
 
     @model_validator(mode="after")
     def _prefixed_needs_prefix(self) -> CloudSection:
-        if self.shadow_topics == "prefixed" and self.topic_prefix is None:
+        if self.shadow_topics is ShadowConvention.PREFIXED and self.topic_prefix is None:
             raise ValueError('shadow_topics = "prefixed" needs topic_prefix (the shadow cannot teach it)')
         return self
 
@@ -132,8 +137,10 @@ class PeripheralSection(_Section):
 
 class DfuSection(_Section):
     concurrency: int = Field(2, ge=1, le=8, description="simultaneous DFUs on this adapter")
-    default_profile: str | None = Field(
-        None, description="profile for peripherals learned from the shadow's desiredConnections"
+    default_profile: str = Field(
+        DEFAULT_PROFILE,
+        description="profile for peripherals added in nRF Cloud (the shadow's desiredConnections) and not "
+        "pinned in [[peripherals]]",
     )
     firmware_types: dict[int, list[ImageKindName]] = Field(
         default_factory=lambda: dict(DEFAULT_FIRMWARE_TYPES),
@@ -308,8 +315,7 @@ def _file_problems(cfg: AgentConfig) -> list[str]:
     names += [
         (f"simulator.peripherals[{i}].profile", p.profile) for i, p in enumerate(cfg.simulator.peripherals)
     ]
-    if cfg.dfu.default_profile is not None:
-        names.append(("dfu.default_profile", cfg.dfu.default_profile))
+    names.append(("dfu.default_profile", cfg.dfu.default_profile))
     for key, name in names:
         try:
             load_profile(name)

@@ -143,10 +143,10 @@ async def run_demo(directory: Path, console: Console) -> DemoResult:
             f"({', '.join(sorted(set(profiles.values())))})"
         )
         before = await fleet.app_versions()
-        bundle = await fleet.api.upload_firmware(demo_bundle(), name=f"demo-app-v{NEW_VERSION}")
-        console.print(f"uploaded signed bundle {bundle['bundleId']} (application v{NEW_VERSION})")
+        bundle_id = await fleet.api.upload_firmware(demo_bundle(), name=f"demo-app-v{NEW_VERSION}")
+        console.print(f"uploaded signed bundle {bundle_id} (application v{NEW_VERSION})")
         job_id = await fleet.api.create_job(
-            bundleId=bundle["bundleId"],
+            bundleId=bundle_id,
             name="demo",
             description=f"application v{NEW_VERSION} to every peripheral",
             autoApply=True,

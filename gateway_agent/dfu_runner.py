@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from dfu.package import DfuPackage
 from dfu.transport.backend import BleBackend
+from gateway_agent.cloud.wire import LinkState
 from profiles.model import PeripheralProfile
 
 if TYPE_CHECKING:  # the BLE stack is imported when the first update starts, not when the agent starts
@@ -19,13 +20,21 @@ if TYPE_CHECKING:  # the BLE stack is imported when the first update starts, not
 
 TransferProgress = Callable[[int, int], None]
 """(firmware bytes the bootloader confirmed, total firmware bytes)"""
+LinkListener = Callable[[LinkState], None]
+"""the peripheral's link, as `statusConnections` reports it"""
 
 
 class DfuRunner(Protocol):
     async def run(
-        self, address: str, profile: PeripheralProfile, package: DfuPackage, on_progress: TransferProgress
+        self,
+        address: str,
+        profile: PeripheralProfile,
+        package: DfuPackage,
+        on_progress: TransferProgress,
+        on_link: LinkListener,
     ) -> UpdateResult | None:
-        """Update the peripheral; returns once it runs the new firmware, raises `dfu.errors` types."""
+        """Update the peripheral; returns once it runs the new firmware, raises `dfu.errors` types. Reports
+        the link as it changes; the caller takes it as DISCONNECTED once `run` ends, however it ends."""
         ...
 
 
@@ -35,11 +44,32 @@ class UpdaterRunner:
         self.options = options
 
     async def run(
-        self, address: str, profile: PeripheralProfile, package: DfuPackage, on_progress: TransferProgress
+        self,
+        address: str,
+        profile: PeripheralProfile,
+        package: DfuPackage,
+        on_progress: TransferProgress,
+        on_link: LinkListener,
     ) -> UpdateResult:
         from dfu.updater import Phase, UpdateProgress, update
 
+        # What each phase means for the link: scanning and connecting are CONNECTING (lte-gateway reports
+        # `connecting` while it sets a link up), a link in use is CONNECTED; the agent sets DISCONNECTED at
+        # the end.
+        link_of = {
+            Phase.CONNECTING: LinkState.CONNECTING,
+            Phase.FINDING_BOOTLOADER: LinkState.CONNECTING,
+            Phase.RECONNECTING: LinkState.CONNECTING,
+            Phase.VERIFYING: LinkState.CONNECTING,
+            Phase.ENTERING_BOOTLOADER: LinkState.CONNECTED,
+            Phase.TRANSFERRING: LinkState.CONNECTED,
+            Phase.DONE: LinkState.DISCONNECTED,
+        }
+
         def listen(event: UpdateProgress) -> None:
+            state = link_of.get(event.phase)
+            if state is not None:
+                on_link(state)
             if event.phase in (Phase.TRANSFERRING, Phase.VERIFYING, Phase.DONE):
                 on_progress(event.bytes_sent, event.bytes_total)
 

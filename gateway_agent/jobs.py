@@ -17,6 +17,16 @@ Status per execution: DOWNLOADING 0..100 % (rate-limited) → IN_PROGRESS (trans
 SUCCEEDED / FAILED / REJECTED exactly once. A job id that reached a terminal status for a peripheral is
 ignored if delivered again; an unfinished one delivered again is a duplicate (ignored); a different job for a
 busy peripheral waits its turn (scheduler.py).
+
+What the cloud depends on, as Nordic's own gateways behave (docs/nrf-cloud.md):
+- a job for a peripheral this gateway does not serve is ignored, with no status: REJECTED is terminal in the
+  cloud and never retried, and the peripheral may be served later (lte-gateway `peripheral_dfu.c` logs
+  "Device not connected; ignoring job"; gateway-common drops it silently). When the peripheral is added, the
+  gateway asks for its job (`jobs/ble/req`) and the cloud sends it again;
+- a malformed tuple with a readable JOB_ID and a FIRMWARE_TYPE the gateway cannot update are REJECTED
+  (sdk-nrf `nrf_cloud_fota.c`: "Job info is invalid", "FOTA type not supported");
+- files that do not hold what FIRMWARE_TYPE says are FAILED with "FW file does not match specified FOTA
+  type" (sdk-nrf reports that case FAILED, not REJECTED).
 """
 
 from __future__ import annotations
@@ -31,32 +41,31 @@ from dfu.errors import (
     PackageError,
     PreflightError,
 )
-from gateway_agent.cloud.messages import (
+from gateway_agent.cloud.wire import (
+    BleJob,
     Details,
+    ExecutionStatus,
+    FirmwareType,
     InvalidJob,
-    JobOffer,
-    JobStatus,
     JobUpdate,
     UnreadableJob,
     details,
-    parse_job,
+    parse_ble_job,
 )
 from gateway_agent.scheduler import Phase, Slot, plan
 
 ExecKey = tuple[str, str]
 """(PERIPHERAL_ID, JOB_ID)"""
 
-NOT_SERVED = "Peripheral is not served by this gateway"
-
 
 @dataclass(slots=True)
 class Execution:
     """One job for one peripheral, as the journal stores it."""
 
-    offer: JobOffer
+    offer: BleJob
     seq: int
     phase: Phase = Phase.QUEUED
-    status: JobStatus | None = None
+    status: ExecutionStatus | None = None
     """last status reported (None: nothing reported yet)"""
     last_percent: int = -1
     last_report_at: float = float("-inf")
@@ -124,10 +133,8 @@ class JobPolicy:
     concurrency: int = 2
     progress_step_percent: int = 5
     progress_interval_s: float = 2.0
-    admit: Callable[[JobOffer], str | None] = field(default=lambda offer: None)
+    admit: Callable[[BleJob], str | None] = field(default=lambda offer: None)
     """why an offer cannot be downloaded (host not allowed, too large), or None"""
-    serve_any_peripheral: bool = False
-    """True when a default profile exists: a job may arrive before the shadow named its peripheral"""
 
 
 class Jobs:
@@ -191,17 +198,17 @@ class Jobs:
 
     # ---- cloud --------------------------------------------------------------------------------------------
     def on_message(self, payload: bytes, now: float) -> list[Effect]:
-        parsed = parse_job(payload)
+        parsed = parse_ble_job(payload)
         if isinstance(parsed, UnreadableJob):
             return [Dropped(f"unreadable job: {parsed.reason}")]
         if isinstance(parsed, InvalidJob):
             key = (parsed.peripheral_id, parsed.job_id)
             if key in self._terminal or key in self._active:
                 return [Dropped(f"invalid redelivery of a known job: {parsed.reason}", *key)]
-            return self._finish_new(key, JobStatus.REJECTED, details(Details.INVALID, parsed.reason))
+            return self._finish_new(key, ExecutionStatus.REJECTED, details(Details.INVALID, parsed.reason))
         return self.on_offer(parsed, now)
 
-    def on_offer(self, offer: JobOffer, now: float) -> list[Effect]:
+    def on_offer(self, offer: BleJob, now: float) -> list[Effect]:
         key = (offer.peripheral_id, offer.job_id)
         if key in self._terminal:
             return [Dropped("job already finished for this peripheral", *key)]
@@ -209,28 +216,29 @@ class Jobs:
             return [Dropped("job already in progress (duplicate delivery)", *key)]
         if not self.accepting:
             return [Dropped("shutting down: not taking new jobs", *key)]
-        if offer.peripheral_id not in self._peripherals and not self.policy.serve_any_peripheral:
-            return self._finish_new(key, JobStatus.REJECTED, NOT_SERVED)
+        if offer.peripheral_id not in self._peripherals:
+            return [Dropped("peripheral not served by this gateway: job ignored, no status sent", *key)]
         if offer.firmware_type not in self.policy.firmware_types:
+            name = FirmwareType(offer.firmware_type).name
             return self._finish_new(
                 key,
-                JobStatus.REJECTED,
-                details(Details.TYPE_UNSUPPORTED, f"FIRMWARE_TYPE {offer.firmware_type}"),
+                ExecutionStatus.REJECTED,
+                details(Details.TYPE_UNSUPPORTED, f"FIRMWARE_TYPE {offer.firmware_type} ({name})"),
             )
         refusal = self.policy.admit(offer)
         if refusal is not None:
-            return self._finish_new(key, JobStatus.FAILED, details(Details.DOWNLOAD_ERROR, refusal))
+            return self._finish_new(key, ExecutionStatus.FAILED, details(Details.DOWNLOAD_ERROR, refusal))
         self._seq += 1
         exe = Execution(offer, self._seq)
         self._active[key] = exe
         self._dirty[key] = exe
         return self._schedule(now)
 
-    def _finish_new(self, key: ExecKey, status: JobStatus, text: str) -> list[Effect]:
+    def _finish_new(self, key: ExecKey, status: ExecutionStatus, text: str) -> list[Effect]:
         """Answer a job that never starts. The terminal key is remembered so a redelivery is ignored."""
         self._terminal.add(key)
         self._seq += 1
-        offer = JobOffer(key[0], key[1], -1, 1, "-", "-")
+        offer = BleJob(key[0], key[1], -1, 1, "-", "-")
         exe = Execution(offer, self._seq, Phase.DONE, status, details=text)
         self._dirty[key] = exe
         return [Report(JobUpdate(key[0], key[1], status, details=text))]
@@ -241,7 +249,7 @@ class Jobs:
         if exe is None or exe.phase is not Phase.DOWNLOADING:
             return []
         percent = max(0, min(100, received * 100 // max(1, exe.offer.file_size)))
-        return self._progress(exe, JobStatus.DOWNLOADING, percent, now)
+        return self._progress(exe, ExecutionStatus.DOWNLOADING, percent, now)
 
     def on_downloaded(self, key: ExecKey, image_kinds: Iterable[str], now: float) -> list[Effect]:
         """Files on disk and parsed; `image_kinds` are the package's images (from their init packets)."""
@@ -253,11 +261,11 @@ class Jobs:
         if not kinds or not kinds <= allowed:
             found = ", ".join(sorted(kinds)) or "nothing"
             return self._finish(
-                exe, JobStatus.REJECTED, details(Details.TYPE_MISMATCH, f"package holds {found}"), now
+                exe, ExecutionStatus.FAILED, details(Details.TYPE_MISMATCH, f"package holds {found}"), now
             )
         effects: list[Effect] = []
         if exe.last_percent < 100:
-            effects += self._progress(exe, JobStatus.DOWNLOADING, 100, now, force=True)
+            effects += self._progress(exe, ExecutionStatus.DOWNLOADING, 100, now, force=True)
         exe.phase = Phase.DOWNLOADED
         self._dirty[key] = exe
         return effects + self._schedule(now)
@@ -269,7 +277,7 @@ class Jobs:
         if exe is None:
             return []
         base = Details.APPLY_ERROR if package else Details.DOWNLOAD_ERROR
-        return self._finish(exe, JobStatus.FAILED, details(base, cause), now)
+        return self._finish(exe, ExecutionStatus.FAILED, details(base, cause), now)
 
     def on_download_interrupted(self, key: ExecKey) -> list[Effect]:
         """Shutdown during a download: resume (with Range) on the next start."""
@@ -284,7 +292,7 @@ class Jobs:
         if exe is None or exe.phase is not Phase.APPLYING:
             return []
         percent = max(0, min(100, sent * 100 // max(1, total)))
-        return self._progress(exe, JobStatus.IN_PROGRESS, percent, now)
+        return self._progress(exe, ExecutionStatus.IN_PROGRESS, percent, now)
 
     def on_dfu_finished(self, key: ExecKey, outcome: DfuOutcome, text: str, now: float) -> list[Effect]:
         exe = self._active.get(key)
@@ -294,15 +302,15 @@ class Jobs:
             self._dirty[key] = exe  # stays APPLYING in the journal: resumed on the next start
             return []
         status = {
-            DfuOutcome.SUCCEEDED: JobStatus.SUCCEEDED,
-            DfuOutcome.REJECTED: JobStatus.REJECTED,
-            DfuOutcome.FAILED: JobStatus.FAILED,
+            DfuOutcome.SUCCEEDED: ExecutionStatus.SUCCEEDED,
+            DfuOutcome.REJECTED: ExecutionStatus.REJECTED,
+            DfuOutcome.FAILED: ExecutionStatus.FAILED,
         }[outcome]
         return [*self._finish(exe, status, text, now), RequestJobs(exe.offer.peripheral_id)]
 
     # ---- internals ----------------------------------------------------------------------------------------
     def _progress(
-        self, exe: Execution, status: JobStatus, percent: int, now: float, *, force: bool = False
+        self, exe: Execution, status: ExecutionStatus, percent: int, now: float, *, force: bool = False
     ) -> list[Effect]:
         """At most one update per `progress_step_percent` or per `progress_interval_s`."""
         if exe.status is status and not force:
@@ -314,18 +322,18 @@ class Jobs:
                 return []
         return [self._report(exe, status, percent, now)]
 
-    def _report(self, exe: Execution, status: JobStatus, percent: int, now: float) -> Report:
+    def _report(self, exe: Execution, status: ExecutionStatus, percent: int, now: float) -> Report:
         exe.status = status
         exe.last_percent = percent
         exe.last_report_at = now
         self._dirty[exe.key] = exe
         peripheral, job = exe.key
-        if status is JobStatus.DOWNLOADING:
+        if status is ExecutionStatus.DOWNLOADING:
             return Report(JobUpdate(peripheral, job, status, progress=percent))
         text = "" if percent <= 0 else f"transfer {percent}%"
         return Report(JobUpdate(peripheral, job, status, details=text))
 
-    def _finish(self, exe: Execution, status: JobStatus, text: str, now: float) -> list[Effect]:
+    def _finish(self, exe: Execution, status: ExecutionStatus, text: str, now: float) -> list[Effect]:
         assert status.terminal
         exe.phase = Phase.DONE
         exe.status = status
@@ -346,14 +354,14 @@ class Jobs:
             exe.phase = Phase.DOWNLOADING
             self._dirty[key] = exe
             if exe.status is None:
-                effects.append(self._report(exe, JobStatus.DOWNLOADING, 0, now))
+                effects.append(self._report(exe, ExecutionStatus.DOWNLOADING, 0, now))
             effects.append(StartDownload(exe))
         for key in decided.start_dfus:
             exe = self._active[key]
             exe.phase = Phase.APPLYING
             self._dirty[key] = exe
-            if exe.status is not JobStatus.IN_PROGRESS:
-                effects.append(self._report(exe, JobStatus.IN_PROGRESS, 0, now))
+            if exe.status is not ExecutionStatus.IN_PROGRESS:
+                effects.append(self._report(exe, ExecutionStatus.IN_PROGRESS, 0, now))
             effects.append(StartDfu(exe))
         return effects
 

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from gateway_agent.cloud.messages import JobOffer, JobStatus
+from gateway_agent.cloud.wire import BleJob, ExecutionStatus
 from gateway_agent.jobs import ExecKey, Execution
 from gateway_agent.scheduler import Phase
 
@@ -121,23 +121,23 @@ class Journal:
                 terminal.add((peripheral, job_id))
                 continue
             exe = Execution(
-                JobOffer(*json.loads(offer)),
+                BleJob(*json.loads(offer)),
                 seq,
                 Phase(phase),
-                None if status is None else JobStatus(status),
+                None if status is None else ExecutionStatus(status),
                 last_percent,
                 details=text,
             )
             active.append(exe)
         return active, terminal
 
-    def execution_status(self, key: ExecKey) -> tuple[Phase, JobStatus | None] | None:
+    def execution_status(self, key: ExecKey) -> tuple[Phase, ExecutionStatus | None] | None:
         row = self._db.execute(
             "SELECT phase, status FROM executions WHERE peripheral=? AND job_id=?", key
         ).fetchone()
         if row is None:
             return None
-        return Phase(row[0]), None if row[1] is None else JobStatus(row[1])
+        return Phase(row[0]), None if row[1] is None else ExecutionStatus(row[1])
 
     def outbox_peek(self, limit: int = 32) -> list[OutboxRow]:
         return [

@@ -32,6 +32,13 @@ import aiomqtt
 
 from dfu.package import FirmwareFile, build_package
 from dfu.signing import load_private_key
+from gateway_agent.cloud.wire import (
+    JobTopic,
+    ShadowConvention,
+    ShadowTopics,
+    ble_job_filters,
+    parse_job_topic,
+)
 from profiles.model import load_profile
 from simulator.faults import FaultPlan
 from simulator.firmware import make_application
@@ -278,28 +285,33 @@ class WireObserver:
     client: aiomqtt.Client | None = None
 
     async def run(self, host: str, port: int, tls: ssl.SSLContext, identifier: str = "wire-observer") -> None:
-        topic = re.compile(rf"^{re.escape(self.prefix)}([^/]+)/jobs/ble/(rcv|update|req)$")
-        probe = f"$aws/things/{PROBE_DEVICE}/shadow/get/accepted"
+        kinds = {JobTopic.BLE_RECEIVE: "rcv", JobTopic.BLE_UPDATE: "update", JobTopic.BLE_REQUEST: "req"}
+        probe = ShadowTopics(PROBE_DEVICE, ShadowConvention.AWS).get_accepted
         async with aiomqtt.Client(
             host, port, identifier=identifier, tls_context=tls, protocol=aiomqtt.ProtocolVersion.V311
         ) as client:
             self.client = client
-            await client.subscribe(f"{self.prefix}+/jobs/ble/+", qos=1)
+            for topic in ble_job_filters(self.prefix):
+                await client.subscribe(topic, qos=1)
             await client.subscribe(probe, qos=1)
             self.subscribed.set()
             async for message in client.messages:
                 if str(message.topic) == probe:
                     self.probe_answered.set()
                     continue
-                found = topic.match(str(message.topic))
-                if found is None or not isinstance(message.payload, bytes | bytearray):
+                found = parse_job_topic(self.prefix, str(message.topic))
+                if (
+                    found is None
+                    or found[1] not in kinds
+                    or not isinstance(message.payload, bytes | bytearray)
+                ):
                     continue
                 try:
                     payload = json.loads(message.payload)
                 except ValueError:
                     continue
                 if isinstance(payload, list) and payload:
-                    self.events.append(WireEvent(len(self.events), found.group(2), found.group(1), payload))
+                    self.events.append(WireEvent(len(self.events), kinds[found[1]], found[0], payload))
 
     async def service_listening(self, *, within: float) -> None:
         """Ask for a shadow (as a device would) until the service answers: its MQTT bridge is subscribed."""
@@ -309,7 +321,7 @@ class WireObserver:
             if self.probe_answered.is_set():
                 return True
             assert self.client is not None
-            await self.client.publish(f"$aws/things/{PROBE_DEVICE}/shadow/get", b"", qos=1)
+            await self.client.publish(ShadowTopics(PROBE_DEVICE, ShadowConvention.AWS).get, b"", qos=1)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(0.5):
                     await self.probe_answered.wait()
@@ -418,7 +430,7 @@ class ServiceClient:
         response = await self.http.request(method, path, **kwargs)
         if response.status_code >= 400:
             raise FleetError(f"{method} {path}: HTTP {response.status_code} {response.text}")
-        return None if response.status_code == 204 else response.json()
+        return response.json() if response.content else None
 
     async def put_device(self, device_id: str, **body: Any) -> dict[str, Any]:
         result: dict[str, Any] = await self._ok("PUT", f"/v1/devices/{device_id}", json=body)
@@ -428,7 +440,8 @@ class ServiceClient:
         result: dict[str, Any] = await self._ok("GET", f"/v1/devices/{device_id}")
         return result
 
-    async def upload_firmware(self, data: bytes, *, name: str) -> dict[str, Any]:
+    async def upload_firmware(self, data: bytes, *, name: str) -> str:
+        """The bundle id: nRF Cloud's UploadFirmware answers `{uris}`, `<tenant>/<bundleId>/<file>` each."""
         result: dict[str, Any] = await self._ok(
             "POST",
             "/v1/firmwares",
@@ -436,15 +449,16 @@ class ServiceClient:
             content=data,
             headers={"content-type": "application/zip"},
         )
-        return result
+        return str(result["uris"][0].split("/")[1])
 
     async def create_job(self, **body: Any) -> str:
         created = await self._ok("POST", "/v1/fota-jobs", json=body)
         return str(created["jobId"])
 
     async def apply_job(self, job_id: str) -> dict[str, Any]:
-        result: dict[str, Any] = await self._ok("POST", f"/v1/fota-jobs/{job_id}/apply")
-        return result
+        """Apply (202, no body, as nRF Cloud answers), then the job as it stands."""
+        await self._ok("POST", f"/v1/fota-jobs/{job_id}/apply")
+        return await self.job(job_id)
 
     async def job(self, job_id: str) -> dict[str, Any]:
         result: dict[str, Any] = await self._ok("GET", f"/v1/fota-jobs/{job_id}")

@@ -1,8 +1,14 @@
 """The MQTT link to nRF Cloud (aiomqtt): mutual TLS, reconnect with capped backoff, the outbox drain.
 
-After every (re)connect the link subscribes again, asks for the shadow, reports `fota_v2_ble` and the
-peripherals, and tells the agent (`on_connected`) so it can ask for pending jobs. Incoming job tuples and
-shadow documents are handed to the agent as bytes; the link never decides anything about jobs.
+After every (re)connect the link subscribes again (to its shadow convention's topics and the job topic only:
+AWS IoT disconnects a client that subscribes where its policy forbids), asks for the shadow, reports
+`fota_v2_ble` and the truth about each peripheral's link, and tells the agent (`on_connected`) so it can ask
+for pending jobs. Incoming job tuples are handed to the agent as bytes and shadow documents as the
+`DesiredState` they carry; the link never decides anything about jobs.
+
+`statusConnections` is first reset (`null`: the shadow merge deletes the key, as lte-gateway resets it at
+start), then reported whole; while connected, changes are reported as they happen (coalesced), a removed
+peripheral as `null`.
 
 Outgoing statuses come only from the journal's outbox: published with QoS 1 one at a time, in order, and
 deleted only once aiomqtt's `publish` returned (it waits for the PUBACK), so a broken connection resends the
@@ -16,13 +22,22 @@ import contextlib
 import logging
 import random
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import aiomqtt
 
-from gateway_agent.cloud.shadow import ShadowView, read_shadow, reported_state
-from gateway_agent.cloud.topics import ShadowFamily, Topics
+from gateway_agent.cloud.wire import (
+    DesiredState,
+    JobTopic,
+    LinkState,
+    ShadowConvention,
+    ShadowTopics,
+    job_topic,
+    read_desired,
+    reported_state,
+    reset_connections,
+)
 from gateway_agent.journal import Journal, MessageKind
 from gateway_agent.logs import kv
 from gateway_agent.outbox import next_batch
@@ -57,7 +72,7 @@ class LinkSettings:
     cert_file: str
     key_file: str
     topic_prefix: str | None = None
-    shadow_family: ShadowFamily = "aws"
+    shadow_convention: ShadowConvention = ShadowConvention.AWS
     keepalive_s: int = 60
     connect_timeout_s: float = 10.0
     reconnect_min_s: float = 1.0
@@ -98,14 +113,17 @@ class CloudLink:
         journal: Journal,
         *,
         on_job: Callable[[bytes], None],
-        on_shadow: Callable[[ShadowView], None],
+        on_shadow: Callable[[DesiredState], None],
         on_connected: Callable[[], None],
-        peripherals: Callable[[], dict[str, bool]],
+        peripherals: Callable[[], Mapping[str, LinkState]],
         rng: random.Random | None = None,
     ) -> None:
         self.settings = settings
         self.journal = journal
-        self.topics = Topics(settings.gateway_id, settings.topic_prefix, settings.shadow_family)
+        self.prefix = settings.topic_prefix
+        self.shadow = ShadowTopics(settings.gateway_id, settings.shadow_convention, settings.topic_prefix)
+        self._shadow_pending: dict[str, LinkState | None] = {}
+        self._shadow_wake = asyncio.Event()
         self._on_job = on_job
         self._on_shadow = on_shadow
         self._on_connected = on_connected
@@ -125,6 +143,26 @@ class CloudLink:
     def wake(self) -> None:
         """New rows in the outbox."""
         self.outbox_wake.set()
+
+    def _job_topic(self, topic: JobTopic) -> str:
+        if self.prefix is None:
+            raise LookupError(
+                "topic prefix not known yet (configure cloud.topic_prefix or wait for the shadow)"
+            )
+        return job_topic(self.prefix, self.settings.gateway_id, topic)
+
+    def subscriptions(self) -> list[str]:
+        topics = list(self.shadow.subscriptions())
+        if self.prefix is not None:
+            topics.append(self._job_topic(JobTopic.BLE_RECEIVE))
+        return topics
+
+    def report_links(self, changes: Mapping[str, LinkState | None]) -> None:
+        """Report these peripherals' links (None: removed) while connected; a reconnect reports all anyway."""
+        if not self.connected.is_set():
+            return
+        self._shadow_pending.update(changes)
+        self._shadow_wake.set()
 
     async def run(self) -> None:
         """Forever: connect, serve, and after any failure wait (backoff) and connect again."""
@@ -171,43 +209,57 @@ class CloudLink:
             self.connected_at = asyncio.get_running_loop().time()
             self._backoff.reset()
             log.info("broker_connected", extra=kv(host=s.host, port=s.port, client_id=s.gateway_id))
-            for topic in self.topics.subscriptions():
+            for topic in self.subscriptions():
                 await client.subscribe(topic, qos=1, timeout=s.publish_timeout_s)
-            await client.publish(self.topics.shadow_get, b"", qos=1, timeout=s.publish_timeout_s)
-            await self.report_shadow()
+            await client.publish(self.shadow.get, b"", qos=1, timeout=s.publish_timeout_s)
+            await client.publish(self.shadow.update, reset_connections(), qos=1, timeout=s.publish_timeout_s)
+            self._shadow_pending = dict(self._peripherals())
+            await self._publish_links(client)
             self.connected.set()
             self._on_connected()
             self.wake()
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._drain_outbox(client))
+                tg.create_task(self._drain_shadow(client))
                 tg.create_task(self._receive(client))
 
-    async def report_shadow(self) -> None:
-        if self._client is None:
-            return
-        await self._client.publish(
-            self.topics.shadow_update,
-            reported_state(self._peripherals()),
-            qos=1,
-            timeout=self.settings.publish_timeout_s,
-        )
+    async def _publish_links(self, client: aiomqtt.Client) -> None:
+        pending, self._shadow_pending = self._shadow_pending, {}
+        try:
+            await client.publish(
+                self.shadow.update, reported_state(pending), qos=1, timeout=self.settings.publish_timeout_s
+            )
+        except BaseException:
+            self._shadow_pending = {**pending, **self._shadow_pending}
+            raise
+
+    async def _drain_shadow(self, client: aiomqtt.Client) -> None:
+        while True:
+            await self._shadow_wake.wait()
+            self._shadow_wake.clear()
+            if self._shadow_pending:
+                await self._publish_links(client)
 
     async def _receive(self, client: aiomqtt.Client) -> None:
         async for message in client.messages:
             topic = str(message.topic)
             payload = message.payload if isinstance(message.payload, bytes) else str(message.payload).encode()
-            if self.topics.prefix is not None and topic == self.topics.job_receive:
+            if self.prefix is not None and topic == self._job_topic(JobTopic.BLE_RECEIVE):
                 self._on_job(payload)
-            elif topic in self.topics.shadow_get_accepted or topic == self.topics.shadow_delta:
-                await self._shadow(client, read_shadow(payload))
+            elif topic in (self.shadow.get_accepted, self.shadow.delta):
+                await self._shadow_document(client, read_desired(payload))
+            elif topic == self.shadow.get_rejected:
+                log.warning("shadow_get_rejected", extra=kv(answer=payload[:200].decode("utf-8", "replace")))
             else:
                 log.debug("mqtt_ignored", extra=kv(topic=topic))
 
-    async def _shadow(self, client: aiomqtt.Client, view: ShadowView) -> None:
-        if view.topic_prefix is not None and self.topics.prefix is None:
-            self.topics = Topics(self.topics.gateway_id, view.topic_prefix, self.topics.shadow_family)
+    async def _shadow_document(self, client: aiomqtt.Client, view: DesiredState) -> None:
+        if view.topic_prefix is not None and self.prefix is None:
+            self.prefix = view.topic_prefix
             log.info("topic_prefix_learned", extra=kv(prefix=view.topic_prefix))
-            await client.subscribe(self.topics.job_receive, qos=1, timeout=self.settings.publish_timeout_s)
+            await client.subscribe(
+                self._job_topic(JobTopic.BLE_RECEIVE), qos=1, timeout=self.settings.publish_timeout_s
+            )
             self._on_shadow(view)
             self._on_connected()  # now the job topics exist: ask for pending jobs
             self.wake()
@@ -218,14 +270,15 @@ class CloudLink:
         while True:
             self.outbox_wake.clear()
             rows = self.journal.outbox_peek()
-            if not rows or self.topics.prefix is None:
+            if not rows or self.prefix is None:
                 await self.outbox_wake.wait()
                 continue
             batch = next_batch(rows)
             self.journal.outbox_ack(batch.drop)
             for row in batch.send:
                 msg = row.message
-                topic = self.topics.job_update if msg.kind is MessageKind.UPDATE else self.topics.job_request
+                kind = JobTopic.BLE_UPDATE if msg.kind is MessageKind.UPDATE else JobTopic.BLE_REQUEST
+                topic = self._job_topic(kind)
                 await client.publish(topic, msg.payload, qos=1, timeout=self.settings.publish_timeout_s)
                 self.journal.outbox_ack([row.id])
                 if msg.kind is MessageKind.UPDATE:

@@ -21,7 +21,7 @@ import aiomqtt
 import trustme
 
 from dfu.package import DfuPackage
-from gateway_agent.cloud.messages import JobStatus, JobUpdate
+from gateway_agent.cloud.wire import ExecutionStatus, JobUpdate
 from tests.support.dfu_sim import app_zip
 from tests.support.mosquitto import MosquittoBroker, Pki
 
@@ -48,6 +48,10 @@ class FirmwareServer:
     pause_after: dict[str, int] = field(default_factory=dict)
     """path -> bytes: send them, set `paused`, wait for `resume` (consumed)"""
     etag_salt: str = ""
+    redirects: dict[str, str] = field(default_factory=dict)
+    """path -> Location: answered 302 with that Location (an absolute URL or a path)"""
+    headers: dict[str, dict[str, str]] = field(default_factory=dict)
+    """path -> extra response headers (e.g. a Content-Encoding the client did not ask for)"""
     requests: list[Request] = field(default_factory=list)
     paused: asyncio.Event = field(default_factory=asyncio.Event)
     resume: asyncio.Event = field(default_factory=asyncio.Event)
@@ -97,6 +101,15 @@ class FirmwareServer:
                 writer.close()
 
     async def _respond(self, req: Request, writer: asyncio.StreamWriter) -> None:
+        location = self.redirects.get(req.path)
+        if location is not None:
+            req.status = 302
+            writer.write(
+                f"HTTP/1.1 302 Found\r\nLocation: {location}\r\nContent-Length: 0\r\n"
+                "Connection: close\r\n\r\n".encode()
+            )
+            await writer.drain()
+            return
         body = self.files.get(req.path)
         if body is None:
             req.status = 404
@@ -117,9 +130,10 @@ class FirmwareServer:
         else:
             req.status = 200
             status = "200 OK"
+        extra = "".join(f"{k}: {v}\r\n" for k, v in self.headers.get(req.path, {}).items())
         writer.write(
             f"HTTP/1.1 {status}\r\nContent-Length: {len(part)}\r\nETag: {etag}\r\n"
-            f"Accept-Ranges: bytes\r\nConnection: close\r\n\r\n".encode()
+            f"Accept-Ranges: bytes\r\n{extra}Connection: close\r\n\r\n".encode()
         )
         cut = self.break_after.get(req.path)
         if cut:
@@ -171,7 +185,8 @@ def persistent_broker(directory: Path) -> Iterator[MosquittoBroker]:
 
 @dataclass(frozen=True)
 class Bundle:
-    """An application update as nRF Cloud delivers it: a `.dat` and a `.bin` on the firmware host."""
+    """An application update as nRF Cloud hosts it: the init packet and the image, both named `.bin`, the
+    init packet `<name>dat.bin` (lte-gateway `src/ble/cli.c` examples: `app_thingy_s132dat.bin`)."""
 
     dat: bytes
     bin: bytes
@@ -182,7 +197,7 @@ class Bundle:
         return len(self.dat) + len(self.bin)
 
     def files(self, stem: str) -> dict[str, bytes]:
-        return {f"{stem}.dat": self.dat, f"{stem}.bin": self.bin}
+        return {f"{stem}dat.bin": self.dat, f"{stem}.bin": self.bin}
 
 
 def app_bundle(version: int = 2, size: int = 0x5000) -> Bundle:
@@ -191,7 +206,9 @@ def app_bundle(version: int = 2, size: int = 0x5000) -> Bundle:
 
 
 def job_tuple(peripheral: str, job_id: str, host: str, stem: str, size: int, fw_type: int = 0) -> bytes:
-    return json.dumps([peripheral, job_id, fw_type, size, host, f"{stem}.bin {stem}.dat"]).encode()
+    """A `jobs/ble/rcv` tuple as nRF Cloud sends it (sdk-nrf `nrf_cloud_fota.c` `enum rcv_item_idx`), the
+    image listed first: nothing tells the agent which file is which but the bytes."""
+    return json.dumps([peripheral, job_id, fw_type, size, host, f"{stem}.bin {stem}dat.bin"]).encode()
 
 
 class FakeCloud:
@@ -265,7 +282,7 @@ class FakeCloud:
             topic = str(message.topic)
             payload = message.payload if isinstance(message.payload, bytes) else b""
             if topic.endswith("/jobs/ble/update"):
-                self.updates.append(JobUpdate.from_payload(payload))
+                self.updates.append(JobUpdate.decode(payload))
             elif topic.endswith("/jobs/ble/req"):
                 (peripheral,) = json.loads(payload)
                 self.requests.append(peripheral)
@@ -289,15 +306,17 @@ class FakeCloud:
         return [u for u in self.statuses(job_id) if u.status.terminal]
 
 
-def assert_honest_sequence(updates: list[JobUpdate], final: JobStatus = JobStatus.SUCCEEDED) -> None:
+def assert_honest_sequence(
+    updates: list[JobUpdate], final: ExecutionStatus = ExecutionStatus.SUCCEEDED
+) -> None:
     """DOWNLOADING (non-decreasing %), then IN_PROGRESS, then exactly one terminal status, last."""
     statuses = [u.status for u in updates]
     assert statuses[-1] is final, updates
     assert sum(1 for s in statuses if s.terminal) == 1, updates
-    order = {JobStatus.DOWNLOADING: 0, JobStatus.IN_PROGRESS: 1}
+    order = {ExecutionStatus.DOWNLOADING: 0, ExecutionStatus.IN_PROGRESS: 1}
     ranks = [order.get(s, 2) for s in statuses]
     assert ranks == sorted(ranks), updates
-    progress = [u.progress for u in updates if u.status is JobStatus.DOWNLOADING]
+    progress = [u.progress for u in updates if u.status is ExecutionStatus.DOWNLOADING]
     assert progress == sorted(progress), updates  # type: ignore[type-var]
 
 

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import json
 
-from gateway_agent.cloud.messages import JobOffer, JobStatus, JobUpdate
+from gateway_agent.cloud.wire import BleJob, ExecutionStatus, JobUpdate
 from gateway_agent.jobs import (
-    NOT_SERVED,
     DfuOutcome,
     Dropped,
     Effect,
@@ -30,7 +29,9 @@ def core(**kw: object) -> Jobs:
 
 
 def offer(peripheral: str = A, job: str = "job-1", size: int = 1000, fw_type: int = 0) -> bytes:
-    return json.dumps([peripheral, job, fw_type, size, "fw.example.com", "a/app.dat a/app.bin"]).encode()
+    # shaped as nRF Cloud sends it (docs/nrf-cloud.md, "Job tuple"): bundle ids with `*`, every file `.bin`
+    paths = "T/APP*56693cf8*2.0.0/appdat.bin T/APP*f1078fc9*2.0.0/app.bin"
+    return json.dumps([peripheral, job, fw_type, size, "firmware.nrfcloud.com", paths]).encode()
 
 
 def reports(effects: list[Effect]) -> list[JobUpdate]:
@@ -40,7 +41,7 @@ def reports(effects: list[Effect]) -> list[JobUpdate]:
 def test_agent_jobs_happy_path_reports_in_order_and_rate_limited() -> None:
     j = core()
     eff = j.on_message(offer(), now=0.0)
-    assert reports(eff) == [JobUpdate(A, "job-1", JobStatus.DOWNLOADING, progress=0)]
+    assert reports(eff) == [JobUpdate(A, "job-1", ExecutionStatus.DOWNLOADING, progress=0)]
     assert any(isinstance(e, StartDownload) for e in eff)
     key = (A, "job-1")
     seen: list[JobUpdate] = []
@@ -48,12 +49,12 @@ def test_agent_jobs_happy_path_reports_in_order_and_rate_limited() -> None:
         seen += reports(j.on_download_progress(key, received, now=1.0))
     assert [u.progress for u in seen] == list(range(5, 101, 5))
     eff = j.on_downloaded(key, ["application"], now=1.5)
-    assert [u.status for u in reports(eff)] == [JobStatus.IN_PROGRESS]
+    assert [u.status for u in reports(eff)] == [ExecutionStatus.IN_PROGRESS]
     assert any(isinstance(e, StartDfu) for e in eff)
     assert reports(j.on_dfu_progress(key, 1, 100, now=1.6)) == []  # 1 %: too little, too soon
     assert reports(j.on_dfu_progress(key, 2, 100, now=3.7))[0].details == "transfer 2%"  # 2 s passed
     eff = j.on_dfu_finished(key, DfuOutcome.SUCCEEDED, "", now=4.0)
-    assert reports(eff) == [JobUpdate(A, "job-1", JobStatus.SUCCEEDED)]
+    assert reports(eff) == [JobUpdate(A, "job-1", ExecutionStatus.SUCCEEDED)]
     assert RequestJobs(A) in eff  # ask for the next job after a DFU
     assert j.on_message(offer(), now=5.0) == [Dropped("job already finished for this peripheral", A, "job-1")]
 
@@ -86,29 +87,46 @@ def test_agent_jobs_concurrency_limits_dfus_fifo() -> None:
 
 def test_agent_jobs_rejections() -> None:
     j = core()
-    assert reports(j.on_message(offer(fw_type=7), 0)) == [
-        JobUpdate(A, "job-1", JobStatus.REJECTED, details="FOTA type not supported: FIRMWARE_TYPE 7")
+    # sdk-nrf `parse_job_info()`: a type outside its enum is invalid job info (REJECTED "Job info is invalid")
+    (update,) = reports(j.on_message(offer(fw_type=7), 0))
+    assert (update.status, update.job_id) == (ExecutionStatus.REJECTED, "job-1")
+    assert update.details.startswith("Job info is invalid: firmware_type")
+    # a known type this gateway cannot update: REJECTED "FOTA type not supported" (sdk-nrf `start_job()`)
+    assert reports(j.on_message(offer(job="modem", fw_type=1), 0)) == [
+        JobUpdate(
+            A, "modem", ExecutionStatus.REJECTED, details="FOTA type not supported: FIRMWARE_TYPE 1 (MODEM)"
+        )
     ]
-    bad = b'["C8:2E:1A:00:00:10","job-2",0,-5,"h","a.dat a.bin"]'
+    bad = b'["C8:2E:1A:00:00:10","job-2",0,-5,"h","a.bin b.bin"]'
     (update,) = reports(j.on_message(bad, 0))
-    assert (update.status, update.job_id) == (JobStatus.REJECTED, "job-2")
+    assert (update.status, update.job_id) == (ExecutionStatus.REJECTED, "job-2")
     assert update.details.startswith("Job info is invalid")
     assert reports(j.on_message(bad, 1)) == []  # answered once
+    # files that are not what FIRMWARE_TYPE says: FAILED, as sdk-nrf's `http_fota_handler()` reports a
+    # type mismatch (REJECTED is for invalid job info)
     j.on_message(offer(job="job-3", fw_type=3), 0)
     (mismatch,) = reports(j.on_downloaded((A, "job-3"), ["application"], 1))
-    assert mismatch.status is JobStatus.REJECTED
+    assert mismatch.status is ExecutionStatus.FAILED
     assert mismatch.details.startswith("FW file does not match specified FOTA type")
-    (unknown,) = reports(j.on_message(offer(peripheral="C8:2E:1A:00:00:99", job="x"), 0))
-    assert unknown == JobUpdate("C8:2E:1A:00:00:99", "x", JobStatus.REJECTED, details=NOT_SERVED)
-    anyone = Jobs(JobPolicy(firmware_types=TYPES, serve_any_peripheral=True), [])
-    assert any(isinstance(e, StartDownload) for e in anyone.on_message(offer(job="y"), 0))
+
+
+def test_agent_jobs_ignore_a_peripheral_they_do_not_serve_until_it_is_added() -> None:
+    """lte-gateway `peripheral_dfu.c` `fota_ble_callback()`: "Device not connected; ignoring job", no
+    status (REJECTED is terminal in the cloud); once the peripheral is served the gateway asks again."""
+    j = core()
+    other = "C8:2E:1A:00:00:99"
+    (dropped,) = j.on_message(offer(peripheral=other, job="x"), 0)
+    assert isinstance(dropped, Dropped)
+    assert "not served" in dropped.reason
+    assert j.set_peripherals([A, B, other]) == [RequestJobs(other)]
+    assert any(isinstance(e, StartDownload) for e in j.on_message(offer(peripheral=other, job="x"), 1))
 
 
 def test_agent_jobs_admission_policy_fails_before_downloading() -> None:
     j = Jobs(JobPolicy(firmware_types=TYPES, admit=lambda o: "host not allowed"), [A])
     (update,) = reports(j.on_message(offer(), 0))
     assert update == JobUpdate(
-        A, "job-1", JobStatus.FAILED, details="Error during download: host not allowed"
+        A, "job-1", ExecutionStatus.FAILED, details="Error during download: host not allowed"
     )
 
 
@@ -130,7 +148,7 @@ def test_agent_jobs_restart_resumes_without_repeating_statuses() -> None:
     assert {type(e) for e in eff} == {StartDownload, StartDfu}
     assert reports(k.on_download_progress((A, "dl"), 1000, 11))[0].progress == 100
     (done,) = reports(k.on_dfu_finished((B, "tx"), DfuOutcome.SUCCEEDED, "", 12)[:1])
-    assert done.status is JobStatus.SUCCEEDED
+    assert done.status is ExecutionStatus.SUCCEEDED
     assert k.on_dfu_finished((B, "tx"), DfuOutcome.SUCCEEDED, "", 13) == []  # terminal once
 
 
@@ -147,5 +165,6 @@ def test_agent_jobs_interrupted_dfu_stays_applying_and_stop_takes_no_work() -> N
 
 
 def test_agent_jobs_offer_round_trips_json() -> None:
-    o = JobOffer(A, "j", 0, 10, "h.example.com", "x.dat x.bin")
-    assert JobOffer(*o.to_json()) == o
+    o = BleJob(A, "j", 0, 10, "h.example.com", "x.dat x.bin")
+    assert BleJob.from_json(json.loads(o.encode())) == o
+    assert BleJob(*o.to_json()) == o

@@ -8,7 +8,7 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway_agent.cloud.messages import JobOffer, JobStatus
+from gateway_agent.cloud.wire import BleJob, ExecutionStatus
 from gateway_agent.jobs import Execution
 from gateway_agent.journal import Journal, MessageKind, OutboxMessage, OutboxRow
 from gateway_agent.outbox import next_batch
@@ -26,9 +26,9 @@ def test_agent_journal_survives_reopen_and_keeps_outbox_order(tmp_path: Path) ->
     path = tmp_path / "j.sqlite3"
     j = Journal(path)
     exe = Execution(
-        JobOffer(A, "j1", 0, 10, "h", "a.dat a.bin"), 1, Phase.DOWNLOADING, JobStatus.DOWNLOADING, 40
+        BleJob(A, "j1", 0, 10, "h", "a.dat a.bin"), 1, Phase.DOWNLOADING, ExecutionStatus.DOWNLOADING, 40
     )
-    done = Execution(JobOffer(B, "j0", 0, 10, "h", "a.dat a.bin"), 0, Phase.DONE, JobStatus.SUCCEEDED)
+    done = Execution(BleJob(B, "j0", 0, 10, "h", "a.dat a.bin"), 0, Phase.DONE, ExecutionStatus.SUCCEEDED)
     j.commit([exe, done], [update("j1", 0), update("j1", 40)])
     j.commit([], [update("j1", 45)])
     j.outbox_ack([j.outbox_peek()[0].id])
@@ -37,12 +37,12 @@ def test_agent_journal_survives_reopen_and_keeps_outbox_order(tmp_path: Path) ->
     j = Journal(path)
     active, terminal = j.load()
     assert [(e.key, e.phase, e.status, e.last_percent) for e in active] == [
-        ((A, "j1"), Phase.DOWNLOADING, JobStatus.DOWNLOADING, 40)
+        ((A, "j1"), Phase.DOWNLOADING, ExecutionStatus.DOWNLOADING, 40)
     ]
     assert terminal == {(B, "j0")}
     assert [json.loads(r.message.payload)[3] for r in j.outbox_peek()] == [40, 45]
     assert j.outbox_len() == 2
-    assert j.execution_status((B, "j0")) == (Phase.DONE, JobStatus.SUCCEEDED)
+    assert j.execution_status((B, "j0")) == (Phase.DONE, ExecutionStatus.SUCCEEDED)
 
 
 def test_agent_outbox_policy_sends_every_update_in_order_and_drops_repeated_requests() -> None:

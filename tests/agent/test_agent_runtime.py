@@ -17,9 +17,9 @@ from dfu.errors import DfuLinkError, DfuRejected, PreflightError
 from dfu.package import DfuPackage
 from dfu.protocol import ExtError, OpCode, ResultCode
 from gateway_agent.app import Agent
-from gateway_agent.cloud.messages import JobStatus
+from gateway_agent.cloud.wire import ExecutionStatus, LinkState
 from gateway_agent.config import load_config
-from gateway_agent.dfu_runner import TransferProgress
+from gateway_agent.dfu_runner import LinkListener, TransferProgress
 from profiles.model import PeripheralProfile
 from tests.agent.support import (
     FakeCloud,
@@ -50,8 +50,14 @@ class ScriptedRunner:
         self.finished = asyncio.Event()
 
     async def run(
-        self, address: str, profile: PeripheralProfile, package: DfuPackage, on_progress: TransferProgress
+        self,
+        address: str,
+        profile: PeripheralProfile,
+        package: DfuPackage,
+        on_progress: TransferProgress,
+        on_link: LinkListener,
     ) -> None:
+        on_link(LinkState.CONNECTED)
         self.running.add(address)
         self.order.append(address)
         self.max_running = max(self.max_running, len(self.running))
@@ -78,7 +84,7 @@ async def agent_world(
 ) -> AsyncIterator[tuple[Agent, ScriptedRunner, FakeCloud, str, int]]:
     bundle = app_bundle(version=2, size=0x3000)
     with running_broker(tmp_path / "broker") as broker:
-        async with firmware_server(broker.pki.ca, bundle.files("fw/app")) as server:
+        async with firmware_server(broker.pki.ca, bundle.files("T1/APP*1e29dfa3*2.0.0/app")) as server:
             path = write_config(
                 tmp_path / "agent.toml",
                 broker,
@@ -106,11 +112,11 @@ async def test_agent_rejected_and_failed_dfus_are_reported_with_their_cause(tmp_
         runner.outcome[B] = PreflightError("hardware version 53 is not this peripheral's 52")
         runner.outcome[C] = DfuLinkError("peripheral stopped answering")
         for p, job in ((A, "job-a"), (B, "job-b"), (C, "job-c")):
-            await cloud.send_job(job_tuple(p, job, host, "fw/app", size))
+            await cloud.send_job(job_tuple(p, job, host, "T1/APP*1e29dfa3*2.0.0/app", size))
         await cloud.wait_for(lambda: all(cloud.terminal(j) for j in ("job-a", "job-b", "job-c")))
-    assert_honest_sequence(cloud.statuses("job-a"), JobStatus.REJECTED)
-    assert_honest_sequence(cloud.statuses("job-b"), JobStatus.REJECTED)
-    assert_honest_sequence(cloud.statuses("job-c"), JobStatus.FAILED)
+    assert_honest_sequence(cloud.statuses("job-a"), ExecutionStatus.REJECTED)
+    assert_honest_sequence(cloud.statuses("job-b"), ExecutionStatus.REJECTED)
+    assert_honest_sequence(cloud.statuses("job-c"), ExecutionStatus.FAILED)
     assert (
         "FW_VERSION_FAILURE" in cloud.terminal("job-a")[0].details
         or "version" in cloud.terminal("job-a")[0].details
@@ -124,7 +130,7 @@ async def test_agent_runs_at_most_concurrency_dfus_one_per_peripheral(tmp_path: 
         for p in (A, B, C):
             runner.gates[p] = asyncio.Event()
         for p, job in ((A, "j1"), (A, "j2"), (B, "j3"), (C, "j4")):
-            await cloud.send_job(job_tuple(p, job, host, "fw/app", size))
+            await cloud.send_job(job_tuple(p, job, host, "T1/APP*1e29dfa3*2.0.0/app", size))
         await cloud.wait_for(lambda: len(runner.running) == 2)
         assert runner.order == [A, B]  # FIFO across peripherals; A's second job waits for A
         for gate in runner.gates.values():
@@ -139,25 +145,35 @@ async def test_agent_runs_at_most_concurrency_dfus_one_per_peripheral(tmp_path: 
 async def test_agent_answers_invalid_unknown_and_duplicate_jobs(tmp_path: Path) -> None:
     async with agent_world(tmp_path, [A]) as (_agent, runner, cloud, host, size):
         await cloud.send_job(b'["C8:2E:1A:00:00:10","bad-1",0,"big","h","a.bin a.dat"]')
-        await cloud.send_job(job_tuple(A, "type-9", host, "fw/app", size, fw_type=9))
-        await cloud.send_job(job_tuple(A, "wrong-type", host, "fw/app", size, fw_type=3))
+        await cloud.send_job(job_tuple(A, "type-9", host, "T1/APP*1e29dfa3*2.0.0/app", size, fw_type=9))
+        await cloud.send_job(job_tuple(A, "modem", host, "T1/APP*1e29dfa3*2.0.0/app", size, fw_type=1))
+        await cloud.send_job(job_tuple(A, "wrong-type", host, "T1/APP*1e29dfa3*2.0.0/app", size, fw_type=3))
         await cloud.send_job(b"not json at all")
-        await cloud.send_job(job_tuple(A, "ok", host, "fw/app", size))
-        await cloud.wait_for(lambda: all(cloud.terminal(j) for j in ("bad-1", "type-9", "wrong-type", "ok")))
-        await cloud.send_job(job_tuple(A, "ok", host, "fw/app", size))  # redelivered after it finished
-        await cloud.send_job(job_tuple(A, "final", host, "fw/app", size))
+        await cloud.send_job(job_tuple(A, "ok", host, "T1/APP*1e29dfa3*2.0.0/app", size))
+        await cloud.wait_for(
+            lambda: all(cloud.terminal(j) for j in ("bad-1", "type-9", "modem", "wrong-type", "ok"))
+        )
+        await cloud.send_job(
+            job_tuple(A, "ok", host, "T1/APP*1e29dfa3*2.0.0/app", size)
+        )  # redelivered after it finished
+        await cloud.send_job(job_tuple(A, "final", host, "T1/APP*1e29dfa3*2.0.0/app", size))
         await cloud.wait_for(lambda: cloud.terminal("final"))
     assert cloud.terminal("bad-1")[0].details.startswith("Job info is invalid")
-    assert cloud.terminal("type-9")[0].details.startswith("FOTA type not supported")
-    assert cloud.terminal("wrong-type")[0].details.startswith("FW file does not match specified FOTA type")
-    assert [u.status for u in cloud.statuses("ok")].count(JobStatus.SUCCEEDED) == 1
+    # sdk-nrf `parse_job_info()`: a type outside its enum is invalid job info; a known type the gateway
+    # cannot update is "FOTA type not supported" (`start_job()`); a package of another type is FAILED
+    assert cloud.terminal("type-9")[0].details.startswith("Job info is invalid")
+    assert cloud.terminal("modem")[0].details.startswith("FOTA type not supported")
+    (mismatch,) = cloud.terminal("wrong-type")
+    assert mismatch.status is ExecutionStatus.FAILED
+    assert mismatch.details.startswith("FW file does not match specified FOTA type")
+    assert [u.status for u in cloud.statuses("ok")].count(ExecutionStatus.SUCCEEDED) == 1
     assert runner.order == [A, A]  # "ok" and "final" only
 
 
 async def test_agent_delivers_every_status_in_order_across_a_broker_restart(tmp_path: Path) -> None:
     bundle = app_bundle(version=2, size=0x3000)
     with persistent_broker(tmp_path / "broker") as broker:
-        async with firmware_server(broker.pki.ca, bundle.files("fw/app")) as server:
+        async with firmware_server(broker.pki.ca, bundle.files("T1/APP*1e29dfa3*2.0.0/app")) as server:
             path = write_config(
                 tmp_path / "agent.toml", broker, tmp_path / "state", peripherals=[(A, "nrf52840-s140")]
             )
@@ -166,7 +182,9 @@ async def test_agent_delivers_every_status_in_order_across_a_broker_restart(tmp_
             agent = Agent(load_config(path), runner=runner)
             cloud = FakeCloud(broker, persistent=True)
             await cloud.connect()
-            cloud.pending[A] = job_tuple(A, "job-r", server.file_host, "fw/app", bundle.size)
+            cloud.pending[A] = job_tuple(
+                A, "job-r", server.file_host, "T1/APP*1e29dfa3*2.0.0/app", bundle.size
+            )
             stop = asyncio.Event()
             task = asyncio.create_task(agent.run(stop))
             await runner.started.wait()
@@ -205,11 +223,12 @@ def _hostile_payloads() -> list[tuple[bytes, str | None]]:
     bad_fields: list[tuple[int, object]] = [
         (0, "not-an-address"), (0, 42), (2, "0"), (2, None), (3, -1), (3, 2**40), (3, 1.5),
         (4, "http://evil.example.com"), (4, "evil.example.com/path"), (4, ""),
-        (5, "../../etc/passwd.bin a.dat"),
-        (5, "/abs/a.bin a.dat"), (5, "a.bin"), (5, "a.exe a.dat"), (5, "a.bin a.dat " + "x" * 2000),
+        (5, "../../etc/passwd.bin a.dat"), (5, "a/%2e%2e/b.bin a.bin"), (5, "a\\b.bin a.bin"),
+        (5, "/abs/a.bin a.dat"), (5, "a.bin a.bin"), (5, "a.bin b.bin c.bin"),
+        (5, "a.bin a.dat " + "x" * 2000),
     ]  # fmt: skip
     for i, (index, value) in enumerate(bad_fields):
-        data: list[object] = [A, f"hostile-{i}", 0, 100, "127.0.0.1:1", "fw/app.bin fw/app.dat"]
+        data: list[object] = [A, f"hostile-{i}", 0, 100, "127.0.0.1:1", "T/APP*1*1/a.bin T/APP*1*1/adat.bin"]
         data[index] = value
         out.append((json.dumps(data).encode(), f"hostile-{i}"))
     for i in range(10):
@@ -224,7 +243,7 @@ async def test_agent_answers_hostile_payloads_through_the_broker_and_keeps_worki
     async with agent_world(tmp_path, [A]) as (_agent, runner, cloud, host, size):
         for payload, _ in payloads:
             await cloud.send_job(payload)
-        await cloud.send_job(job_tuple(A, "after-the-storm", host, "fw/app", size))
+        await cloud.send_job(job_tuple(A, "after-the-storm", host, "T1/APP*1e29dfa3*2.0.0/app", size))
         await cloud.wait_for(lambda: cloud.terminal("after-the-storm"))
     answered = {u.job_id: u for u in cloud.updates}
     for payload, job_id in payloads:
@@ -232,7 +251,7 @@ async def test_agent_answers_hostile_payloads_through_the_broker_and_keeps_worki
             assert not any(u.job_id == "" for u in cloud.updates)
             continue
         update = answered[job_id]
-        assert update.status is JobStatus.REJECTED, (payload[:80], update)
+        assert update.status is ExecutionStatus.REJECTED, (payload[:80], update)
         assert update.details.startswith("Job info is invalid"), update
         assert len(cloud.statuses(job_id)) == 1
     assert_honest_sequence(cloud.statuses("after-the-storm"))
@@ -243,20 +262,22 @@ async def test_agent_graceful_stop_mid_dfu_resumes_after_restart_without_repeati
     bundle = app_bundle(version=2, size=0x3000)
     with running_broker(tmp_path / "broker") as broker:
         async with (
-            firmware_server(broker.pki.ca, bundle.files("fw/app")) as server,
+            firmware_server(broker.pki.ca, bundle.files("T1/APP*1e29dfa3*2.0.0/app")) as server,
             FakeCloud(broker) as cloud,
         ):
             path = write_config(
                 tmp_path / "agent.toml", broker, tmp_path / "state", peripherals=[(A, "nrf52840-s140")]
             )
-            cloud.pending[A] = job_tuple(A, "job-s", server.file_host, "fw/app", bundle.size)
+            cloud.pending[A] = job_tuple(
+                A, "job-s", server.file_host, "T1/APP*1e29dfa3*2.0.0/app", bundle.size
+            )
             first = ScriptedRunner()
             first.gates[A] = asyncio.Event()  # never opened: the DFU is running when SIGTERM comes
             agent = Agent(load_config(path), runner=first)
             stop = asyncio.Event()
             task = asyncio.create_task(agent.run(stop))
             await first.started.wait()
-            await cloud.wait_for(lambda: any(u.status is JobStatus.IN_PROGRESS for u in cloud.updates))
+            await cloud.wait_for(lambda: any(u.status is ExecutionStatus.IN_PROGRESS for u in cloud.updates))
             stop.set()
             await task
             assert agent.outbox_left == 0
@@ -270,8 +291,10 @@ async def test_agent_graceful_stop_mid_dfu_resumes_after_restart_without_repeati
             await task
     updates = cloud.statuses("job-s")
     assert_honest_sequence(updates)
-    assert [u.details for u in updates if u.status is JobStatus.IN_PROGRESS].count("") == 1  # not restarted
-    assert [u.progress for u in updates if u.status is JobStatus.DOWNLOADING].count(
+    assert [u.details for u in updates if u.status is ExecutionStatus.IN_PROGRESS].count(
+        ""
+    ) == 1  # not restarted
+    assert [u.progress for u in updates if u.status is ExecutionStatus.DOWNLOADING].count(
         0
     ) == 1  # not re-downloaded
     assert second.order == [A]

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from gateway_agent.app import Agent
-from gateway_agent.cloud.messages import JobStatus
+from gateway_agent.cloud.wire import ExecutionStatus
 from gateway_agent.config import load_config
 from simulator.air import Air
 from simulator.bleak_backend import backend_for
@@ -57,7 +57,7 @@ def make_air(*addresses: str) -> Air:
 async def test_agent_job_goes_downloading_in_progress_succeeded(tmp_path: Path) -> None:
     bundle = app_bundle(version=2)
     with running_broker(tmp_path / "broker") as broker:
-        async with firmware_server(broker.pki.ca, bundle.files("fw/app-v2")) as server:
+        async with firmware_server(broker.pki.ca, bundle.files("T1/APP*2c3cf63b*v2.0.1/app")) as server:
             cfg = load_config(
                 write_config(
                     tmp_path / "agent.toml", broker, tmp_path / "state", peripherals=[(APP, "nrf52840-s140")]
@@ -66,21 +66,29 @@ async def test_agent_job_goes_downloading_in_progress_succeeded(tmp_path: Path) 
             air = make_air(APP)
             agent = Agent(cfg, backend=backend_for(air))
             async with FakeCloud(broker) as cloud:
-                cloud.pending[APP] = job_tuple(APP, "job-1", server.file_host, "fw/app-v2", bundle.size)
+                cloud.pending[APP] = job_tuple(
+                    APP, "job-1", server.file_host, "T1/APP*2c3cf63b*v2.0.1/app", bundle.size
+                )
                 async with running_agent(agent):
                     await cloud.wait_for(lambda: cloud.terminal("job-1"))
                     assert cloud.requests[0] == APP  # asked for its job after connecting
-                    report = cloud.shadow_reports[0]["state"]["reported"]
-                    assert report["device"]["serviceInfo"]["fota_v2_ble"] is True
-                    assert report["statusConnections"][APP]["status"]["connected"] is True
+                    # statusConnections tells the truth: reset, then the idle peripheral, then its link
+                    # coming up and going down around the DFU (lte-gateway `device_shadow_data_encode()`)
+                    reports = [r["state"]["reported"] for r in cloud.shadow_reports]
+                    assert reports[0]["statusConnections"] is None
+                    assert reports[1]["device"]["serviceInfo"]["fota_v2_ble"] is True
+                    links = [r["statusConnections"][APP]["status"] for r in reports[1:]]
+                    assert links[0] == {"connected": False, "connecting": False}
+                    assert {"connected": True, "connecting": False} in links
+                    assert links[-1] == {"connected": False, "connecting": False}
                     # after the DFU the gateway asks again (the cloud has nothing more)
                     await cloud.wait_for(lambda: cloud.requests.count(APP) >= 2)
     updates = cloud.statuses("job-1")
     assert_honest_sequence(updates)
-    assert updates[0].status is JobStatus.DOWNLOADING
+    assert updates[0].status is ExecutionStatus.DOWNLOADING
     assert updates[0].progress == 0
-    assert any(u.status is JobStatus.DOWNLOADING and u.progress == 100 for u in updates)
-    assert JobStatus.IN_PROGRESS in [u.status for u in updates]
+    assert any(u.status is ExecutionStatus.DOWNLOADING and u.progress == 100 for u in updates)
+    assert ExecutionStatus.IN_PROGRESS in [u.status for u in updates]
     state = air.device_state(APP)
     assert state["mode"] == "app"
     assert state["app"]["version"] == 2
@@ -89,7 +97,7 @@ async def test_agent_job_goes_downloading_in_progress_succeeded(tmp_path: Path) 
 async def test_agent_survives_broker_restart_mid_job(tmp_path: Path) -> None:
     bundle = app_bundle(version=3, size=0x8000)
     with persistent_broker(tmp_path / "broker") as broker:
-        async with firmware_server(broker.pki.ca, bundle.files("fw/app-v3")) as server:
+        async with firmware_server(broker.pki.ca, bundle.files("T1/APP*cd5412d9*v3.0.0/app")) as server:
             path = write_config(
                 tmp_path / "agent.toml", broker, tmp_path / "state", peripherals=[(APP, "nrf52840-s140")]
             )
@@ -97,9 +105,13 @@ async def test_agent_survives_broker_restart_mid_job(tmp_path: Path) -> None:
             agent = Agent(load_config(path), backend=backend_for(air))
             cloud = FakeCloud(broker, persistent=True)
             await cloud.connect()
-            cloud.pending[APP] = job_tuple(APP, "job-restart", server.file_host, "fw/app-v3", bundle.size)
+            cloud.pending[APP] = job_tuple(
+                APP, "job-restart", server.file_host, "T1/APP*cd5412d9*v3.0.0/app", bundle.size
+            )
             async with running_agent(agent):
-                await cloud.wait_for(lambda: any(u.status is JobStatus.IN_PROGRESS for u in cloud.updates))
+                await cloud.wait_for(
+                    lambda: any(u.status is ExecutionStatus.IN_PROGRESS for u in cloud.updates)
+                )
                 await cloud.disconnect()
                 await asyncio.to_thread(broker.stop)  # mid-transfer (the loop, so the radio, runs on)
                 failures = agent.link.failures
@@ -116,7 +128,7 @@ async def test_agent_survives_broker_restart_mid_job(tmp_path: Path) -> None:
     transfer = [
         int(u.details.removeprefix("transfer ").rstrip("%") or 0)
         for u in updates
-        if u.status is JobStatus.IN_PROGRESS
+        if u.status is ExecutionStatus.IN_PROGRESS
     ]
     assert transfer == sorted(transfer)
     assert agent.outbox_left == 0

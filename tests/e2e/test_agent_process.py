@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway_agent.cloud.messages import JobStatus
+from gateway_agent.cloud.wire import ExecutionStatus
 from simulator.remote import RemoteAir
 from tests.agent.support import (
     Bundle,
@@ -111,7 +111,9 @@ async def world(tmp_path: Path, size: int = 0x8000) -> AsyncIterator[World]:
             assert sim.stdout is not None
             assert (await sim.stdout.readline()).decode().strip() == f"listening on {sock}"
             with running_broker(tmp_path / "broker") as broker:
-                async with firmware_server(broker.pki.ca, bundle.files("fw/app")) as server:
+                async with firmware_server(
+                    broker.pki.ca, bundle.files("T1/APP*1e29dfa3*2.0.0/app")
+                ) as server:
                     config = write_config(
                         tmp_path / "agent.toml",
                         broker,
@@ -144,8 +146,10 @@ async def app_version(sock: Path) -> int:
 
 async def test_agent_process_sigkill_mid_download_resumes_with_range(tmp_path: Path) -> None:
     async with world(tmp_path) as w:
-        w.server.pause_after["fw/app.bin"] = 20_000
-        w.cloud.pending[APP] = job_tuple(APP, "job-k1", w.server.file_host, "fw/app", w.bundle.size)
+        w.server.pause_after["T1/APP*1e29dfa3*2.0.0/app.bin"] = 20_000
+        w.cloud.pending[APP] = job_tuple(
+            APP, "job-k1", w.server.file_host, "T1/APP*1e29dfa3*2.0.0/app", w.bundle.size
+        )
         agent = AgentProcess(w)
         await agent.start()
         await w.server.paused.wait()
@@ -158,7 +162,7 @@ async def test_agent_process_sigkill_mid_download_resumes_with_range(tmp_path: P
         await w.cloud.wait_for(lambda: w.cloud.terminal("job-k1"))
         assert await again.stop(signal.SIGTERM) == 0
         assert await app_version(w.socket) == 2
-    bins = [r for r in w.server.requests if r.path == "fw/app.bin"]
+    bins = [r for r in w.server.requests if r.path == "T1/APP*1e29dfa3*2.0.0/app.bin"]
     assert bins[-1].status == 206, bins
     start = int(bins[-1].headers["range"].removeprefix("bytes=").rstrip("-"))
     assert start > 0  # the image was not fetched from zero again
@@ -167,13 +171,15 @@ async def test_agent_process_sigkill_mid_download_resumes_with_range(tmp_path: P
 
 async def test_agent_process_sigkill_mid_transfer_resumes_from_the_bootloader(tmp_path: Path) -> None:
     async with world(tmp_path, size=0x10000) as w:
-        w.cloud.pending[APP] = job_tuple(APP, "job-k2", w.server.file_host, "fw/app", w.bundle.size)
+        w.cloud.pending[APP] = job_tuple(
+            APP, "job-k2", w.server.file_host, "T1/APP*1e29dfa3*2.0.0/app", w.bundle.size
+        )
         agent = AgentProcess(w)
         await agent.start()
 
         def transferring() -> bool:
             return any(
-                u.status is JobStatus.IN_PROGRESS and _percent(u.details) >= 20
+                u.status is ExecutionStatus.IN_PROGRESS and _percent(u.details) >= 20
                 for u in w.cloud.statuses("job-k2")
             )
 
@@ -187,7 +193,7 @@ async def test_agent_process_sigkill_mid_transfer_resumes_from_the_bootloader(tm
         assert await app_version(w.socket) == 2
     updates = w.cloud.statuses("job-k2")
     assert_honest_sequence(updates)
-    assert all(u.status is not JobStatus.DOWNLOADING for u in updates[before:])  # not downloaded again
+    assert all(u.status is not ExecutionStatus.DOWNLOADING for u in updates[before:])  # not downloaded again
     done = [line for line in w.logs if "event=dfu_succeeded" in line]
     match = re.search(r"resumed_from=(\d+)", done[-1])
     assert match, done
@@ -196,11 +202,13 @@ async def test_agent_process_sigkill_mid_transfer_resumes_from_the_bootloader(tm
 
 async def test_agent_process_sigterm_leaves_job_resumable_and_exits_zero(tmp_path: Path) -> None:
     async with world(tmp_path) as w:
-        w.cloud.pending[APP] = job_tuple(APP, "job-t", w.server.file_host, "fw/app", w.bundle.size)
+        w.cloud.pending[APP] = job_tuple(
+            APP, "job-t", w.server.file_host, "T1/APP*1e29dfa3*2.0.0/app", w.bundle.size
+        )
         agent = AgentProcess(w)
         await agent.start()
         await w.cloud.wait_for(
-            lambda: any(u.status is JobStatus.IN_PROGRESS for u in w.cloud.statuses("job-t"))
+            lambda: any(u.status is ExecutionStatus.IN_PROGRESS for u in w.cloud.statuses("job-t"))
         )
         assert await agent.stop(signal.SIGTERM) == 0
         assert not w.cloud.terminal("job-t")

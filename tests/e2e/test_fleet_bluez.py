@@ -27,9 +27,8 @@ async def test_agent_on_bluez_updates_its_peripherals_through_a_job(tmp_path: Pa
     ) as fleet:
         targets = fleet.peripherals
         before = await fleet.app_versions()
-        bundle = await fleet.api.upload_firmware(app_bundle(2), name="app-v2")
-        job_id = await fleet.api.create_job(bundleId=bundle["bundleId"], name="pi-v2", deviceIds=targets)
-        await fleet.api.apply_job(job_id)
+        bundle_id = await fleet.api.upload_firmware(app_bundle(2), name="app-v2")
+        job_id = await fleet.api.create_job(bundleId=bundle_id, name="pi-v2", deviceIds=targets)
         done = await fleet.api.wait_job(job_id, "COMPLETED", within=120, diagnose=fleet.diagnose)
         assert done["executionStats"]["succeeded"] == PERIPHERALS, done["executionStats"]
         after = await fleet.app_versions()

@@ -19,6 +19,7 @@ groups and jobs"):
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -106,9 +107,10 @@ async def test_one_job_updates_60_peripherals_in_waves_of_25(fleet: Fleet) -> No
     assert len(targets) == GATEWAYS * PER_GATEWAY
     before = await fleet.app_versions()
 
-    bundle = await api.upload_firmware(app_bundle(2), name="app-v2")
-    assert (bundle["firmwareType"], bundle["version"]) == ("APP", "2")
-    job_id = await api.create_job(bundleId=bundle["bundleId"], name="fleet-v2", deviceIds=targets)
+    bundle_id = await api.upload_firmware(app_bundle(2), name="app-v2")
+    assert re.fullmatch(r"APP\*[0-9a-f]{8}\*2", bundle_id), bundle_id  # nRF Cloud's bundle id form
+    # created without applying (nRF Cloud's autoApply defaults to true)
+    job_id = await api.create_job(bundleId=bundle_id, name="fleet-v2", deviceIds=targets, autoApply=False)
     assert (await api.job(job_id))["status"] == "CREATED"
     assert fleet.observer.of_job(job_id) == []  # nothing is pushed before the job is applied
 
@@ -165,9 +167,8 @@ async def test_failed_peripherals_get_a_retry_job_that_completes_the_set(fleet: 
     for address in failing:
         await fleet.gateway_of(address).air.set_faults(address, refuse_connections=-1)
 
-    bundle = await api.upload_firmware(app_bundle(3), name="app-v3")
-    job_id = await api.create_job(bundleId=bundle["bundleId"], name="fleet-v3", deviceIds=targets)
-    await api.apply_job(job_id)
+    bundle_id = await api.upload_firmware(app_bundle(3), name="app-v3")
+    job_id = await api.create_job(bundleId=bundle_id, name="fleet-v3", deviceIds=targets)  # autoApply
     try:
         done = await api.wait_job(job_id, "COMPLETED", within=JOB_TIMEOUT_S, diagnose=fleet.diagnose)
     finally:

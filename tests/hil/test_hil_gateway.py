@@ -13,10 +13,8 @@ pytestmark = [pytest.mark.e2e]
 async def test_gateway_runs_a_job_for_its_peripheral(gateway_under_test: Fleet) -> None:
     fleet = gateway_under_test
     (peripheral,) = fleet.peripherals
-    bundle = await fleet.api.upload_firmware(app_bundle(2, profile=fleet.profile), name="hil-v2")
-    job_id = await fleet.api.create_job(
-        bundleId=bundle["bundleId"], name="hil", autoApply=True, deviceIds=[peripheral]
-    )
+    bundle_id = await fleet.api.upload_firmware(app_bundle(2, profile=fleet.profile), name="hil-v2")
+    job_id = await fleet.api.create_job(bundleId=bundle_id, name="hil", deviceIds=[peripheral])
     job = await fleet.api.wait_job(job_id, "COMPLETED", within=60, diagnose=fleet.diagnose)
     assert job["executionStats"]["succeeded"] == 1
     assert (await fleet.app_versions())[peripheral] == 2

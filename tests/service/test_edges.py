@@ -160,7 +160,7 @@ def test_hosted_files_come_from_the_database(make_service: ServiceFactory) -> No
     bundle = first.upload_bundle(app_zip())
     first.store.close()
     second = make_service()
-    assert second.firmware_file(bundle.bundle_id, "app.dat") is not None
+    assert second.firmware_file(bundle.bundle_id, "appdat.bin") is not None
     assert second.firmware_file(bundle.bundle_id, "nope.bin") is None
 
 

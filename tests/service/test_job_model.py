@@ -4,6 +4,7 @@ pins down; no I/O, no clock: `now` is passed explicitly."""
 from __future__ import annotations
 
 import itertools
+import json
 
 import pytest
 
@@ -220,7 +221,7 @@ def test_gateway_support_comes_from_its_shadow_report() -> None:
     gateway's shadow that it supports Bluetooth LE FOTA ... through the device.serviceInfo.fota_v2_ble
     property." and statusConnections tells which peripherals are behind it."""
     model = make_model()
-    model.gateway_reported("gw-1", 0.0, connected=["DD:00:00:00:00:01"])
+    model.gateway_reported("gw-1", 0.0, peripherals=["DD:00:00:00:00:01"])
     assert run_job(model, ["DD:00:00:00:00:01"]) == []
     assert model.job("J").status_detail == ValidationError.GATEWAY_WITHOUT_BLE
     model.gateway_reported("gw-1", 1.0, fota_v2_ble=True)
@@ -283,7 +284,7 @@ def test_execution_starts_queued_and_notification_carries_the_tuple() -> None:
     model.create_job("J", 1.0, bundle_id="b-APP", name="n", device_ids=peripherals)
     (effect,) = model.apply_job("J", 1.0)
     assert isinstance(effect, Notify)
-    assert effect.ble_tuple() == [
+    assert json.loads(effect.ble_job().encode()) == [
         peripherals[0],
         "J",
         0,
@@ -462,9 +463,11 @@ def test_delete_removes_from_list_and_refuses_in_progress() -> None:
     with pytest.raises(JobNotFound):
         model.job("J")
     assert model.pending_execution(device) is None
+    # nRF Cloud DeleteFOTAJob: "Does not affect executions associated with this job"
+    assert model.execution(device, "J").status is S.SUCCEEDED
     changes = model.take_changes()
-    assert changes.deleted_jobs == {"J", "K"}
-    assert ("J", device) in changes.deleted_executions
+    assert {"J", "K"} <= changes.jobs  # kept, marked DELETION_IN_PROGRESS
+    assert not changes.deleted_executions
 
 
 # ---------------------------------------------------------------- retry jobs
@@ -561,7 +564,7 @@ def test_statusconnections_moves_a_peripheral_and_desired_connections_follow() -
     model.upsert_device("gw-b", DeviceKind.IP, 0.0, fota_v2_ble=True)
     model.upsert_device("EE:00:00:00:00:01", DeviceKind.BLE, 0.0, gateway_id="gw-a")
     assert model.peripherals_of("gw-a") == ["EE:00:00:00:00:01"]
-    model.gateway_reported("gw-b", 1.0, connected=["EE:00:00:00:00:01"])
+    model.gateway_reported("gw-b", 1.0, peripherals=["EE:00:00:00:00:01"])
     assert model.peripherals_of("gw-a") == []
     assert model.peripherals_of("gw-b") == ["EE:00:00:00:00:01"]
 

@@ -151,7 +151,8 @@ async def test_serve_cli_hosting_and_restart_mid_job(tmp_path: Path) -> None:
                     files = {
                         p.rsplit("/", 1)[1]: (await http.get(f"https://{host}/{p}")).content for p in paths
                     }
-                assert files == {"app.dat": image.init_packet, "app.bin": image.firmware}
+                assert files == {"appdat.bin": image.init_packet, "app.bin": image.firmware}  # all .bin
+                assert "*" in paths[0]  # bundle ids `<TYPE>*<8 hex>*<version>`, as nRF Cloud's
                 assert first[0][3] == len(image.init_packet) + len(image.firmware)
                 await acknowledge(gw, job_id, first[:10], ExecutionStatus.SUCCEEDED)
                 await gw.request(str(first[10][0]))
