@@ -59,9 +59,11 @@ class DemoResult:
 
 def demo_bundle() -> bytes:
     """An application v2 signed with the demo key, for every shipped SoftDevice (S140 and S132)."""
-    sd_ids = sorted({load_profile(name).softdevice_id for name in (MAIN_PROFILE, *(p for _, _, p in EXTRA))})
+    sd_ids = sorted(
+        {load_profile(name).board.softdevice_id for name in (MAIN_PROFILE, *(p for _, _, p in EXTRA))}
+    )
     return build_package(
-        hw_version=load_profile(MAIN_PROFILE).hw_version,
+        hw_version=load_profile(MAIN_PROFILE).board.hw_version,
         sd_req=sd_ids,
         application=FirmwareFile("app.bin", make_application(IMAGE_BYTES, NEW_VERSION, name="demo")),
         application_version=NEW_VERSION,

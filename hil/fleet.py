@@ -164,10 +164,10 @@ def python_command(module_main: str, *args: str) -> list[str]:
 def app_bundle(version: int, *, profile: str = "nrf52840-s140", size: int = 0x1000) -> bytes:
     """A signed application package (nrfutil layout) the shipped profile's bootloader accepts: the demo key,
     its hw_version and its SoftDevice id as sd_req."""
-    prof = load_profile(profile)
+    board = load_profile(profile).board
     return build_package(
-        hw_version=prof.hw_version,
-        sd_req=[prof.softdevice_id],
+        hw_version=board.hw_version,
+        sd_req=[board.softdevice_id],
         application=FirmwareFile("app.bin", make_application(size, version)),
         application_version=version,
         key=load_private_key(DEMO_KEY_FILE),

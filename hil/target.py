@@ -47,9 +47,10 @@ class DfuTarget:
 
     def app_package(self, version: int, *, size: int = 16 * 1024, key_file: Path | None = None) -> DfuPackage:
         """A signed application package this target's bootloader accepts (its hw version and SoftDevice)."""
+        board = self.profile.board
         data = build_package(
-            hw_version=self.profile.hw_version,
-            sd_req=[self.profile.softdevice_id],
+            hw_version=board.hw_version,
+            sd_req=[board.softdevice_id],
             application=FirmwareFile("app.bin", make_application(size, version)),
             application_version=version,
             key=load_private_key(key_file or self.key_file),

@@ -72,7 +72,7 @@ class Application:
         values = {
             MANUFACTURER_NAME: MANUFACTURER,
             MODEL_NUMBER: self.profile.name,
-            HARDWARE_REVISION: str(self.profile.hw_version),
+            HARDWARE_REVISION: str(self.profile.board.hw_version),
             FIRMWARE_REVISION: app.firmware_revision if app is not None else "",
         }
         if char_uuid not in values:

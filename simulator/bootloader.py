@@ -181,10 +181,10 @@ class Bootloader:
 
     def __init__(self, profile: PeripheralProfile, state: DeviceState, *, now: float = 0.0) -> None:
         self.profile = profile
+        self.board = profile.board
         self.state = state
-        self.flash = Flash(
-            profile.flash, profile.flash.buffers_for(profile.link.att_mtu, profile.data_object_size)
-        )
+        flash = self.board.flash
+        self.flash = Flash(flash, flash.buffers_for(profile.link.att_mtu, profile.data_object_size))
         self.drops = Drops()
         self.connected = False
         self.att_mtu = 23
@@ -256,7 +256,7 @@ class Bootloader:
         the settings page (`nrf_dfu_settings_reinit()` on NRF_DFU_EVT_TRANSPORT_DEACTIVATED), so only what
         reached it survives (the init packet's validity is a RAM flag of nrf_dfu_validation.c and is kept)."""
         self.connected = False
-        if not self.profile.progress_survives_disconnect:
+        if not self.profile.keeps_progress_on_disconnect:
             self._load_settings()
 
     def poll(self, now: float) -> list[Emission]:
@@ -319,7 +319,7 @@ class Bootloader:
         return [self._respond(OpCode.PROTOCOL_VERSION, ResultCode.SUCCESS, now, version=PROTOCOL_VERSION)]
 
     def _on_hardware_version(self, params: dict[str, Any], now: float) -> list[Emission]:
-        chip = self.profile.chip
+        chip = self.board.chip
         return [
             self._respond(
                 OpCode.HARDWARE_VERSION,
@@ -335,7 +335,7 @@ class Bootloader:
 
     def _on_firmware_version(self, params: dict[str, Any], now: float) -> list[Emission]:
         image = params["image"]
-        chip = self.profile.chip
+        chip = self.board.chip
         st = self.state
         kind, version, address, length = FirmwareImageType.UNKNOWN, 0, 0, 0
         if image == 0:
@@ -374,7 +374,7 @@ class Bootloader:
     def _on_select(self, params: dict[str, Any], now: float) -> list[Emission]:
         self._current = self._object_type(params["type"])
         if self._current is ObjectType.COMMAND:
-            max_size = self.profile.max_init_packet_size
+            max_size = self.profile.init_packet_limit
         elif self._current is ObjectType.DATA:
             max_size = self.profile.data_object_size
         else:
@@ -430,7 +430,7 @@ class Bootloader:
         self._restart_inactivity(now)  # NRF_DFU_EVT_DFU_STARTED
         if size == 0:
             raise _Refused(ResultCode.INVALID_PARAMETER)
-        if size > self.profile.max_init_packet_size:
+        if size > self.profile.init_packet_limit:
             raise _Refused(ResultCode.INSUFFICIENT_RESOURCES)
         self._wipe_progress()
         self._command_size = size
@@ -484,7 +484,7 @@ class Bootloader:
                 raise _Refused(ext, ExtError.WRONG_SIGNATURE_TYPE)
             if len(init.signature) != SIGNATURE_BYTES:
                 raise _Refused(ResultCode.OPERATION_FAILED)  # the SDK's length check before verifying
-            key = self.profile.public_key_pem
+            key = self.board.public_key_pem
             if key is None or not verify_signature(init, key):
                 raise _Refused(ResultCode.INVALID_OBJECT)
         # 3. firmware type and hash type (external applications are not built into SDK examples)
@@ -496,7 +496,7 @@ class Bootloader:
         # 4. hardware version
         if init.hw_version is None:
             raise _Refused(ext, ExtError.INIT_COMMAND_INVALID)
-        if init.hw_version != self.profile.hw_version:
+        if init.hw_version != self.board.hw_version:
             raise _Refused(ext, ExtError.HW_VERSION_FAILURE)
         # 5. SoftDevice requirement
         if not self._sd_req_ok(init, fw_type):
@@ -545,7 +545,7 @@ class Bootloader:
             if fw_type in (FwType.SOFTDEVICE, FwType.SOFTDEVICE_BOOTLOADER) and init.sd_size is not None:
                 size = init.sd_size
             if fw_type in (FwType.BOOTLOADER, FwType.SOFTDEVICE_BOOTLOADER) and init.bl_size is not None:
-                if init.bl_size > self.profile.chip.bootloader_max_size:
+                if init.bl_size > self.board.chip.bootloader_max_size:
                     raise _Refused(ResultCode.INSUFFICIENT_RESOURCES)
                 size += init.bl_size
         if size == 0:
@@ -554,7 +554,7 @@ class Bootloader:
 
     def _needs_app_space(self, size: int) -> bool:
         """`nrf_dfu_cache_prepare()`: bank 1 after the app if it fits, else over the app (invalidating it)."""
-        chip = self.profile.chip
+        chip = self.board.chip
         region = chip.app_region_end - self._app_start
         app = self.state.app
         used = -(-app.size // chip.page_size) * chip.page_size if app is not None else 0
@@ -568,7 +568,7 @@ class Bootloader:
 
     def _create_data(self, size: int, now: float) -> None:
         d = self._data
-        page = self.profile.chip.page_size
+        page = self.board.chip.page_size
         if self._init is None:
             raise _Refused(ResultCode.OPERATION_NOT_PERMITTED)
         if size == 0:
@@ -617,8 +617,8 @@ class Bootloader:
 
     def _copy_seconds(self, size: int) -> float:
         """`nrf_bootloader_fw_activate()` on the next boot: erase the destination pages, copy every word."""
-        pages = -(-size // self.profile.chip.page_size)
-        return pages * self.profile.flash.erase_seconds + self.profile.flash.write_seconds(size)
+        pages = -(-size // self.board.chip.page_size)
+        return pages * self.board.flash.erase_seconds + self.board.flash.write_seconds(size)
 
     def _activate(self, image: bytes) -> None:
         """Post-validate the received image, then install it (the device state is the new flash)."""
@@ -639,7 +639,7 @@ class Bootloader:
             return
         sd_size = init.sd_size or 0
         info = read_softdevice_info(image[:sd_size])
-        chip = self.profile.chip
+        chip = self.board.chip
         if info is None or info.end_address < softdevice_end(
             sd_size, mbr_size=chip.mbr_size, page_size=chip.page_size
         ):
@@ -688,7 +688,7 @@ class Bootloader:
 
     @property
     def _app_start(self) -> int:
-        return self.profile.chip.mbr_size + self.state.softdevice.size
+        return self.board.chip.mbr_size + self.state.softdevice.size
 
     @staticmethod
     def _object_type(value: int) -> ObjectType:

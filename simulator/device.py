@@ -114,7 +114,7 @@ class DeviceState(_State):
     @classmethod
     def initial(cls, profile: PeripheralProfile, address: str) -> DeviceState:
         """A device fresh from the factory of this profile: a synthetic app matching the profile's version."""
-        init = profile.initial
+        init = profile.board.initial
         image = make_application(init.app_size, init.app_version)
         return cls(
             address=address.upper(),

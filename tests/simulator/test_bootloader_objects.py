@@ -38,7 +38,7 @@ def ready(d: Driver) -> Driver:
 def test_select_reports_max_sizes_and_empty_progress(d: Driver) -> None:
     command = d.request(OpCode.SELECT, type=ObjectType.COMMAND)
     data = d.request(OpCode.SELECT, type=ObjectType.DATA)
-    assert command.payload == {"max_size": d.profile.max_init_packet_size, "offset": 0, "crc": 0}
+    assert command.payload == {"max_size": d.profile.init_packet_limit, "offset": 0, "crc": 0}
     assert data.payload == {"max_size": d.profile.data_object_size, "offset": 0, "crc": 0}
 
 

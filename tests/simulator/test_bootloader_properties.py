@@ -133,7 +133,7 @@ class BootloaderMachine(RuleBasedStateMachine):
         assert self.bl.data_offset == len(received) <= len(IMAGE)
         assert self.bl.data_crc == zlib.crc32(received)
         assert self.bl.data_offset == 0 or self.bl.init_packet is not None
-        assert self.bl.command_offset <= PROFILE.max_init_packet_size
+        assert self.bl.command_offset <= PROFILE.init_packet_limit
         wake = self.bl.next_wakeup
         assert wake is None or wake >= 0
 

@@ -74,7 +74,10 @@ async def served() -> AsyncIterator[tuple[Path, Path, asyncio.subprocess.Process
         # which a loaded CI machine can exceed between two steps: this board's bootloader waits longer.
         profile = Path(tmp) / "patient.toml"
         shipped = (REPO / "profiles" / "nrf52840-s140.toml").read_text()
-        profile.write_text(shipped.replace("inactivity_timeout_s = 120.0", "inactivity_timeout_s = 100000.0"))
+        patient = shipped.replace("inactivity_timeout_s = 120.0", "inactivity_timeout_s = 100000.0")
+        # A relative key path is read beside the profile's own file: this copy names the shipped key.
+        key = REPO / "profiles" / "keys" / "demo-public.pem"
+        profile.write_text(patient.replace('"keys/demo-public.pem"', f'"{key}"'))
         proc = await _spawn(
             "-c", CLI, "sim", "serve", "--socket", str(sock), "--count", "2", "--profile", str(profile),
             "--address-base", APP, "--state", str(state), "--time-scale", SCALE,

@@ -36,7 +36,10 @@ async def bluez_stack(
         # Scaled real time shortens the bootloader's 120 s inactivity timeout; this board waits longer.
         profile = Path(tmp) / "patient.toml"
         shipped = (REPO / "profiles" / "nrf52840-s140.toml").read_text()
-        profile.write_text(shipped.replace("inactivity_timeout_s = 120.0", "inactivity_timeout_s = 100000.0"))
+        patient = shipped.replace("inactivity_timeout_s = 120.0", "inactivity_timeout_s = 100000.0")
+        # A relative key path is read beside the profile's own file: this copy names the shipped key.
+        key = REPO / "profiles" / "keys" / "demo-public.pem"
+        profile.write_text(patient.replace('"keys/demo-public.pem"', f'"{key}"'))
         args = ["sim", "serve", "--socket", str(Path(tmp) / "s.sock"), "--count", str(count)]
         args += ["--profile", str(profile), "--address-base", "C8:2E:1A:00:00:01", "--time-scale", str(scale)]
         for fault in faults or []:
