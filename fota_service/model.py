@@ -241,7 +241,8 @@ class ExecutionStats:
 
 @dataclass(frozen=True)
 class Notify:
-    """Send a job notification: BLE → `<gw>/jobs/ble/rcv`, IP → `<device>/jobs/rcv`."""
+    """Send a job notification: a BLE peripheral's through its gateway's BLE job topic, an IP device's on its
+    own (the topics: `wire.JobTopic`)."""
 
     device_id: str
     gateway_id: str | None

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import logging
 import os
 from collections.abc import Callable, Coroutine
@@ -27,7 +28,14 @@ from dfu.errors import PackageError
 from dfu.package import DfuPackage
 from dfu.transport.backend import BleBackend
 from gateway_agent.cloud.connection import CloudLink, LinkSettings
-from gateway_agent.cloud.wire import DesiredState, JobUpdate, LinkState, job_request
+from gateway_agent.cloud.wire import (
+    DesiredState,
+    JobUpdate,
+    LinkState,
+    device_link_event,
+    gateway_message,
+    job_request,
+)
 from gateway_agent.config import AgentConfig
 from gateway_agent.dfu_runner import DfuRunner, UpdaterRunner
 from gateway_agent.download import (
@@ -95,6 +103,7 @@ def link_settings(cfg: AgentConfig) -> LinkSettings:
         connect_timeout_s=b.connect_timeout_s,
         reconnect_min_s=b.reconnect_min_s,
         reconnect_max_s=b.reconnect_max_s,
+        gateway_messages=cfg.cloud.gateway_messages,
     )
 
 
@@ -168,8 +177,13 @@ class Agent:
         return asyncio.get_running_loop().time()
 
     def _set_link(self, address: str, state: LinkState) -> None:
-        if self.roster.set_link(address, state):
-            self.link.report_links({address: state})
+        before = self.roster.link(address)
+        if not self.roster.set_link(address, state):
+            return
+        self.link.report_links({address: state})
+        if LinkState.CONNECTED in (before, state):  # a link came up or went down: tell it as Nordic's do
+            event = device_link_event(address, state is LinkState.CONNECTED, _utc_now())
+            self.link.send_gateway_message(gateway_message(self.cfg.gateway.id, event))
 
     def _apply(self, effects: list[Effect]) -> None:
         """Persist the core's changes and the statuses they imply atomically, then act on the effects."""
@@ -399,6 +413,10 @@ class Agent:
         while True:
             self.notifier.notify("WATCHDOG=1")
             await asyncio.sleep(self.notifier.watchdog_s / 2)
+
+
+def _utc_now() -> str:
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _update_message(u: JobUpdate) -> OutboxMessage:

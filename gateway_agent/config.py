@@ -104,9 +104,15 @@ class CloudSection(_Section):
     )
     shadow_topics: ShadowConvention = Field(
         ShadowConvention.AWS,
-        description='shadow topic convention: "aws" (sdk-nrf\'s original: `$aws/things/<gw>/shadow/get`, '
-        'answers on `<gw>/shadow/get/accepted`), "trim" (sdk-nrf\'s current: `<gw>/shadow/get/trim` → '
-        '`<gw>/shadow/get/accepted/trim`), "prefixed" (gateway-common: `<prefix><gw>/shadow/...`)',
+        description='shadow topics: "aws" (sdk-nrf\'s original transport, the topics on docs.nrfcloud.com), '
+        '"trim" (sdk-nrf\'s current transport), "prefixed" (gateway-common, under the topic prefix); '
+        "docs/nrf-cloud.md lists each one's topics",
+    )
+
+    gateway_messages: bool = Field(
+        True,
+        description="send g2c device_connect_result / device_disconnect events, as Nordic's gateways do, "
+        "on the topic the shadow names (`pairing.topics.g2c`); nothing is sent until it does",
     )
 
     @field_validator("topic_prefix")

@@ -43,9 +43,9 @@ CREATE TABLE IF NOT EXISTS outbox (
 
 class MessageKind(enum.StrEnum):
     UPDATE = "update"
-    """jobs/ble/update"""
+    """an execution update (`wire.JobTopic.BLE_UPDATE`)"""
     REQUEST = "request"
-    """jobs/ble/req"""
+    """a job request (`wire.JobTopic.BLE_REQUEST`)"""
 
 
 @dataclass(frozen=True, slots=True)

@@ -127,6 +127,7 @@ class MosquittoBroker:
                     "log_type warning",
                     "log_type notice",
                     "log_type information",  # "mosquitto version … running": its listeners are bound
+                    "log_type subscribe",  # "<client id> <qos> <topic>": what each client subscribed to
                     "connection_messages true",
                     f"log_dest file {self.log_file}",
                     "",
@@ -204,6 +205,16 @@ class MosquittoBroker:
 
     def log_text(self) -> str:
         return self.log_file.read_text() if self.log_file.exists() else ""
+
+    def subscriptions(self, client_id: str) -> list[str]:
+        """Every topic filter `client_id` subscribed to, in order (from the broker's own log), so a test can
+        check a client subscribes to nothing its cloud's policy would refuse."""
+        found = []
+        for line in self.log_text().splitlines():
+            parts = line.split(" ", 3)
+            if len(parts) == 4 and parts[1] == client_id and parts[2] in ("0", "1", "2"):
+                found.append(parts[3])
+        return found
 
 
 @contextlib.contextmanager

@@ -78,6 +78,8 @@ class LinkSettings:
     reconnect_min_s: float = 1.0
     reconnect_max_s: float = 60.0
     publish_timeout_s: float = 30.0
+    gateway_messages: bool = True
+    """send g2c device connection events where the shadow's `pairing.topics.g2c` says"""
 
 
 def tls_context(settings: LinkSettings) -> ssl.SSLContext:
@@ -123,7 +125,10 @@ class CloudLink:
         self.prefix = settings.topic_prefix
         self.shadow = ShadowTopics(settings.gateway_id, settings.shadow_convention, settings.topic_prefix)
         self._shadow_pending: dict[str, LinkState | None] = {}
+        self._messages_pending: list[bytes] = []
         self._shadow_wake = asyncio.Event()
+        self.gateway_topic: str | None = None
+        """g2c, learned from the shadow (sdk-nrf reads its message topics from `pairing.topics`)"""
         self._on_job = on_job
         self._on_shadow = on_shadow
         self._on_connected = on_connected
@@ -156,6 +161,14 @@ class CloudLink:
         if self.prefix is not None:
             topics.append(self._job_topic(JobTopic.BLE_RECEIVE))
         return topics
+
+    def send_gateway_message(self, payload: bytes) -> None:
+        """Best effort, as Nordic's gateways send them: dropped while disconnected or before the shadow named
+        the g2c topic (publishing where the policy forbids would get the gateway disconnected)."""
+        if not (self.settings.gateway_messages and self.connected.is_set() and self.gateway_topic):
+            return
+        self._messages_pending.append(payload)
+        self._shadow_wake.set()
 
     def report_links(self, changes: Mapping[str, LinkState | None]) -> None:
         """Report these peripherals' links (None: removed) while connected; a reconnect reports all anyway."""
@@ -234,11 +247,17 @@ class CloudLink:
             raise
 
     async def _drain_shadow(self, client: aiomqtt.Client) -> None:
+        """Shadow reports and gateway messages, in the order they happened, one task so they never race."""
         while True:
             await self._shadow_wake.wait()
             self._shadow_wake.clear()
             if self._shadow_pending:
                 await self._publish_links(client)
+            while self._messages_pending and self.gateway_topic:
+                payload = self._messages_pending.pop(0)
+                await client.publish(
+                    self.gateway_topic, payload, qos=1, timeout=self.settings.publish_timeout_s
+                )
 
     async def _receive(self, client: aiomqtt.Client) -> None:
         async for message in client.messages:
@@ -254,6 +273,9 @@ class CloudLink:
                 log.debug("mqtt_ignored", extra=kv(topic=topic))
 
     async def _shadow_document(self, client: aiomqtt.Client, view: DesiredState) -> None:
+        if view.gateway_topic is not None and view.gateway_topic != self.gateway_topic:
+            self.gateway_topic = view.gateway_topic
+            log.info("gateway_topic_learned", extra=kv(topic=view.gateway_topic))
         if view.topic_prefix is not None and self.prefix is None:
             self.prefix = view.topic_prefix
             log.info("topic_prefix_learned", extra=kv(prefix=view.topic_prefix))

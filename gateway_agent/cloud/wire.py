@@ -591,6 +591,9 @@ class DesiredState:
     topic_prefix: str | None
     desired_connections: tuple[str, ...] | None
     """None: the document does not mention them (keep what is known)."""
+    gateway_topic: str | None = None
+    """`pairing.topics.g2c`: where gateway messages go (sdk-nrf `nrf_cloud_obj_endpoint_decode()` takes the
+    message topics from the shadow); None when the document does not say."""
 
 
 def _desired_of(doc: Any) -> dict[str, Any]:
@@ -629,7 +632,14 @@ def read_desired(payload: bytes) -> DesiredState:
     prefix = desired.get("nrfcloud_mqtt_topic_prefix")
     if not (isinstance(prefix, str) and PREFIX_RE.match(prefix)):
         prefix = None
-    return DesiredState(prefix, _connections(desired.get("desiredConnections")))
+    g2c = _dig(desired, "pairing", "topics", "g2c")
+    if not (isinstance(g2c, str) and _MESSAGE_TOPIC_RE.match(g2c)):
+        g2c = None
+    return DesiredState(prefix, _connections(desired.get("desiredConnections")), g2c)
+
+
+_MESSAGE_TOPIC_RE = re.compile(r"^[A-Za-z0-9_.:*-]+(/[A-Za-z0-9_.:*-]+){1,8}$")
+"""A topic to publish on: segments of safe characters, no wildcards (`+`, `#`), no `$`."""
 
 
 class LinkState(enum.StrEnum):
@@ -723,6 +733,27 @@ def shadow_document(
 
 def delta_document(changed: Mapping[str, Any], version: int) -> bytes:
     return _dumps({"state": dict(changed), "version": version})
+
+
+# =========================================================================================================
+# Gateway messages (g2c): the connection events Nordic's gateways send for each peripheral
+
+
+def device_link_event(address: str, connected: bool, timestamp: str) -> dict[str, Any]:
+    """`device_connect_result` when a link comes up, `device_disconnect` when it goes down; the device object
+    as lte-gateway's `device_connect_result_encode()` / `device_disconnect_result_encode()` write it
+    (src/ble/ble_codec.c), the type names as gateway-common's `EventType` (src/interfaces/g2c.ts)."""
+    return {
+        "type": "device_connect_result" if connected else "device_disconnect",
+        "timestamp": timestamp,
+        "device": {"id": address, "address": {"address": address}, "status": {"connected": connected}},
+    }
+
+
+def gateway_message(gateway_id: str, event: Mapping[str, Any]) -> bytes:
+    """The g2c envelope `{"type": "event", "gatewayId", "event"}` (lte-gateway `ble_codec.c`; gateway-common
+    `mqttFacade.ts` `getG2CEvent`)."""
+    return _dumps({"type": "event", "gatewayId": gateway_id, "event": dict(event)})
 
 
 # =========================================================================================================

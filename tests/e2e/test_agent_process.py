@@ -14,7 +14,7 @@ import re
 import signal
 import sys
 import tempfile
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +32,7 @@ from tests.agent.support import (
     job_tuple,
     write_config,
 )
+from tests.support.agent_process import AgentProcess
 from tests.support.mosquitto import MosquittoBroker, running_broker
 
 pytestmark = pytest.mark.e2e
@@ -57,45 +58,6 @@ async def _spawn(*args: str, stderr: int | None = None) -> asyncio.subprocess.Pr
     return await asyncio.create_subprocess_exec(
         sys.executable, *args, stdout=asyncio.subprocess.PIPE, stderr=stderr, cwd=REPO
     )
-
-
-class AgentProcess:
-    def __init__(self, world: World) -> None:
-        self.world = world
-        self.proc: asyncio.subprocess.Process | None = None
-        self._pump: asyncio.Task[None] | None = None
-        self._line = asyncio.Event()
-
-    async def start(self) -> None:
-        self.proc = await _spawn(
-            "-m", "gateway_agent", "run", "--config", str(self.world.config), stderr=asyncio.subprocess.PIPE
-        )
-        self._pump = asyncio.create_task(self._read())
-
-    async def _read(self) -> None:
-        assert self.proc is not None
-        assert self.proc.stderr is not None
-        async for line in self.proc.stderr:
-            self.world.logs.append(line.decode().rstrip())
-            self._line.set()
-        self._line.set()
-
-    async def wait_log(self, predicate: Callable[[], bool]) -> None:
-        """Wait for the process's log to satisfy predicate (each new line re-checks it)."""
-        while not predicate():
-            assert self.proc is not None
-            assert self.proc.returncode is None, "\n".join(self.world.logs)
-            self._line.clear()
-            await self._line.wait()
-
-    async def stop(self, sig: int) -> int:
-        assert self.proc is not None
-        if self.proc.returncode is None:
-            self.proc.send_signal(sig)
-        code = await self.proc.wait()
-        if self._pump is not None:
-            await self._pump
-        return code
 
 
 @contextlib.asynccontextmanager
@@ -150,14 +112,14 @@ async def test_agent_process_sigkill_mid_download_resumes_with_range(tmp_path: P
         w.cloud.pending[APP] = job_tuple(
             APP, "job-k1", w.server.file_host, "T1/APP*1e29dfa3*2.0.0/app", w.bundle.size
         )
-        agent = AgentProcess(w)
+        agent = AgentProcess(w.config, w.logs)
         await agent.start()
         await w.server.paused.wait()
         # a DOWNLOADING update above 0 % means the agent counted (so flushed) part of the image
         await w.cloud.wait_for(lambda: any((u.progress or 0) > 0 for u in w.cloud.statuses("job-k1")))
         assert await agent.stop(signal.SIGKILL) == -signal.SIGKILL
         w.server.resume.set()
-        again = AgentProcess(w)
+        again = AgentProcess(w.config, w.logs)
         await again.start()
         await w.cloud.wait_for(lambda: w.cloud.terminal("job-k1"))
         assert await again.stop(signal.SIGTERM) == 0
@@ -174,7 +136,7 @@ async def test_agent_process_sigkill_mid_transfer_resumes_from_the_bootloader(tm
         w.cloud.pending[APP] = job_tuple(
             APP, "job-k2", w.server.file_host, "T1/APP*1e29dfa3*2.0.0/app", w.bundle.size
         )
-        agent = AgentProcess(w)
+        agent = AgentProcess(w.config, w.logs)
         await agent.start()
 
         def transferring() -> bool:
@@ -186,7 +148,7 @@ async def test_agent_process_sigkill_mid_transfer_resumes_from_the_bootloader(tm
         await w.cloud.wait_for(transferring)
         assert await agent.stop(signal.SIGKILL) == -signal.SIGKILL
         before = len(w.cloud.statuses("job-k2"))
-        again = AgentProcess(w)
+        again = AgentProcess(w.config, w.logs)
         await again.start()
         await w.cloud.wait_for(lambda: w.cloud.terminal("job-k2"))
         assert await again.stop(signal.SIGTERM) == 0
@@ -205,7 +167,7 @@ async def test_agent_process_sigterm_leaves_job_resumable_and_exits_zero(tmp_pat
         w.cloud.pending[APP] = job_tuple(
             APP, "job-t", w.server.file_host, "T1/APP*1e29dfa3*2.0.0/app", w.bundle.size
         )
-        agent = AgentProcess(w)
+        agent = AgentProcess(w.config, w.logs)
         await agent.start()
         await w.cloud.wait_for(
             lambda: any(u.status is ExecutionStatus.IN_PROGRESS for u in w.cloud.statuses("job-t"))
@@ -214,7 +176,7 @@ async def test_agent_process_sigterm_leaves_job_resumable_and_exits_zero(tmp_pat
         assert not w.cloud.terminal("job-t")
         assert any("event=dfu_interrupted" in line for line in w.logs)
         assert any("event=agent_stopped" in line and "outbox_left=0" in line for line in w.logs)
-        again = AgentProcess(w)
+        again = AgentProcess(w.config, w.logs)
         await again.start()
         await w.cloud.wait_for(lambda: w.cloud.terminal("job-t"))
         assert await again.stop(signal.SIGTERM) == 0
@@ -233,7 +195,7 @@ async def test_agent_process_refuses_wrong_client_certificate(tmp_path: Path) ->
         text = re.sub(r'cert_file = ".*"', f'cert_file = "{stranger.cert_file}"', text)
         text = re.sub(r'key_file = ".*"', f'key_file = "{stranger.key_file}"', text)
         w.config.write_text(text.replace("[cloud]", "connect_timeout_s = 0.5\n[cloud]"))
-        agent = AgentProcess(w)
+        agent = AgentProcess(w.config, w.logs)
         await agent.start()
         await agent.wait_log(
             lambda: sum("event=broker_" in line and "certificate" in line for line in w.logs) >= 2
