@@ -5,6 +5,10 @@ Data flows one way: cloud bytes → `Jobs` (decides) → effects. Each batch of 
 woken, downloads and DFUs started as tasks whose results come back as new events. Every event is handled
 synchronously on the loop, so the core never sees two events at once.
 
+Every job's task runs under a supervisor: whatever it raises, the job ends with one terminal status and a
+cause an operator can act on, its files are removed and its peripheral is free for the next job. A
+maintenance task ends jobs past their deadline and prunes the journal; leftover downloads go at start.
+
 Shutdown (SIGTERM): stop taking work, cancel downloads and DFUs (the updater disconnects without aborting, so
 the peripheral stays resumable; the journal keeps the phase), flush the outbox while the broker is reachable,
 then return.
@@ -17,6 +21,8 @@ import contextlib
 import datetime
 import logging
 import os
+import shutil
+import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +53,7 @@ from gateway_agent.download import (
     job_files,
 )
 from gateway_agent.jobs import (
+    Abandon,
     DfuOutcome,
     Dropped,
     Effect,
@@ -157,6 +164,9 @@ class Agent:
             progress_step_percent=cfg.dfu.progress_step_percent,
             progress_interval_s=cfg.dfu.progress_interval_s,
             admit=self.download_policy.admit,
+            queue_per_peripheral=cfg.dfu.queue_per_peripheral,
+            queue_total=cfg.dfu.queue_total,
+            deadline_s=cfg.dfu.job_deadline_s,
         )
         self.jobs = Jobs(policy, self.roster.served)
         self.link = CloudLink(
@@ -195,12 +205,18 @@ class Agent:
                 messages.append(
                     OutboxMessage(MessageKind.REQUEST, e.peripheral_id, "", job_request(e.peripheral_id))
                 )
-        self.journal.commit(self.jobs.take_dirty(), messages)
+        self.journal.commit(self.jobs.take_dirty(), messages, wall=time.time())
         if messages:
             self.link.wake()
         for e in effects:
-            if isinstance(e, Report):
+            if isinstance(e, Abandon):
+                task = self._tasks.get(e.key)
+                if task is not None:
+                    task.cancel()
+            elif isinstance(e, Report):
                 u = e.update
+                if u.status.terminal:  # the job is over: its files go, whatever the outcome
+                    _remove_tree(job_directory(self.state_dir, u.peripheral_id, u.job_id))
                 level = logging.INFO if u.status.terminal or u.progress in (None, 0) else logging.DEBUG
                 log.log(
                     level,
@@ -224,15 +240,36 @@ class Agent:
                 self._spawn(e.execution, self._dfu(snapshot(e.execution)))
 
     def _spawn(self, exe: Execution, coro: Coroutine[Any, Any, None]) -> None:
-        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro, name=f"job:{exe.key}")
-        self._tasks[exe.key] = task
         key = exe.key
+        # an abandoned task of the same peripheral may still be unwinding its link: let it finish first
+        before = [t for k, t in self._tasks.items() if k[0] == key[0] and k != key and not t.done()]
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(
+            self._supervised(key, coro, before), name=f"job:{key}"
+        )
+        self._tasks[key] = task
 
         def forget(done: asyncio.Task[None]) -> None:
             if self._tasks.get(key) is done:
                 del self._tasks[key]
 
         task.add_done_callback(forget)
+
+    async def _supervised(
+        self, key: ExecKey, coro: Coroutine[Any, Any, None], before: list[asyncio.Task[None]]
+    ) -> None:
+        """Run a job's task so that nothing it raises leaves the job without an outcome."""
+        try:
+            if before:
+                await asyncio.gather(*before, return_exceptions=True)
+            await coro
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug, or input nobody foresaw: this job ends, the agent goes on
+            cause = f"{type(exc).__name__}: {exc}"
+            log.exception("job_task_crashed", extra=kv(job=key[1], peripheral=key[0], error=cause))
+            self._feed(lambda now: self.jobs.on_task_crashed(key, cause, now))
+        finally:
+            coro.close()  # never awaited when an abandoned predecessor was cancelled first
 
     def _feed(self, event: Callable[[float], list[Effect]]) -> None:
         self._apply(event(self._now()))
@@ -302,7 +339,7 @@ class Agent:
         self.stats.downloads += 1
         try:
             package = load_package(files)
-        except PackageError as exc:
+        except PackageError as exc:  # every malformed input is a PackageError (dfu/package.py)
             cause = f"PackageError: {exc}"
             log.warning("package_invalid", extra=kv(**fields, error=str(exc)))
             self._feed(lambda now: self.jobs.on_download_failed(key, cause, now, package=True))
@@ -354,9 +391,6 @@ class Agent:
                 "dfu_failed", extra=kv(**fields, outcome=outcome.value, error=f"{type(exc).__name__}: {exc}")
             )
         self._feed(lambda now: self.jobs.on_dfu_finished(key, outcome, text, now))
-        with contextlib.suppress(OSError):
-            if outcome is not DfuOutcome.INTERRUPTED:
-                _remove_tree(job_directory(self.state_dir, *key))
 
     def runner(self) -> DfuRunner:
         if self._runner is None:
@@ -373,20 +407,57 @@ class Agent:
 
     # ---- lifecycle ----------------------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
+        self._prune()
         active, terminal = self.journal.load()
         self.jobs.restore(active, terminal)
         if active:
             log.info("journal_restored", extra=kv(unfinished=len(active), finished=len(terminal)))
+        self._remove_leftover_downloads({exe.key for exe in active})
         link_task = asyncio.get_running_loop().create_task(self.link.run(), name="cloud-link")
         watchdog = asyncio.get_running_loop().create_task(self._watchdog(), name="watchdog")
+        maintenance = asyncio.get_running_loop().create_task(self._maintenance(), name="maintenance")
         self._apply(self.jobs.resume(self._now()))
         self.notifier.notify("READY=1")
         log.info("agent_ready", extra=kv(gateway=self.cfg.gateway.id, peripherals=len(self.jobs.peripherals)))
         try:
             await stop.wait()
         finally:
+            maintenance.cancel()
             await self._shutdown(link_task)
             watchdog.cancel()
+
+    def _prune(self) -> None:
+        """Forget finished jobs past retention (journal and memory); the cloud will not redeliver them."""
+        state = self.cfg.state
+        forgotten = self.journal.prune(
+            older_than=time.time() - state.retention_days * 86400, keep=state.retention_max
+        )
+        if forgotten:
+            self.jobs.forget(forgotten)
+            log.info("journal_pruned", extra=kv(forgotten=len(forgotten)))
+
+    def _remove_leftover_downloads(self, keep: set[ExecKey]) -> None:
+        """Files of jobs that are over (or that a crash left behind) go; unfinished jobs keep theirs."""
+        root = self.state_dir / "downloads"
+        if not root.is_dir():
+            return
+        wanted = {job_directory(self.state_dir, *key).name for key in keep}
+        for entry in root.iterdir():
+            if entry.name not in wanted:
+                _remove_tree(entry)
+                log.info("download_leftover_removed", extra=kv(directory=entry.name))
+
+    async def _maintenance(self) -> None:
+        """Deadlines (often enough to end a job within 5 % of its deadline) and journal retention."""
+        interval = min(60.0, self.cfg.dfu.job_deadline_s / 20)
+        since_prune = 0.0
+        while True:
+            await asyncio.sleep(interval)
+            self._feed(self.jobs.on_tick)
+            since_prune += interval
+            if since_prune >= 3600:
+                since_prune = 0.0
+                self._prune()
 
     async def _shutdown(self, link_task: asyncio.Task[None], flush_timeout_s: float = 10.0) -> None:
         self.notifier.notify("STOPPING=1")
@@ -424,8 +495,6 @@ def _update_message(u: JobUpdate) -> OutboxMessage:
 
 
 def _remove_tree(path: Path) -> None:
-    import shutil
-
     shutil.rmtree(path, ignore_errors=True)
 
 

@@ -158,6 +158,20 @@ class DfuSection(_Section):
         True,
         description="on BlueZ, send DFU packets over an AcquireWrite socket (false: one D-Bus call each)",
     )
+    queue_per_peripheral: int = Field(
+        4,
+        ge=1,
+        le=100,
+        description="unfinished jobs kept per peripheral, the running one included; a job beyond it gets no "
+        "status and is asked for again (jobs/ble/req) once there is room",
+    )
+    queue_total: int = Field(256, ge=1, le=100_000, description="unfinished jobs kept in all (same rule)")
+    job_deadline_s: float = Field(
+        3600.0,
+        gt=0,
+        description="a job still unfinished this long after the agent started it ends FAILED (a transfer is "
+        "left resumable); counted per agent run",
+    )
 
 
 class DownloadSection(_Section):
@@ -174,6 +188,12 @@ class DownloadSection(_Section):
 
 class StateSection(_Section):
     dir: Path = Field(Path("/var/lib/gateway-agent"), description="journal and downloaded files")
+    retention_days: float = Field(
+        30.0,
+        gt=0,
+        description="finished jobs are remembered this long (to ignore a redelivered one), then forgotten",
+    )
+    retention_max: int = Field(10_000, ge=1, description="... and at most this many of them")
 
 
 class BleSection(_Section):

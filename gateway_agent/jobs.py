@@ -52,7 +52,8 @@ from gateway_agent.cloud.wire import (
     details,
     parse_ble_job,
 )
-from gateway_agent.scheduler import Phase, Slot, plan
+from gateway_agent.lifecycle import Phase, PhaseEvent, advance
+from gateway_agent.scheduler import Slot, plan
 
 ExecKey = tuple[str, str]
 """(PERIPHERAL_ID, JOB_ID)"""
@@ -70,10 +71,16 @@ class Execution:
     last_percent: int = -1
     last_report_at: float = float("-inf")
     details: str = ""
+    started_at: float | None = None
+    """loop time this run started working on it (the deadline counts from here)"""
 
     @property
     def key(self) -> ExecKey:
         return (self.offer.peripheral_id, self.offer.job_id)
+
+    def advance(self, event: PhaseEvent) -> None:
+        """Every phase change goes through the life-cycle table (lifecycle.py)."""
+        self.phase = advance(self.phase, event)
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +110,14 @@ class Dropped:
     job_id: str = ""
 
 
-Effect = Report | StartDownload | StartDfu | RequestJobs | Dropped
+@dataclass(frozen=True, slots=True)
+class Abandon:
+    """Stop the execution's running task (its deadline passed); its outcome was already decided."""
+
+    key: ExecKey
+
+
+Effect = Report | StartDownload | StartDfu | RequestJobs | Dropped | Abandon
 
 
 class DfuOutcome(enum.Enum):
@@ -135,6 +149,12 @@ class JobPolicy:
     progress_interval_s: float = 2.0
     admit: Callable[[BleJob], str | None] = field(default=lambda offer: None)
     """why an offer cannot be downloaded (host not allowed, too large), or None"""
+    queue_per_peripheral: int = 4
+    """unfinished executions kept per peripheral (the running one included); more are not accepted yet"""
+    queue_total: int = 256
+    """unfinished executions kept in all"""
+    deadline_s: float = 3600.0
+    """an execution still unfinished this long after this run started it ends FAILED"""
 
 
 class Jobs:
@@ -147,6 +167,8 @@ class Jobs:
         self._peripherals: set[str] = set(peripherals)
         self._seq = 0
         self._dirty: dict[ExecKey, Execution] = {}
+        self._deferred: set[str] = set()
+        """peripherals whose job was not accepted for want of room: asked again once there is room"""
         self.accepting = True
 
     # ---- state --------------------------------------------------------------------------------------------
@@ -158,12 +180,13 @@ class Jobs:
             if exe.phase is Phase.DONE:
                 self._terminal.add(exe.key)
                 continue
-            if exe.phase is Phase.APPLYING:
-                exe.phase = Phase.DOWNLOADED
-            elif exe.phase is Phase.DOWNLOADING:
-                exe.phase = Phase.QUEUED
+            exe.advance(PhaseEvent.RESTART)
             self._active[exe.key] = exe
             self._seq = max(self._seq, exe.seq)
+
+    def forget(self, keys: Iterable[ExecKey]) -> None:
+        """Terminal executions the journal pruned: a redelivery of them is no longer recognised."""
+        self._terminal.difference_update(keys)
 
     @property
     def active(self) -> list[Execution]:
@@ -218,6 +241,13 @@ class Jobs:
             return [Dropped("shutting down: not taking new jobs", *key)]
         if offer.peripheral_id not in self._peripherals:
             return [Dropped("peripheral not served by this gateway: job ignored, no status sent", *key)]
+        waiting = sum(1 for k in self._active if k[0] == offer.peripheral_id)
+        if waiting >= self.policy.queue_per_peripheral or len(self._active) >= self.policy.queue_total:
+            # No status: the job stays pending in the cloud, which sends a peripheral's oldest pending job
+            # when asked; the gateway asks again once there is room (after each DFU, and when it frees up).
+            self._deferred.add(offer.peripheral_id)
+            why = "peripheral" if waiting >= self.policy.queue_per_peripheral else "gateway"
+            return [Dropped(f"{why} queue full: not accepted now, asked for again when there is room", *key)]
         if offer.firmware_type not in self.policy.firmware_types:
             name = FirmwareType(offer.firmware_type).name
             return self._finish_new(
@@ -257,6 +287,7 @@ class Jobs:
         if exe is None or exe.phase is not Phase.DOWNLOADING:
             return []
         kinds = set(image_kinds)
+        exe.advance(PhaseEvent.DOWNLOADED)
         allowed = self.policy.firmware_types.get(exe.offer.firmware_type, frozenset())
         if not kinds or not kinds <= allowed:
             found = ", ".join(sorted(kinds)) or "nothing"
@@ -266,7 +297,6 @@ class Jobs:
         effects: list[Effect] = []
         if exe.last_percent < 100:
             effects += self._progress(exe, ExecutionStatus.DOWNLOADING, 100, now, force=True)
-        exe.phase = Phase.DOWNLOADED
         self._dirty[key] = exe
         return effects + self._schedule(now)
 
@@ -278,6 +308,28 @@ class Jobs:
             return []
         base = Details.APPLY_ERROR if package else Details.DOWNLOAD_ERROR
         return self._finish(exe, ExecutionStatus.FAILED, details(base, cause), now)
+
+    def on_task_crashed(self, key: ExecKey, cause: str, now: float) -> list[Effect]:
+        """The execution's task raised something nobody foresaw: the job still ends, once, with a cause an
+        operator can act on, and the peripheral is free for its next job."""
+        exe = self._active.get(key)
+        if exe is None:
+            return []
+        base = Details.DOWNLOAD_ERROR if exe.phase is Phase.DOWNLOADING else Details.APPLY_ERROR
+        return self._finish(exe, ExecutionStatus.FAILED, details(base, f"internal error: {cause}"), now)
+
+    def on_tick(self, now: float) -> list[Effect]:
+        """Deadlines: an execution this run has worked on for longer than `deadline_s` ends FAILED and its
+        task is abandoned (a DFU is left resumable: the next job for the peripheral resumes it)."""
+        effects: list[Effect] = []
+        for exe in list(self._active.values()):
+            if exe.started_at is None or now - exe.started_at < self.policy.deadline_s:
+                continue
+            base = Details.DOWNLOAD_ERROR if exe.phase is Phase.DOWNLOADING else Details.APPLY_ERROR
+            cause = f"not finished within {self.policy.deadline_s:.0f} s (dfu.job_deadline_s)"
+            effects.append(Abandon(exe.key))
+            effects += self._finish(exe, ExecutionStatus.FAILED, details(base, cause), now)
+        return effects
 
     def on_download_interrupted(self, key: ExecKey) -> list[Effect]:
         """Shutdown during a download: resume (with Range) on the next start."""
@@ -335,7 +387,7 @@ class Jobs:
 
     def _finish(self, exe: Execution, status: ExecutionStatus, text: str, now: float) -> list[Effect]:
         assert status.terminal
-        exe.phase = Phase.DONE
+        exe.advance(PhaseEvent.FINISH)
         exe.status = status
         exe.details = text
         exe.last_report_at = now
@@ -343,6 +395,9 @@ class Jobs:
         self._terminal.add(exe.key)
         self._dirty[exe.key] = exe
         effects: list[Effect] = [Report(JobUpdate(exe.key[0], exe.key[1], status, details=text))]
+        if self._deferred and len(self._active) < self.policy.queue_total:
+            effects += [RequestJobs(p) for p in sorted(self._deferred) if p in self._peripherals]
+            self._deferred.clear()
         return effects + self._schedule(now)
 
     def _schedule(self, now: float) -> list[Effect]:
@@ -351,14 +406,18 @@ class Jobs:
         effects: list[Effect] = []
         for key in decided.start_downloads:
             exe = self._active[key]
-            exe.phase = Phase.DOWNLOADING
+            exe.advance(PhaseEvent.START_DOWNLOAD)
+            if exe.started_at is None:
+                exe.started_at = now
             self._dirty[key] = exe
             if exe.status is None:
                 effects.append(self._report(exe, ExecutionStatus.DOWNLOADING, 0, now))
             effects.append(StartDownload(exe))
         for key in decided.start_dfus:
             exe = self._active[key]
-            exe.phase = Phase.APPLYING
+            exe.advance(PhaseEvent.START_DFU)
+            if exe.started_at is None:
+                exe.started_at = now
             self._dirty[key] = exe
             if exe.status is not ExecutionStatus.IN_PROGRESS:
                 effects.append(self._report(exe, ExecutionStatus.IN_PROGRESS, 0, now))

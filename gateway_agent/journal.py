@@ -4,6 +4,9 @@ Executions and the status updates their changes imply are written in ONE transac
 crash either both the new phase and its status are on disk or neither is: a terminal status is queued exactly
 once per execution. The outbox is drained in id order and a row is deleted only after the broker acknowledged
 it (QoS 1 PUBACK), so nothing is lost while the broker is unreachable or the agent restarts.
+
+Bounded: finished executions are kept only to recognise a redelivered job (`prune`: by age and count, never
+one whose terminal status is still in the outbox), and only their keys are loaded at start.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from pathlib import Path
 
 from gateway_agent.cloud.wire import BleJob, ExecutionStatus
 from gateway_agent.jobs import ExecKey, Execution
-from gateway_agent.scheduler import Phase
+from gateway_agent.lifecycle import Phase
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS executions (
@@ -29,6 +32,7 @@ CREATE TABLE IF NOT EXISTS executions (
     status INTEGER,
     last_percent INTEGER NOT NULL,
     details TEXT NOT NULL,
+    finished_at REAL,
     PRIMARY KEY (peripheral, job_id)
 );
 CREATE TABLE IF NOT EXISTS outbox (
@@ -73,11 +77,18 @@ class Journal:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(executions)")}
+        if "finished_at" not in columns:  # a journal written before retention existed
+            self._db.execute("ALTER TABLE executions ADD COLUMN finished_at REAL")
+        self._db.execute("CREATE INDEX IF NOT EXISTS finished ON executions (finished_at)")
 
     def close(self) -> None:
         self._db.close()
 
-    def commit(self, executions: Iterable[Execution], messages: Iterable[OutboxMessage]) -> None:
+    def commit(
+        self, executions: Iterable[Execution], messages: Iterable[OutboxMessage], *, wall: float = 0.0
+    ) -> None:
+        """`wall`: the wall-clock time, stamped on executions that finish (for retention by age)."""
         rows = [
             (
                 e.key[0],
@@ -88,6 +99,7 @@ class Journal:
                 None if e.status is None else int(e.status),
                 e.last_percent,
                 e.details,
+                wall if e.phase is Phase.DONE else None,
             )
             for e in executions
         ]
@@ -96,10 +108,11 @@ class Journal:
             return
         with self._transaction():
             self._db.executemany(
-                "INSERT INTO executions VALUES (?,?,?,?,?,?,?,?) "
+                "INSERT INTO executions VALUES (?,?,?,?,?,?,?,?,?) "
                 "ON CONFLICT(peripheral, job_id) DO UPDATE SET "
                 "seq=excluded.seq, offer=excluded.offer, phase=excluded.phase, status=excluded.status, "
-                "last_percent=excluded.last_percent, details=excluded.details",
+                "last_percent=excluded.last_percent, details=excluded.details, "
+                "finished_at=COALESCE(executions.finished_at, excluded.finished_at)",
                 rows,
             )
             self._db.executemany(
@@ -110,16 +123,20 @@ class Journal:
         return _Tx(self._db)
 
     def load(self) -> tuple[list[Execution], set[ExecKey]]:
-        """Unfinished executions (in arrival order) and the keys that reached a terminal status."""
+        """Unfinished executions (in arrival order) and the keys that reached a terminal status (keys only:
+        finished rows are never loaded whole)."""
         active: list[Execution] = []
-        terminal: set[ExecKey] = set()
-        for peripheral, job_id, seq, offer, phase, status, last_percent, text in self._db.execute(
-            "SELECT peripheral, job_id, seq, offer, phase, status, last_percent, details FROM executions "
-            "ORDER BY seq"
+        terminal: set[ExecKey] = {
+            (peripheral, job_id)
+            for peripheral, job_id in self._db.execute(
+                "SELECT peripheral, job_id FROM executions WHERE phase = ?", (Phase.DONE.value,)
+            )
+        }
+        for seq, offer, phase, status, last_percent, text in self._db.execute(
+            "SELECT seq, offer, phase, status, last_percent, details FROM executions "
+            "WHERE phase != ? ORDER BY seq",
+            (Phase.DONE.value,),
         ):
-            if phase == Phase.DONE.value:
-                terminal.add((peripheral, job_id))
-                continue
             exe = Execution(
                 BleJob(*json.loads(offer)),
                 seq,
@@ -138,6 +155,31 @@ class Journal:
         if row is None:
             return None
         return Phase(row[0]), None if row[1] is None else ExecutionStatus(row[1])
+
+    def prune(self, *, older_than: float, keep: int) -> list[ExecKey]:
+        """Forget finished executions finished before `older_than` (wall clock), and all but the newest
+        `keep`, except those whose status is still waiting in the outbox (the cloud may redeliver their
+        job until it hears). Returns the keys forgotten."""
+        with self._transaction():
+            doomed = [
+                (p, j)
+                for p, j in self._db.execute(
+                    "SELECT peripheral, job_id FROM executions e WHERE phase = ? AND ("
+                    "  COALESCE(finished_at, 0) < ? OR rowid NOT IN ("
+                    "    SELECT rowid FROM executions WHERE phase = ? ORDER BY finished_at DESC LIMIT ?)"
+                    ") AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.peripheral = e.peripheral "
+                    "  AND o.job_id = e.job_id)",
+                    (Phase.DONE.value, older_than, Phase.DONE.value, keep),
+                )
+            ]
+            self._db.executemany("DELETE FROM executions WHERE peripheral=? AND job_id=?", doomed)
+        return doomed
+
+    def size_bytes(self) -> int:
+        """The journal's bytes on disk (database and WAL), for the soak benchmark."""
+        return sum(
+            p.stat().st_size for p in (self.path, self.path.with_name(self.path.name + "-wal")) if p.exists()
+        )
 
     def outbox_peek(self, limit: int = 32) -> list[OutboxRow]:
         return [

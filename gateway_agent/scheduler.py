@@ -10,19 +10,10 @@ Downloads do not use the radio, so every head may download while others update.
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-
-class Phase(enum.StrEnum):
-    QUEUED = "queued"
-    """accepted, waiting for its peripheral's turn"""
-    DOWNLOADING = "downloading"
-    DOWNLOADED = "downloaded"
-    """files on disk, waiting for a radio slot"""
-    APPLYING = "applying"
-    DONE = "done"
+from gateway_agent.lifecycle import Phase
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,6 +6,7 @@ import json
 
 from gateway_agent.cloud.wire import BleJob, ExecutionStatus, JobUpdate
 from gateway_agent.jobs import (
+    Abandon,
     DfuOutcome,
     Dropped,
     Effect,
@@ -17,7 +18,7 @@ from gateway_agent.jobs import (
     StartDfu,
     StartDownload,
 )
-from gateway_agent.scheduler import Phase
+from gateway_agent.lifecycle import Phase
 
 A = "C8:2E:1A:00:00:10"
 B = "C8:2E:1A:00:00:20"
@@ -168,3 +169,48 @@ def test_agent_jobs_offer_round_trips_json() -> None:
     o = BleJob(A, "j", 0, 10, "h.example.com", "x.dat x.bin")
     assert BleJob.from_json(json.loads(o.encode())) == o
     assert BleJob(*o.to_json()) == o
+
+
+def test_agent_jobs_queues_are_bounded_without_a_wrong_status() -> None:
+    """Beyond its queue a job is not accepted and gets no status (it stays pending in the cloud, which sends
+    a peripheral's oldest pending job when asked); the gateway asks again once there is room."""
+    j = Jobs(JobPolicy(firmware_types=TYPES, queue_per_peripheral=2, queue_total=3), [A, B])
+    j.on_message(offer(job="a1"), 0)
+    j.on_message(offer(job="a2"), 0)
+    (dropped,) = j.on_message(offer(job="a3"), 0)
+    assert isinstance(dropped, Dropped)
+    assert "queue full" in dropped.reason
+    j.on_message(offer(peripheral=B, job="b1"), 0)
+    (full,) = j.on_message(offer(peripheral=B, job="b2"), 0)  # the gateway's total of 3 is reached
+    assert isinstance(full, Dropped)
+    assert "gateway queue full" in full.reason
+    j.on_downloaded((A, "a1"), ["application"], 1)
+    effects = j.on_dfu_finished((A, "a1"), DfuOutcome.SUCCEEDED, "", 2)
+    assert RequestJobs(A) in effects  # after every DFU
+    assert RequestJobs(B) in effects  # B was turned away: room again
+    assert not any(u.status.terminal for u in reports(effects) if u.job_id in ("a3", "b2"))
+    assert j.on_message(offer(job="a3"), 3) == []  # accepted now, waiting behind a2
+
+
+def test_agent_jobs_deadline_ends_a_job_failed_and_abandons_its_task() -> None:
+    j = Jobs(JobPolicy(firmware_types=TYPES, deadline_s=600.0), [A, B])
+    j.on_message(offer(job="slow"), 100.0)  # started downloading at 100
+    j.on_message(offer(job="next"), 100.0)
+    assert j.on_tick(699.0) == []
+    effects = j.on_tick(700.0)
+    assert effects[0] == Abandon((A, "slow"))
+    (failed,) = [u for u in reports(effects) if u.job_id == "slow"]
+    assert failed.status is ExecutionStatus.FAILED
+    assert failed.details == "Error during download: not finished within 600 s (dfu.job_deadline_s)"
+    assert [e.execution.key for e in effects if isinstance(e, StartDownload)] == [(A, "next")]
+    assert j.on_tick(10_000.0)[0] == Abandon((A, "next"))  # its own deadline counts from its own start
+
+
+def test_agent_jobs_a_crashed_task_still_ends_its_job_once() -> None:
+    j = core()
+    j.on_message(offer(), 0)
+    (update,) = reports(j.on_task_crashed((A, "job-1"), "NotImplementedError: compression 99", 1))
+    assert update.status is ExecutionStatus.FAILED
+    assert update.details == "Error during download: internal error: NotImplementedError: compression 99"
+    assert j.on_task_crashed((A, "job-1"), "again", 2) == []  # terminal once
+    assert isinstance(j.on_message(offer(), 3)[0], Dropped)  # and the redelivery is recognised

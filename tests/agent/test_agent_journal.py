@@ -5,14 +5,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway_agent.cloud.wire import BleJob, ExecutionStatus
 from gateway_agent.jobs import Execution
 from gateway_agent.journal import Journal, MessageKind, OutboxMessage, OutboxRow
+from gateway_agent.lifecycle import PHASE_TRANSITIONS, IllegalTransitionError, Phase, PhaseEvent, advance
 from gateway_agent.outbox import next_batch
-from gateway_agent.scheduler import Phase, Slot, plan
+from gateway_agent.scheduler import Slot, plan
 
 A = "C8:2E:1A:00:00:10"
 B = "C8:2E:1A:00:00:20"
@@ -78,3 +80,50 @@ def test_agent_scheduler_plan_respects_limits(entries: list[tuple[str, Phase]], 
     assert applying + len(decided.start_dfus) <= max(concurrency, applying)
     assert list(decided.start_dfus) == sorted(decided.start_dfus, key=lambda k: int(k[1][1:]))
     assert plan(slots, concurrency, accepting=False).start_downloads == ()
+
+
+def test_agent_journal_prunes_finished_jobs_by_age_and_count_but_keeps_unsent_ones(tmp_path: Path) -> None:
+    """Retention (docs/gateway-agent.md, "Bounds"): finished executions go by age and by count; one whose
+    terminal status still waits in the outbox stays, since the cloud may redeliver its job until it hears."""
+    j = Journal(tmp_path / "j.sqlite3")
+
+    def finished(job: str, wall: float) -> None:
+        exe = Execution(BleJob(A, job, 0, 10, "h", "a.bin"), 0, Phase.DONE, ExecutionStatus.SUCCEEDED)
+        j.commit([exe], [], wall=wall)
+
+    for i in range(10):
+        finished(f"old-{i}", wall=100.0 + i)
+    for i in range(10):
+        finished(f"new-{i}", wall=1000.0 + i)
+    unsent = Execution(BleJob(A, "unsent", 0, 10, "h", "a.bin"), 0, Phase.DONE, ExecutionStatus.FAILED)
+    j.commit([unsent], [update("unsent", 0)], wall=50.0)
+    active = Execution(
+        BleJob(B, "running", 0, 10, "h", "a.bin"), 1, Phase.APPLYING, ExecutionStatus.IN_PROGRESS
+    )
+    j.commit([active], [], wall=10.0)
+
+    forgotten = j.prune(older_than=500.0, keep=1000)
+    assert sorted(forgotten) == sorted((A, f"old-{i}") for i in range(10))
+    forgotten = j.prune(older_than=0.0, keep=4)
+    assert sorted(forgotten) == sorted((A, f"new-{i}") for i in range(6))  # the 4 newest stay, and the unsent
+    active_rows, terminal = j.load()
+    assert terminal == {(A, "unsent"), *((A, f"new-{i}") for i in range(6, 10))}
+    assert [e.key for e in active_rows] == [(B, "running")]  # unfinished work is never pruned
+    j.outbox_ack([r.id for r in j.outbox_peek()])
+    assert (A, "unsent") in j.prune(older_than=500.0, keep=1000)
+
+
+def test_agent_lifecycle_table_is_the_only_way_between_phases() -> None:
+    """Every phase change goes through the table: the happy path, restarts, and nothing out of DONE."""
+    phase = Phase.QUEUED
+    for event in (PhaseEvent.START_DOWNLOAD, PhaseEvent.DOWNLOADED, PhaseEvent.START_DFU, PhaseEvent.FINISH):
+        phase = advance(phase, event)
+    assert phase is Phase.DONE
+    assert advance(Phase.APPLYING, PhaseEvent.RESTART) is Phase.DOWNLOADED
+    assert advance(Phase.DOWNLOADING, PhaseEvent.RESTART) is Phase.QUEUED
+    for event in PhaseEvent:
+        assert (Phase.DONE, event) not in PHASE_TRANSITIONS
+        with pytest.raises(IllegalTransitionError):
+            advance(Phase.DONE, event)
+    with pytest.raises(IllegalTransitionError):
+        advance(Phase.QUEUED, PhaseEvent.START_DFU)  # no radio work before the files are checked

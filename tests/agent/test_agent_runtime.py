@@ -13,6 +13,8 @@ import random
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import pytest
+
 from dfu.errors import DfuLinkError, DfuRejected, PreflightError
 from dfu.package import DfuPackage
 from dfu.protocol import ExtError, OpCode, ResultCode
@@ -298,3 +300,59 @@ async def test_agent_graceful_stop_mid_dfu_resumes_after_restart_without_repeati
         0
     ) == 1  # not re-downloaded
     assert second.order == [A]
+
+
+async def test_agent_a_crashing_job_task_ends_failed_and_frees_the_peripheral(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whatever a job's task raises (here: a bug in reading the files), the job ends FAILED with the cause,
+    its files are removed and the next job for the same peripheral runs (issue: one bad file used to leave
+    the job DOWNLOADING forever and every later job QUEUED)."""
+    import gateway_agent.app as app_module
+
+    real = app_module.load_package
+    calls = {"n": 0}
+
+    def first_call_crashes(files):  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("a bug nobody foresaw")
+        return real(files)
+
+    monkeypatch.setattr(app_module, "load_package", first_call_crashes)
+    async with agent_world(tmp_path, [A]) as (_agent, runner, cloud, host, size):
+        await cloud.send_job(job_tuple(A, "crash", host, "T1/APP*1e29dfa3*2.0.0/app", size))
+        await cloud.send_job(job_tuple(A, "after", host, "T1/APP*1e29dfa3*2.0.0/app", size))
+        await cloud.wait_for(lambda: cloud.terminal("crash") and cloud.terminal("after"))
+        downloads = list((tmp_path / "state" / "downloads").iterdir())
+    (crashed,) = cloud.terminal("crash")
+    assert crashed.status is ExecutionStatus.FAILED
+    assert crashed.details == "Error during download: internal error: RuntimeError: a bug nobody foresaw"
+    assert cloud.terminal("after")[0].status is ExecutionStatus.SUCCEEDED
+    assert runner.order == [A]
+    assert downloads == []  # every job's files went with its outcome
+
+
+async def test_agent_a_job_past_its_deadline_is_abandoned_and_failed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GATEWAY_AGENT__DFU__JOB_DEADLINE_S", "600")
+    async with agent_world(tmp_path, [A]) as (agent, runner, cloud, host, size):
+        runner.gates[A] = asyncio.Event()  # the DFU hangs
+        await cloud.send_job(job_tuple(A, "stuck", host, "T1/APP*1e29dfa3*2.0.0/app", size))
+        await runner.started.wait()
+        agent._apply(agent.jobs.on_tick(agent._now() + 601))  # the maintenance task's tick, 601 s later
+        await cloud.wait_for(lambda: cloud.terminal("stuck"))
+        await runner.finished.wait()  # the DFU task was cancelled (the updater leaves the board resumable)
+    (failed,) = cloud.terminal("stuck")
+    assert failed.status is ExecutionStatus.FAILED
+    assert "not finished within 600 s" in failed.details
+    assert not agent.jobs.active
+
+
+async def test_agent_removes_leftover_downloads_at_start(tmp_path: Path) -> None:
+    stray = tmp_path / "state" / "downloads" / "C82E1A000010-gone-job"
+    stray.mkdir(parents=True)
+    (stray / "0.part").write_bytes(b"x" * 1000)
+    async with agent_world(tmp_path, [A]):
+        assert not stray.exists()
