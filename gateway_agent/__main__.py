@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -40,6 +41,9 @@ def check_config_cmd(config_file: Path) -> None:
 @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
 def run(config_file: Path, log_level: str) -> None:
     """Run the agent until SIGTERM/SIGINT; exits 0 after a graceful stop."""
+    # The journal, downloads and keys' neighbours are the gateway's alone, also when run outside systemd
+    # (whose unit sets UMask=0077 too).
+    os.umask(0o077)
     setup_logging(getattr(logging, log_level.upper()))
     try:
         cfg = load_config(config_file)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextvars
 import enum
+import os
 import ssl
 import sys
 import tomllib
@@ -336,6 +337,7 @@ def _file_problems(cfg: AgentConfig) -> list[str]:
             except (ssl.SSLError, OSError, ValueError) as exc:
                 problems.append(f"download.ca_file: not a usable CA certificate: {exc}")
     from profiles.model import load_profile
+    from profiles.trust import trusts_demo_key
 
     names = [(f"peripherals[{i}].profile", p.profile) for i, p in enumerate(cfg.peripherals)]
     names += [
@@ -344,9 +346,17 @@ def _file_problems(cfg: AgentConfig) -> list[str]:
     names.append(("dfu.default_profile", cfg.dfu.default_profile))
     for key, name in names:
         try:
-            load_profile(name)
+            profile = load_profile(name)
+            demo = cfg.ble.backend == "bluez" and trusts_demo_key(profile)
         except Exception as exc:  # any failure to load means the operator must fix this key
             problems.append(f"{key}: {exc}")
+            continue
+        if demo:
+            problems.append(
+                f"{key}: profile {profile.name!r} trusts the demo key, whose private half is public: make a "
+                f"profile with your bootloader's key (nrf-dfu profile create my-board.toml --from "
+                f"{profile.name} --key my-key.pem) and name it here (docs/packages.md, 'Your own key')"
+            )
     if (
         cfg.ble.backend == "simulator"
         and cfg.simulator.socket is not None
@@ -355,10 +365,27 @@ def _file_problems(cfg: AgentConfig) -> list[str]:
         problems.append(
             f"simulator.socket: no such socket (is `nrf-dfu sim serve` running?): {cfg.simulator.socket}"
         )
-    state_parent = cfg.state.dir if cfg.state.dir.exists() else cfg.state.dir.parent
-    if not state_parent.exists():
-        problems.append(f"state.dir: neither it nor its parent exists: {cfg.state.dir}")
+    problems += _state_dir_problems(cfg.state.dir)
     return problems
+
+
+def _state_dir_problems(directory: Path) -> list[str]:
+    """The agent must be able to create (or use) its state directory, as the user running the check."""
+    if directory.exists():
+        if not directory.is_dir():
+            return [f"state.dir: not a directory: {directory}"]
+        if not os.access(directory, os.W_OK | os.X_OK):
+            return [f"state.dir: not writable by this user: {directory} (chown it to the agent's user)"]
+        return []
+    ancestor = directory.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
+        return [
+            f"state.dir: {directory} does not exist and cannot be created here ({ancestor} is not writable "
+            "by this user): create it for the agent's user, or let systemd's StateDirectory= do it"
+        ]
+    return []
 
 
 def check_config(path: Path) -> tuple[AgentConfig | None, list[str]]:

@@ -9,6 +9,7 @@ import click
 # command name -> "module:attribute" of a click command or group
 _COMMANDS: dict[str, str] = {
     "keys": "dfu.cli.keys:keys",
+    "profile": "dfu.cli.profile:profile",
     "pkg": "dfu.cli.pkg:pkg",
     "simulate": "dfu.cli.simulate:simulate",
     "scan": "dfu.cli.update:scan",

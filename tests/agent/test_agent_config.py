@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -40,7 +41,7 @@ key_file = "{tls["key"]}"
 shadow_topics = "aws"
 [[peripherals]]
 address = "c8:2e:1a:33:44:55"
-profile = "nrf52840-s140"
+profile = "generic-nrf52"
 [dfu.firmware_types]
 "0" = ["application"]
 "4" = ["softdevice", "softdevice_bootloader"]
@@ -106,7 +107,7 @@ def test_agent_check_config_checks_files_certificates_and_profiles(
     tmp_path: Path, tls: dict[str, Path]
 ) -> None:
     text = good(tls, tmp_path).replace(str(tls["ca"]), str(tmp_path / "missing.pem"))
-    text = text.replace('profile = "nrf52840-s140"', 'profile = "nrf99999"')
+    text = text.replace('profile = "generic-nrf52"', 'profile = "nrf99999"')
     tls["key"].write_text(
         trustme.CA().issue_cert("x").private_key_pem.bytes().decode()
     )  # key of another cert
@@ -199,3 +200,56 @@ def test_agent_passes_acquire_write_to_every_update(
     assert isinstance(off, UpdaterRunner)
     assert off.options is not None
     assert off.options.acquire_write is False
+
+
+def test_agent_check_config_refuses_the_demo_key_on_a_real_radio(
+    tmp_path: Path, tls: dict[str, Path]
+) -> None:
+    """A shipped profile trusts the repository's demo key (its private half is public): on BlueZ that makes
+    the signature check prove nothing, so check-config refuses it and names the fix; the simulator may."""
+    path = tmp_path / "c.toml"
+    path.write_text(good(tls, tmp_path).replace('profile = "generic-nrf52"', 'profile = "nrf52840-s140"'))
+    _, problems = check_config(path)
+    (problem,) = problems
+    assert problem.startswith("peripherals[0].profile: profile 'nrf52840-s140' trusts the demo key")
+    assert "nrf-dfu profile create" in problem
+    result = CliRunner().invoke(main, ["check-config", str(path)])
+    assert result.exit_code == 1
+    simulated = tmp_path / "sim.toml"
+    simulated.write_text(path.read_text() + '[ble]\nbackend = "simulator"\n')
+    assert check_config(simulated)[1] == []
+    # a profile of your own with your key is fine: the one `nrf-dfu profile create` writes
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from dfu.cli import main as nrf_dfu
+    from dfu.signing import private_key_pem
+
+    key = tmp_path / "my-key.pem"
+    key.write_bytes(private_key_pem(ec.generate_private_key(ec.SECP256R1())))
+    board = tmp_path / "boards" / "my-board.toml"
+    made = CliRunner().invoke(
+        nrf_dfu, ["profile", "create", str(board), "--from", "nrf52840-s140", "--key", str(key)]
+    )
+    assert made.exit_code == 0, made.output
+    path.write_text(path.read_text().replace('profile = "nrf52840-s140"', f'profile = "{board}"'))
+    assert check_config(path)[1] == []
+
+
+def test_agent_check_config_says_when_the_state_directory_cannot_be_created(
+    tmp_path: Path, tls: dict[str, Path]
+) -> None:
+    path = tmp_path / "c.toml"
+    file_instead = tmp_path / "file"
+    file_instead.write_text("x")
+    path.write_text(good(tls, tmp_path).replace(f'dir = "{tmp_path / "state"}"', f'dir = "{file_instead}"'))
+    assert check_config(path)[1] == [f"state.dir: not a directory: {file_instead}"]
+    under_a_file = file_instead / "state"
+    path.write_text(good(tls, tmp_path).replace(f'dir = "{tmp_path / "state"}"', f'dir = "{under_a_file}"'))
+    (problem,) = check_config(path)[1]
+    assert problem.startswith(f"state.dir: {under_a_file} does not exist and cannot be created here")
+    if os.geteuid() != 0:  # root may write into any directory: only the non-root case can be refused
+        blocked = tmp_path / "ro"
+        blocked.mkdir(mode=0o500)
+        path.write_text(good(tls, tmp_path).replace(f'dir = "{tmp_path / "state"}"', f'dir = "{blocked}/a"'))
+        (problem,) = check_config(path)[1]
+        assert "cannot be created" in problem

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import re
 import signal
@@ -33,6 +34,7 @@ from tests.agent.support import (
     write_config,
 )
 from tests.support.agent_process import AgentProcess
+from tests.support.dfu_sim import app_zip
 from tests.support.mosquitto import MosquittoBroker, running_broker
 
 pytestmark = pytest.mark.e2e
@@ -236,3 +238,45 @@ async def test_agent_process_notifies_systemd_ready_watchdog_stopping(tmp_path: 
                 proc.kill()
                 await proc.wait()
             sock.close()
+
+
+def _poisoned(zip_bytes: bytes) -> bytes:
+    """A valid package whose first member claims compression method 99: `zipfile` raises
+    NotImplementedError reading it (the review's poisoned zip)."""
+    data = bytearray(zip_bytes)
+    local = data.index(b"PK\x03\x04")
+    data[local + 8 : local + 10] = (99).to_bytes(2, "little")
+    central = data.index(b"PK\x01\x02")
+    data[central + 10 : central + 12] = (99).to_bytes(2, "little")
+    return bytes(data)
+
+
+async def test_agent_process_poisoned_package_fails_its_job_and_the_next_job_succeeds(tmp_path: Path) -> None:
+    """Done-means of the robustness issue: a mutated package ends FAILED with a cause, and the next job for
+    the same peripheral SUCCEEDS through `gateway-agent run`, as it does after a restart."""
+    async with world(tmp_path) as w:
+        poisoned = _poisoned(app_zip(2, 0x3000))
+        w.server.files["T1/APP*0badf00d*2.0.0/app.bin"] = poisoned
+        w.cloud.pending[APP] = json.dumps(
+            [APP, "job-poison", 0, len(poisoned), w.server.file_host, "T1/APP*0badf00d*2.0.0/app.bin"]
+        ).encode()
+        agent = AgentProcess(w.config, w.logs)
+        await agent.start()
+        await w.cloud.wait_for(lambda: w.cloud.terminal("job-poison"))
+        (failed,) = w.cloud.terminal("job-poison")
+        assert failed.status is ExecutionStatus.FAILED, failed
+        assert failed.details.startswith(("Error applying update", "Error during download")), failed
+        assert await agent.stop(signal.SIGTERM) == 0
+        w.cloud.pending[APP] = job_tuple(
+            APP, "job-after", w.server.file_host, "T1/APP*1e29dfa3*2.0.0/app", w.bundle.size
+        )
+        again = AgentProcess(w.config, w.logs)  # and after a restart: nothing left stuck
+        await again.start()
+        await w.cloud.wait_for(lambda: w.cloud.terminal("job-after"))
+        assert w.cloud.terminal("job-after")[0].status is ExecutionStatus.SUCCEEDED
+        assert await again.stop(signal.SIGTERM) == 0
+        assert await app_version(w.socket) == 2
+    assert len(w.cloud.terminal("job-poison")) == 1  # answered once, never again after the restart
+    # `gateway-agent run` sets umask 077 itself, also outside systemd: the journal is the agent's alone
+    journal = tmp_path / "state" / "journal.sqlite3"
+    assert journal.stat().st_mode & 0o077 == 0, oct(journal.stat().st_mode)
