@@ -75,6 +75,9 @@ from profiles.model import PeripheralProfile, load_profile
 
 log = logging.getLogger("gateway_agent")
 
+PRUNE_EVERY = 200
+"""finished jobs between two journal prunes (besides the one at start and the hourly one)"""
+
 
 @dataclass
 class Stats:
@@ -178,6 +181,7 @@ class Agent:
             peripherals=self.roster.report,
         )
         self._tasks: dict[ExecKey, asyncio.Task[None]] = {}
+        self._finished_since_prune = 0
         self.stats = Stats()
         self.outbox_left: int | None = None
         """statuses not yet acknowledged by the broker at shutdown (they are sent after the next start)"""
@@ -217,6 +221,9 @@ class Agent:
                 u = e.update
                 if u.status.terminal:  # the job is over: its files go, whatever the outcome
                     _remove_tree(job_directory(self.state_dir, u.peripheral_id, u.job_id))
+                    self._finished_since_prune += 1
+                    if self._finished_since_prune >= PRUNE_EVERY:
+                        self._prune()
                 level = logging.INFO if u.status.terminal or u.progress in (None, 0) else logging.DEBUG
                 log.log(
                     level,
@@ -429,6 +436,7 @@ class Agent:
     def _prune(self) -> None:
         """Forget finished jobs past retention (journal and memory); the cloud will not redeliver them."""
         state = self.cfg.state
+        self._finished_since_prune = 0
         forgotten = self.journal.prune(
             older_than=time.time() - state.retention_days * 86400, keep=state.retention_max
         )
