@@ -338,7 +338,37 @@ class FotaModel:
         jobs: Iterable[Job],
         executions: Iterable[Execution],
     ) -> None:
-        """Load persisted state (a restart mid-job continues where it stopped)."""
+        """Replace everything with persisted state (a restart mid-job continues where it stopped; a model
+        that may disagree with its database is reloaded the same way)."""
+        for table in (self.devices, self.groups, self.bundles, self.jobs, self.executions):
+            table.clear()
+        self._by_job.clear()
+        self._by_device.clear()
+        self._seq = 0
+        self.absorb(devices=devices, groups=groups, bundles=bundles, jobs=jobs, executions=executions)
+        self.changes = Changes()
+
+    def absorb(
+        self,
+        *,
+        devices: Iterable[Device] = (),
+        groups: Iterable[tuple[str, Iterable[str]]] = (),
+        bundles: Iterable[Bundle] = (),
+        jobs: Iterable[Job] = (),
+        executions: Iterable[Execution] = (),
+        deleted_devices: Iterable[str] = (),
+        deleted_executions: Iterable[tuple[str, str]] = (),
+    ) -> None:
+        """Take in rows as stored, replacing the objects of the same keys: what another process sharing the
+        database wrote since this model last looked. Deletions first, then the rows (a key deleted and written
+        again ends up written). Records no changes: all of it is stored already."""
+        for device_id in deleted_devices:
+            self.devices.pop(device_id, None)
+        for job_id, device_id in deleted_executions:
+            gone = self.executions.pop((job_id, device_id), None)
+            if gone is not None:
+                del self._by_job[job_id][device_id]
+                del self._by_device[device_id][job_id]
         for device in devices:
             self.devices[device.device_id] = device
         for name, members in groups:
@@ -352,7 +382,6 @@ class FotaModel:
         for execution in sorted(executions, key=lambda e: e.seq):
             self._index(execution)
             self._seq = max(self._seq, execution.seq)
-        self.changes = Changes()
 
     def take_changes(self) -> Changes:
         changes, self.changes = self.changes, Changes()

@@ -1,8 +1,13 @@
 """The running service: one model, one store, one clock; commands in, effects out to listeners.
 
-REST handlers and the MQTT bridge both call `FotaService.run(...)`, which applies a model command, writes the
-changes, and only then hands the effects (notifications) to the listeners — the MQTT bridge publishes them.
-Everything runs on one event loop, so commands never interleave and need no locks.
+REST handlers and the MQTT bridge both call `FotaService.run(...)`, which applies a model command and writes
+its changes in one transaction (`Store.run`), and only then hands the effects (notifications) to the listeners
+— the MQTT bridge publishes them. Everything in a process runs on one event loop, so its commands never
+interleave; on a shared PostgreSQL database `Store.run` also serializes them with other processes' commands
+and brings the model up to date first, and readers call `sync()` before reading.
+
+The rollout scheduler runs in one process at a time: alone on SQLite; on PostgreSQL, the holder of the
+`LeaderLease`, while the others stand by and try again every `leader_retry` seconds.
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ import time
 import uuid
 from collections.abc import Callable
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from fota_service.bundles import bundle_id, read_upload
 from fota_service.model import (
     Bundle,
@@ -22,7 +29,7 @@ from fota_service.model import (
     FotaModel,
     RolloutConfig,
 )
-from fota_service.store import Store
+from fota_service.store import LeaderLease, Store
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +58,9 @@ class FotaService:
         store.load(self.model)
         self._listeners: list[Listener] = []
         self._wake = asyncio.Event()
+        self.role: str | None = None
+        """The scheduler's role in this process: "leader", "standby", or None while it is not running."""
+        self._roles = {"leader": asyncio.Event(), "standby": asyncio.Event()}
         self._files: dict[tuple[str, str], bytes] = {}
 
     @property
@@ -62,26 +72,82 @@ class FotaService:
 
     def run(self, command: Callable[[FotaModel, float], list[Effect]]) -> list[Effect]:
         """Apply one command at the current time; persist; then dispatch its effects."""
-        try:
-            effects = command(self.model, self.clock())
-        finally:
-            self.store.flush(self.model, self.model.take_changes())
+        effects = self.store.run(self.model, lambda: command(self.model, self.clock()))
         for effect in effects:
             for listener in self._listeners:
                 listener(effect)
         self._wake.set()
         return effects
 
-    async def run_scheduler(self) -> None:
-        """Tick the model when its next rollout deadline passes (woken early by any command)."""
+    def sync(self) -> None:
+        """Before reading the model: take in what other processes sharing the database wrote."""
+        self.store.refresh(self.model)
+
+    async def run_scheduler(self, *, leader_retry: float = 2.0, poll_interval: float = 1.0) -> None:
+        """Tick the model when its next rollout deadline passes (woken early by any command).
+
+        On a shared database only the lease holder ticks ("scheduler leader"); the others log "scheduler
+        standby" and try for the lease every `leader_retry` seconds. The leader also wakes every
+        `poll_interval` seconds to see deadlines set by other processes' commands, and to check it still
+        holds the lease."""
+        if not self.store.shared:
+            self._set_role("leader")
+            await self._schedule(None, poll_interval)
+            return
+        lease = self.store.leader_lease()
+        try:
+            while True:
+                if lease.try_acquire():
+                    self._set_role("leader")
+                    await self._schedule(lease, poll_interval)
+                self._set_role("standby")
+                await asyncio.sleep(leader_retry)
+        finally:
+            lease.release()
+            self.role = None
+            for event in self._roles.values():
+                event.clear()
+
+    def _set_role(self, role: str) -> None:
+        if role != self.role:
+            self.role = role
+            log.info(f"scheduler {role}", extra={"shared": self.store.shared})
+        for name, event in self._roles.items():
+            if name == role:
+                event.set()
+            else:
+                event.clear()
+
+    async def wait_role(self, role: str) -> None:
+        """Until this process's scheduler is `leader` or `standby`."""
+        await self._roles[role].wait()
+
+    async def _schedule(self, lease: LeaderLease | None, poll_interval: float) -> None:
+        """Tick until the lease is lost (never, without one). A database error costs a round, not the
+        scheduler: it is logged and the next round tries again."""
         while True:
-            deadline = self.model.next_deadline
+            try:
+                if lease is not None:
+                    if not lease.check():
+                        return
+                    self.sync()
+                deadline = self.model.next_deadline
+            except SQLAlchemyError as exc:
+                log.warning("scheduler: database error", extra={"error": str(exc).splitlines()[0]})
+                deadline = None
             self._wake.clear()
             timeout = None if deadline is None else max(0.0, deadline - self.clock())
+            if lease is not None:
+                timeout = poll_interval if timeout is None else min(timeout, poll_interval)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout)
             if deadline is not None and self.clock() >= deadline:
-                effects = self.run(lambda m, now: m.tick(now))
+                try:
+                    effects = self.run(lambda m, now: m.tick(now))
+                except SQLAlchemyError as exc:
+                    log.warning("scheduler: tick failed", extra={"error": str(exc).splitlines()[0]})
+                    await asyncio.sleep(poll_interval)  # the deadline stays due: retry, but not in a spin
+                    continue
                 if effects:
                     log.info("rollout tick", extra={"notified": len(effects)})
 
