@@ -8,11 +8,13 @@ PACKAGES := dfu profiles simulator gateway_agent fota_service hil benchmarks tes
 
 .PHONY: setup system-deps demo test lint bench clean
 
-# System packages the tests need: Mosquitto (MQTT end-to-end tests), venv support, systemd-analyze (unit checks),
+# System packages the tests need: Mosquitto (MQTT end-to-end tests), PostgreSQL (the job service's shared
+# database; the tests start their own throw-away server), venv support, systemd-analyze (unit checks),
 # dbus-daemon (a private bus for bleak's BlueZ backend over the simulated bluetoothd).
 system-deps:
 	@missing=""; \
 	command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing="$$missing mosquitto"; \
+	ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || command -v postgres >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	$(PYTHON) -c 'import ensurepip, venv' >/dev/null 2>&1 || missing="$$missing python3-venv"; \
 	command -v systemd-analyze >/dev/null 2>&1 || missing="$$missing systemd"; \
 	command -v dbus-daemon >/dev/null 2>&1 || missing="$$missing dbus-daemon"; \

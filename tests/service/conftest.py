@@ -1,4 +1,5 @@
-"""Fixtures of the job service tests: Secure DFU zips, a service on a temporary SQLite file, a REST client."""
+"""Fixtures of the job service tests: Secure DFU zips, a service on a temporary database — SQLite and a real
+PostgreSQL (one throw-away server per test worker, a fresh database per test) — and a REST client."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from fota_service.model import DeviceKind, Effect, FotaModel, RolloutConfig
 from fota_service.service import FotaService
 from fota_service.store import Store
 from simulator.firmware import make_application, make_softdevice
+from tests.support.postgres import PostgresServer, running_postgres
 
 TOKEN = "test-token-123"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -59,15 +61,33 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """One PostgreSQL server per test worker (`make setup` installs it: never skipped)."""
+    with running_postgres() as server:
+        yield server
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh database of each backend the service supports."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'fota.db'}"
+        return
+    server: PostgresServer = request.getfixturevalue("postgres")
+    yield server.url(server.scratch_database())
+
+
 @pytest.fixture
-def make_service(tmp_path: Path, clock: FakeClock) -> Iterator[ServiceFactory]:
-    """Services on one SQLite file: a second call is the same service after a restart."""
+def make_service(db_url: str, clock: FakeClock) -> Iterator[ServiceFactory]:
+    """Services on one database: a second call is the same service after a restart (or, on PostgreSQL,
+    a second process beside the first while the first's store is open)."""
     stores: list[Store] = []
 
     def factory(
         batch_size: int = 25, max_gateways: int = 50, file_host: str = "files.test:8443"
     ) -> FotaService:
-        store = Store(f"sqlite:///{tmp_path / 'fota.db'}")
+        store = Store(db_url)
         stores.append(store)
         ids = itertools.count(len(stores) * 1000)
         return FotaService(

@@ -168,11 +168,12 @@ def test_hosted_files_come_from_the_database(make_service: ServiceFactory) -> No
 
 
 @pytest.mark.looptime
-async def test_scheduler_rolls_out_the_next_batch_after_the_interval(tmp_path: Path) -> None:
+async def test_scheduler_rolls_out_the_next_batch_after_the_interval(db_url: str) -> None:
     """Seed: "executions are rolled out progressively in batches of 25" — with silent devices, the next batch
-    follows `batch_interval` after the previous one (loop time fast-forwarded by looptime)."""
+    follows `batch_interval` after the previous one (loop time fast-forwarded by looptime). On PostgreSQL the
+    scheduler first takes the leader lease (no other process here)."""
     loop = asyncio.get_running_loop()
-    store = Store(f"sqlite:///{tmp_path / 's.db'}")
+    store = Store(db_url)
     service = FotaService(
         store, tenant="T", file_host="h", rollout=RolloutConfig(batch_interval=60.0), clock=loop.time
     )

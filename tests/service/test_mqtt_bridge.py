@@ -30,6 +30,13 @@ GUARD = 20.0  # seconds; only a hang guard, never part of an assertion
 
 
 @pytest.fixture
+def db_url(tmp_path: Path) -> str:
+    """SQLite only here: the backends differ below `FotaService`, which the store, REST and edge tests run on
+    both; the bridges on PostgreSQL are test_shared_database.py's."""
+    return f"sqlite:///{tmp_path / 'fota.db'}"
+
+
+@pytest.fixture
 def broker(tmp_path: Path) -> Iterator[MosquittoBroker]:
     with running_broker(tmp_path / "broker") as b:
         yield b
