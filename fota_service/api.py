@@ -100,7 +100,12 @@ def create_app(service: FotaService, *, token: str) -> FastAPI:
         if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), token.encode()):
             raise Unauthorized("a valid bearer token is required")
 
-    auth = [Depends(authorized)]
+    async def fresh() -> None:
+        """Processes sharing a PostgreSQL database: take in what the others wrote before reading (async so it
+        runs on the loop, with the model's other users, not in a worker thread)."""
+        service.sync()
+
+    auth = [Depends(authorized), Depends(fresh)]
     model: FotaModel = service.model
 
     def run(command: Callable[[FotaModel, float], list[Effect]]) -> list[Effect]:

@@ -26,6 +26,11 @@ client_id = "fota-service"
 batch_size = 25
 batch_interval = 60.0
 max_gateways = 50
+
+[cluster]                   # only with a PostgreSQL db_url: several processes on one database
+share_group = "fota-service"  # MQTT shared subscriptions $share/<group>/...; "" to subscribe plainly
+leader_retry = 2.0          # seconds between a standby's tries to become the scheduler
+poll_interval = 1.0         # seconds between the scheduler's looks at other processes' writes
 ```
 """
 
@@ -100,11 +105,20 @@ class RolloutSection(_Section):
     max_gateways: int = Field(default=50, ge=1)
 
 
+class ClusterSection(_Section):
+    """Processes sharing a PostgreSQL database (ignored on SQLite, which serves one process)."""
+
+    share_group: str = Field(default="fota-service", pattern=r"^[A-Za-z0-9_.-]*$")
+    leader_retry: float = Field(default=2.0, gt=0)
+    poll_interval: float = Field(default=1.0, gt=0)
+
+
 class ServiceConfig(_Section):
     service: ServiceSection
     http: HttpSection = HttpSection()
     mqtt: MqttSection | None = None
     rollout: RolloutSection = RolloutSection()
+    cluster: ClusterSection = ClusterSection()
 
     @property
     def topic_prefix(self) -> str:

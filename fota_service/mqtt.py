@@ -8,7 +8,8 @@ bridge reconnects with a capped backoff and keeps unpublished notifications queu
 
 Subscriptions: every device's job requests and updates (BLE and IP) under the prefix, and shadow gets and
 reports in all three shadow conventions (`wire.ShadowConvention`); a get is answered on the topic of the
-convention it came in.
+convention it came in. Processes sharing a PostgreSQL database subscribe as one shared-subscription group
+(`share_group`), so each device message is handled by one of them.
 """
 
 from __future__ import annotations
@@ -61,6 +62,9 @@ class MqttSettings:
     tls_context: ssl.SSLContext | None = None
     keepalive: int = 30
     reconnect_max: float = 10.0
+    share_group: str | None = None
+    """Subscribe as `$share/<group>/<topic>`: processes sharing a database each get a share of the devices'
+    messages instead of every message each."""
 
 
 class MqttBridge:
@@ -134,7 +138,7 @@ class MqttBridge:
         ) as client:
             p = self.prefix
             for topic in (*job_subscriptions(p), *shadow_subscriptions(p)):
-                await client.subscribe(topic, qos=1)
+                await client.subscribe(_shared(topic, s.share_group), qos=1)
             log.info("mqtt connected", extra={"host": s.host, "port": s.port, "prefix": p})
             self.connected.set()
             async with self._progress:
@@ -185,6 +189,7 @@ class MqttBridge:
     def handle(self, topic: str, payload: bytes) -> None:
         """Dispatch one incoming message; never raises for anything a device can send."""
         try:
+            self.service.sync()  # another process may have written what this message is about
             self._dispatch(topic, payload)
         except (ValueError, FotaError) as exc:
             log.warning("mqtt message refused", extra={"topic": topic, "reason": str(exc)})
@@ -262,6 +267,11 @@ class MqttBridge:
         self._send(topics.get_accepted, shadow_document(desired, reported, version, trimmed=trimmed))
         if topics.aws_get_accepted is not None:
             self._send(topics.aws_get_accepted, shadow_document(desired, reported, version, trimmed=False))
+
+
+def _shared(topic: str, group: str | None) -> str:
+    """A shared subscription: the broker hands each matching message to one member of the group."""
+    return f"$share/{group}/{topic}" if group else topic
 
 
 def _json(value: object) -> bytes:

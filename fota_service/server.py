@@ -61,6 +61,7 @@ def build(
                 topic_prefix=config.topic_prefix,
                 client_id=m.client_id,
                 tls_context=m.tls_context(),
+                share_group=(config.cluster.share_group or None) if store.shared else None,
             ),
         )
     return Parts(service, app, bridge)
@@ -102,7 +103,11 @@ async def serve(config: ServiceConfig) -> None:
             timeout_graceful_shutdown=5,
         )
     )
-    background = [asyncio.create_task(parts.service.run_scheduler(), name="scheduler")]
+    cluster = config.cluster
+    scheduler = parts.service.run_scheduler(
+        leader_retry=cluster.leader_retry, poll_interval=cluster.poll_interval
+    )
+    background = [asyncio.create_task(scheduler, name="scheduler")]
     if parts.bridge is not None:
         background.append(asyncio.create_task(parts.bridge.run(), name="mqtt"))
     log.info(
@@ -111,6 +116,8 @@ async def serve(config: ServiceConfig) -> None:
             "http": f"{http.host}:{http.port}",
             "file_host": http.file_host,
             "mqtt": config.mqtt is not None,
+            "database": parts.service.store.engine.dialect.name,
+            "shared": parts.service.store.shared,
         },
     )
     # bound before serving so the port accepts connections from the moment "ready" is logged

@@ -60,7 +60,9 @@ class FotaService:
         self._wake = asyncio.Event()
         self.role: str | None = None
         """The scheduler's role in this process: "leader", "standby", or None while it is not running."""
-        self._roles = {"leader": asyncio.Event(), "standby": asyncio.Event()}
+        self.roles: list[str] = []
+        """Every role taken, in order: lets callers wait for a change rather than a clock."""
+        self._role_changed = asyncio.Event()
         self._files: dict[tuple[str, str], bytes] = {}
 
     @property
@@ -105,22 +107,20 @@ class FotaService:
         finally:
             lease.release()
             self.role = None
-            for event in self._roles.values():
-                event.clear()
 
     def _set_role(self, role: str) -> None:
-        if role != self.role:
-            self.role = role
-            log.info(f"scheduler {role}", extra={"shared": self.store.shared})
-        for name, event in self._roles.items():
-            if name == role:
-                event.set()
-            else:
-                event.clear()
+        if role == self.role:
+            return
+        self.role = role
+        self.roles.append(role)
+        log.info(f"scheduler {role}", extra={"shared": self.store.shared})
+        changed, self._role_changed = self._role_changed, asyncio.Event()
+        changed.set()
 
-    async def wait_role(self, role: str) -> None:
-        """Until this process's scheduler is `leader` or `standby`."""
-        await self._roles[role].wait()
+    async def wait_role(self, role: str, times: int = 1) -> None:
+        """Until this process's scheduler has become `role` ("leader", "standby") `times` times."""
+        while self.roles.count(role) < times:
+            await self._role_changed.wait()
 
     async def _schedule(self, lease: LeaderLease | None, poll_interval: float) -> None:
         """Tick until the lease is lost (never, without one). A database error costs a round, not the
