@@ -8,9 +8,11 @@ import json
 from pathlib import Path
 
 import pytest
+from sqlalchemy import MetaData, Table, create_engine, inspect
 
+from fota_service import store
 from fota_service.config import ConfigError, load_config
-from fota_service.model import DeviceKind, ExecutionStatus, JobStatus, RolloutConfig
+from fota_service.model import DeviceKind, Effect, ExecutionStatus, FotaModel, JobStatus, RolloutConfig
 from fota_service.schemas import BleJobRequest, JobUpdate, PayloadError, ShadowReport
 from fota_service.service import FotaService
 from fota_service.store import Store
@@ -153,6 +155,55 @@ def test_every_kind_of_state_survives_a_restart(make_service: ServiceFactory, cl
     # and it carries on: the rest of batch 1 acknowledged → batch 2
     effects = after.update_execution("B", "J", ExecutionStatus.IN_PROGRESS, clock.now)
     assert len(effects) == 1
+
+
+def test_a_command_failing_halfway_leaves_no_trace(make_service: ServiceFactory) -> None:
+    """The database is the truth: a command that raises after changing the model (a bug) writes nothing,
+    and the model is reloaded before it is read again, so it never holds what a restart would not."""
+    service = make_service()
+    service.run(lambda m, now: m.upsert_device("gw", DeviceKind.IP, now, fota_v2_ble=True))
+
+    def broken(model: FotaModel, now: float) -> list[Effect]:
+        model.upsert_device("P1", DeviceKind.BLE, now, gateway_id="gw")
+        raise RuntimeError("a bug after a change")
+
+    with pytest.raises(RuntimeError):
+        service.run(broken)
+    assert "P1" in service.model.devices
+    service.sync()
+    assert set(service.model.devices) == {"gw"}
+    assert set(make_service().model.devices) == {"gw"}
+    service.run(lambda m, now: m.upsert_device("P1", DeviceKind.BLE, now, gateway_id="gw"))
+    assert set(make_service().model.devices) == {"gw", "P1"}
+
+
+def test_a_database_from_before_generations_is_upgraded(db_url: str) -> None:
+    """Tables written before rows carried their generation get the column (0) and its index at start."""
+    old = MetaData()
+    for table in store.metadata.sorted_tables:
+        if table.name not in ("fota_state", "tombstones"):
+            Table(table.name, old, *(c._copy() for c in table.columns if c.name != "gen"))
+    engine = create_engine(db_url)
+    old.create_all(engine)
+    with engine.begin() as conn:
+        conn.execute(old.tables["groups"].insert().values(name="lab", members=["A"]))
+    engine.dispose()
+
+    upgraded = Store(db_url)
+    try:
+        service = FotaService(upgraded, tenant="T", file_host="h")
+        assert service.model.groups == {"lab": {"A"}}
+        service.run(lambda m, _now: m.add_to_group("lab", ["B"]))
+        columns = inspect(upgraded.engine).get_columns("groups")
+        assert "gen" in {c["name"] for c in columns}
+        assert "ix_groups_gen" in {i["name"] for i in inspect(upgraded.engine).get_indexes("groups")}
+    finally:
+        upgraded.close()
+    again = Store(db_url)
+    try:
+        assert FotaService(again, tenant="T", file_host="h").model.groups == {"lab": {"A", "B"}}
+    finally:
+        again.close()
 
 
 def test_hosted_files_come_from_the_database(make_service: ServiceFactory) -> None:
