@@ -9,7 +9,10 @@ bridge reconnects with a capped backoff and keeps unpublished notifications queu
 Subscriptions: every device's job requests and updates (BLE and IP) under the prefix, and shadow gets and
 reports in all three shadow conventions (`wire.ShadowConvention`); a get is answered on the topic of the
 convention it came in. Processes sharing a PostgreSQL database subscribe as one shared-subscription group
-(`share_group`), so each device message is handled by one of them.
+(`share_group`), so each device message is handled by one of them. Topics starting with `$` (AWS's
+`$aws/things/<gw>/shadow/...`) are the exception: Mosquitto 2.0 files a `$share/<group>/$aws/...` filter
+under the wrong root and never delivers to it, so every process subscribes to them plainly and only the
+scheduler's leader handles them.
 """
 
 from __future__ import annotations
@@ -188,6 +191,8 @@ class MqttBridge:
     # ---------------------------------------------------------------------------------- wire → model
     def handle(self, topic: str, payload: bytes) -> None:
         """Dispatch one incoming message; never raises for anything a device can send."""
+        if self.settings.share_group and topic.startswith("$") and self.service.role != "leader":
+            return  # not shareable (see the module docstring): the leader handles it
         try:
             self.service.sync()  # another process may have written what this message is about
             self._dispatch(topic, payload)
@@ -270,8 +275,9 @@ class MqttBridge:
 
 
 def _shared(topic: str, group: str | None) -> str:
-    """A shared subscription: the broker hands each matching message to one member of the group."""
-    return f"$share/{group}/{topic}" if group else topic
+    """A shared subscription: the broker hands each matching message to one member of the group (not for
+    `$` topics, which Mosquitto would never deliver to one)."""
+    return f"$share/{group}/{topic}" if group and not topic.startswith("$") else topic
 
 
 def _json(value: object) -> bytes:
