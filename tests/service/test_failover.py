@@ -1,0 +1,301 @@
+"""Two `fota-service serve` processes on one PostgreSQL database and one Mosquitto (mutual TLS): they serve
+the same jobs, each device message is handled by one of them, every notification goes out once, and when
+the scheduler's leader is killed the standby takes the scheduler over and the job completes.
+
+Everything is waited for by its own signal: the processes' log lines ("scheduler leader", "execution update"),
+MQTT messages, REST answers. Timeouts only guard against hangs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import sys
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from fota_service.model import ExecutionStatus
+from tests.service.conftest import app_zip
+from tests.service.test_mqtt_bridge import GUARD, FakeGateway, Received, gateway, peripheral_ids
+from tests.support.mosquitto import ClientCert, MosquittoBroker, free_port, running_broker
+from tests.support.postgres import PostgresServer
+
+pytestmark = pytest.mark.e2e
+TOKEN = "failover-token-0123456789abcdef0123456789"
+HANDLED = "execution update"
+"""The bridge's debug line for an update it applied (a refused one logs "mqtt message refused")."""
+
+
+class Logs:
+    """The stderr lines of several processes, with one condition to wait on any of them."""
+
+    def __init__(self) -> None:
+        self.changed = asyncio.Condition()
+
+    async def until(self, predicate: Callable[[], bool]) -> None:
+        async with asyncio.timeout(GUARD), self.changed:
+            await self.changed.wait_for(predicate)
+
+
+class ServiceProcess:
+    """`fota-service serve --log-level debug` with its stderr read line by line into `lines`."""
+
+    def __init__(self, name: str, config: Path, logs: Logs) -> None:
+        self.name = name
+        self.config = config
+        self.logs = logs
+        self.lines: list[str] = []
+        self.proc: asyncio.subprocess.Process | None = None
+        self._reader: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "fota_service",
+            "serve",
+            "--config",
+            str(self.config),
+            "--log-level",
+            "debug",
+            stdin=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        self._reader = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        assert self.proc is not None
+        assert self.proc.stderr is not None
+        while line := await self.proc.stderr.readline():
+            async with self.logs.changed:
+                self.lines.append(line.decode())
+                self.logs.changed.notify_all()
+
+    def count(self, text: str) -> int:
+        return sum(text in line for line in self.lines)
+
+    async def wait_line(self, text: str, count: int = 1) -> None:
+        def seen() -> bool:
+            if self.proc is not None and self.proc.returncode is not None:
+                raise AssertionError(f"{self.name} exited:\n{''.join(self.lines)}")
+            return self.count(text) >= count
+
+        await self.logs.until(seen)
+
+    async def kill(self) -> None:
+        """SIGKILL: no cleanup at all, as a crash or a pulled plug; returns once the process is gone."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        await self.proc.wait()
+        await self.finish_reading()
+
+    async def stop(self) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.send_signal(signal.SIGTERM)
+            async with asyncio.timeout(GUARD):
+                await self.proc.wait()
+        await self.finish_reading()
+
+    async def finish_reading(self) -> None:
+        """Until the process's last line has been read (its stderr is closed)."""
+        if self._reader is not None:
+            async with asyncio.timeout(GUARD):
+                await self._reader
+
+
+def write_config(
+    path: Path,
+    *,
+    client_id: str,
+    db_url: str,
+    broker: MosquittoBroker,
+    cert: ClientCert,
+    batch_interval: float,
+) -> Path:
+    path.write_text(
+        f"""
+[service]
+tenant = "T"
+token = "{TOKEN}"
+db_url = "{db_url}"
+
+[http]
+host = "127.0.0.1"
+port = {free_port()}
+
+[mqtt]
+host = "{broker.host}"
+port = {broker.port}
+ca_file = "{broker.pki.ca_file}"
+cert_file = "{cert.cert_file}"
+key_file = "{cert.key_file}"
+topic_prefix = "prod/T/"
+client_id = "{client_id}"
+
+[rollout]
+batch_size = 25
+batch_interval = {batch_interval}
+
+[cluster]
+leader_retry = 0.1
+poll_interval = 0.5
+"""
+    )
+    return path
+
+
+def port_of(process: ServiceProcess) -> int:
+    for line in process.lines:
+        if "fota-service ready" in line:
+            return int(line.rsplit("port=", 1)[1])
+    raise AssertionError(f"{process.name} is not ready")
+
+
+@contextlib.asynccontextmanager
+async def rest(process: ServiceProcess) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(
+        base_url=f"http://127.0.0.1:{port_of(process)}",
+        headers={"Authorization": f"Bearer {TOKEN}"},
+        timeout=GUARD,
+    ) as client:
+        yield client
+
+
+async def ok(response: Any) -> Any:
+    r: httpx.Response = await response
+    assert r.is_success, r.text
+    return r.json() if r.content else None
+
+
+async def shadow_get(gw: FakeGateway) -> list[Received]:
+    """An AWS-convention shadow get and its two answers (AWS's document and nRF Cloud's trimmed copy)."""
+    await gw.publish(f"$aws/things/{gw.id}/shadow/get", b"")
+    answers = [await gw.receive(), await gw.receive()]
+    assert {m.topic for m in answers} == {
+        f"$aws/things/{gw.id}/shadow/get/accepted",
+        f"{gw.id}/shadow/get/accepted",
+    }
+    return answers
+
+
+async def drain_until_barrier(gw: FakeGateway) -> list[str]:
+    """Every message the broker holds for `gw` up to now: publish to a topic of its own and collect the topics
+    received before that message comes back (the broker delivers a client's messages in order)."""
+    barrier = f"test/{gw.id}/barrier"
+    await gw.client.subscribe(barrier, qos=1)
+    await gw.publish(barrier, {"barrier": True})
+    topics = []
+    while (message := await gw.receive()).topic != barrier:
+        topics.append(message.topic)
+    return topics
+
+
+async def test_two_processes_share_the_jobs_and_the_standby_takes_over_the_scheduler(
+    tmp_path: Path, postgres: PostgresServer
+) -> None:
+    """A (started first) leads the scheduler, B stands by. A's batch interval is an hour and B's a second: a
+    second batch can then only come from B's scheduler, i.e. after a takeover, so no timing decides whether
+    A ticked before it was killed."""
+    peripherals = peripheral_ids(30)
+    db_url = postgres.url(postgres.create_database())
+    logs = Logs()
+    with running_broker(tmp_path / "broker") as broker:
+        cert = broker.pki.client("fota-service")  # one service, two processes: one identity, two client ids
+        a = ServiceProcess(
+            "A",
+            write_config(
+                tmp_path / "a.toml",
+                client_id="fota-a",
+                db_url=db_url,
+                broker=broker,
+                cert=cert,
+                batch_interval=3600,
+            ),
+            logs,
+        )
+        b = ServiceProcess(
+            "B",
+            write_config(
+                tmp_path / "b.toml",
+                client_id="fota-b",
+                db_url=db_url,
+                broker=broker,
+                cert=cert,
+                batch_interval=1,
+            ),
+            logs,
+        )
+        try:
+            await a.start()
+            await a.wait_line("scheduler leader")
+            await a.wait_line("mqtt connected")
+            await b.start()
+            await b.wait_line("scheduler standby")
+            await b.wait_line("mqtt connected")
+            assert broker.subscriptions("fota-b")[0].startswith("$share/fota-service/prod/T/")
+
+            async with gateway(broker, "gw-fo") as gw, rest(a) as api_a, rest(b) as api_b:
+                # -------------------------------------------------- a job created on A, seen by B
+                await ok(api_a.put("/v1/devices/gw-fo", json={"type": "ip", "fotaV2Ble": True}))
+                for p in peripherals:
+                    await ok(api_a.put(f"/v1/devices/{p}", json={"type": "ble", "gatewayId": "gw-fo"}))
+                uris = (await ok(api_a.post("/v1/firmwares", content=app_zip())))["uris"]
+                job = {"bundleId": uris[0].split("/")[1], "deviceIds": peripherals}
+                job_id = (await ok(api_a.post("/v1/fota-jobs", json=job)))["jobId"]
+                first = await gw.receive_tuples(25)
+                assert {t[1] for t in first} == {job_id}
+                assert len({t[0] for t in first}) == 25
+
+                seen_by_b = await ok(api_b.get(f"/v1/fota-jobs/{job_id}"))
+                assert seen_by_b["status"] == "IN_PROGRESS"
+                assert seen_by_b["executionStats"]["executions"] == 25
+                hosted = [(await api_x.get(f"/{uris[-1]}")).content for api_x in (api_a, api_b)]
+                assert hosted[0] == hosted[1] != b""  # files live in the database: either process serves them
+
+                # a shadow get is answered once (by the leader: `$aws/...` cannot be shared, see mqtt.py),
+                # from a model that knows every peripheral
+                aws = next(m.payload for m in await shadow_get(gw) if m.topic.startswith("$aws"))
+                assert aws["state"]["desired"]["desiredConnections"] == sorted(peripherals)
+
+                # ------------------------ acknowledgements spread over both processes, each handled once
+                for t in first[:24]:  # not the 25th: batch 2 must not follow from acknowledgements
+                    await gw.update(t[0], job_id, ExecutionStatus.DOWNLOADING, 10)
+                await logs.until(lambda: a.count(HANDLED) + b.count(HANDLED) >= 24)
+                handled_before_kill = {"A": a.count(HANDLED), "B": b.count(HANDLED)}
+                assert sum(handled_before_kill.values()) == 24
+                assert min(handled_before_kill.values()) > 0, handled_before_kill  # shared, not duplicated
+
+                # -------------------------------------------------- the leader dies; B takes over
+                await a.kill()
+                await b.wait_line("scheduler leader")
+                rest_of_job = await gw.receive_tuples(5)  # batch 2, from B's scheduler
+                await b.wait_line("rollout tick")
+                notified = [t[0] for t in first + rest_of_job]
+                assert sorted(notified) == sorted(peripherals)  # each peripheral notified exactly once
+
+                # A's death reached the broker before B's batch did (its socket closed when the process was
+                # reaped, long before B's lease try): from here on every message goes to B
+                for p in notified:
+                    await gw.update(p, job_id, ExecutionStatus.SUCCEEDED, "")
+                await b.wait_line(HANDLED, handled_before_kill["B"] + 30)
+                done = await ok(api_b.get(f"/v1/fota-jobs/{job_id}"))
+                assert done["status"] == "COMPLETED"
+                assert done["executionStats"]["succeeded"] == 30
+                await shadow_get(gw)  # B, the leader now, answers what A answered
+
+                await b.stop()
+                assert await drain_until_barrier(gw) == []  # nothing more: no late or duplicate notification
+            for process in (a, b):
+                assert process.count("mqtt message refused") == 0, "".join(process.lines)
+            assert a.count(HANDLED) + b.count(HANDLED) == 24 + 30
+            assert a.count("rollout tick") == 0
+            assert b.count("rollout tick") == 1
+        finally:
+            for process in (a, b):
+                if process.proc is not None and process.proc.returncode is None:
+                    await process.kill()
