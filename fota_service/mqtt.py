@@ -27,7 +27,7 @@ from typing import Any
 import aiomqtt
 
 from fota_service.errors import FotaError
-from fota_service.model import DesiredChanged, Effect, Notify
+from fota_service.model import DesiredChanged, Effect, FotaModel, Notify
 from fota_service.service import FotaService
 from gateway_agent.cloud.wire import (
     JobTopic,
@@ -194,7 +194,6 @@ class MqttBridge:
         if self.settings.share_group and topic.startswith("$") and self.service.role != "leader":
             return  # not shareable (see the module docstring): the leader handles it
         try:
-            self.service.sync()  # another process may have written what this message is about
             self._dispatch(topic, payload)
         except (ValueError, FotaError) as exc:
             log.warning("mqtt message refused", extra={"topic": topic, "reason": str(exc)})
@@ -212,7 +211,7 @@ class MqttBridge:
         device_id, kind = job
         if kind is JobTopic.BLE_REQUEST:
             peripheral_id, job_id = parse_job_request(payload)
-            pending = self.service.model.pending_execution(peripheral_id, job_id)
+            pending = self._fresh().pending_execution(peripheral_id, job_id)
             if pending is not None and pending.gateway_id is not None:
                 # answered to the asking gateway: it is the one connected to the peripheral now
                 self._send(
@@ -221,11 +220,17 @@ class MqttBridge:
         elif kind is JobTopic.BLE_UPDATE:
             self._update(JobUpdate.decode(payload))
         elif kind is JobTopic.REQUEST:
-            pending = self.service.model.pending_execution(device_id, parse_ip_job_request(payload))
+            pending = self._fresh().pending_execution(device_id, parse_ip_job_request(payload))
             if pending is not None and pending.gateway_id is None:
                 self._send(job_topic(self.prefix, device_id, JobTopic.RECEIVE), _json(pending.ip_tuple()))
         elif kind is JobTopic.UPDATE:
             self._update(replace(JobUpdate.decode_ip(payload), peripheral_id=device_id))
+
+    def _fresh(self) -> FotaModel:
+        """The model for an answer read from it, first caught up with what other processes sharing the
+        database wrote (commands need not: `FotaService.run` catches up under its lock)."""
+        self.service.sync()
+        return self.service.model
 
     def _update(self, u: JobUpdate) -> None:
         effects = self.service.run(
@@ -263,7 +268,7 @@ class MqttBridge:
             return
         desired = {
             "nrfcloud_mqtt_topic_prefix": self.prefix,
-            "desiredConnections": self.service.model.peripherals_of(device_id),
+            "desiredConnections": self._fresh().peripherals_of(device_id),
         }
         reported = self._reported.get(device_id, {})
         version = self._versions.get(device_id, 0)

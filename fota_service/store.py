@@ -5,10 +5,10 @@ transaction: bring the model up to date, apply the command, write exactly the ke
 any notification leaves, so a device never hears of an execution a restart would forget. A command that fails
 after changing the model rolls back, and the model is reloaded before its next use.
 
-Generations: the one row of `fota_state` counts the transactions that wrote; every row written carries
-the generation that wrote it (`gen`, indexed) and every deleted key leaves a tombstone with its generation.
-A model that last saw generation g catches up by reading rows and tombstones with gen > g, never the whole
-database.
+Generations: the one row of `fota_state` counts the transactions that wrote, and notes the last one that
+wrote each table; every row written carries the generation that wrote it (`gen`, indexed) and every
+deleted key leaves a tombstone with its generation. A model that last saw generation g catches up by
+reading rows and tombstones with gen > g from the tables written since g, never the whole database.
 
 - SQLite (WAL, the default): one process. The counter is kept all the same (one UPDATE per command), so both
   backends run the same code, but no one else writes, so nothing is read back.
@@ -25,6 +25,7 @@ import contextlib
 import functools
 import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from sqlalchemy import (
@@ -53,6 +54,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, RowMapping, make_url
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.sql.expression import Executable
 
 from fota_service.model import (
     Bundle,
@@ -92,11 +94,15 @@ def _gen() -> Column[int]:
     return Column("gen", BigInteger, nullable=False, server_default="0", index=True)
 
 
+TABLES_GEN = ("devices", "groups", "bundles", "jobs", "executions", "tombstones")
+"""The tables whose last writing generation `fota_state` notes (column `<table>_gen`): a catch-up skips the
+others (an execution update touches two of six)."""
 state = Table(
     "fota_state",
     metadata,
     Column("id", Integer, primary_key=True),
     Column("generation", BigInteger, nullable=False),
+    *(Column(f"{name}_gen", BigInteger, nullable=False, server_default="0") for name in TABLES_GEN),
 )
 tombstones = Table(
     "tombstones",
@@ -234,7 +240,7 @@ class Store:
     def load(self, model: FotaModel) -> None:
         """Replace the model's state with the database's."""
         with self._snapshot() as conn:
-            self._reload(conn, model, _read_generation(conn))
+            self._reload(conn, model, _read_state(conn))
         log.info(
             "state loaded",
             extra={
@@ -252,8 +258,13 @@ class Store:
             if self._generation is None:
                 self.load(model)
             return
+        if self._generation is not None:
+            with self.engine.connect() as conn:  # autocommit: one round trip, no transaction
+                conn.execution_options(isolation_level="AUTOCOMMIT")
+                if _read_generation(conn) == self._generation:
+                    return
         with self._snapshot() as conn:
-            self._catch_up(conn, model, _read_generation(conn))
+            self._catch_up(conn, model, _read_state(conn))
 
     def run(self, model: FotaModel, command: Callable[[], T]) -> T:
         """Run `command` (which changes `model`) as one transaction: wait for the commands of other
@@ -263,8 +274,9 @@ class Store:
         changed = False
         try:
             with self.engine.begin() as conn:
-                generation = self._lock(conn)
-                self._catch_up(conn, model, generation)
+                written = self._lock(conn)
+                self._catch_up(conn, model, written)
+                generation = written.generation
                 result = command()
                 changes = model.take_changes()
                 if changes:
@@ -278,27 +290,27 @@ class Store:
         self._generation = generation
         return result
 
-    def _lock(self, conn: Connection) -> int:
-        """The current generation; on a shared database, the counter row stays locked until commit."""
+    def _lock(self, conn: Connection) -> Written:
+        """The generations; on a shared database, their row stays locked until commit."""
         if self.shared:
-            query = select(state.c.generation).where(state.c.id == 1).with_for_update()
-            return int(conn.execute(query).scalar_one())
+            return _read_state(conn, lock=True)
         if self._generation is None:
-            return _read_generation(conn)
-        return self._generation
+            return _read_state(conn)
+        return Written(self._generation, {})  # no one else writes: nothing to catch up with
 
-    def _catch_up(self, conn: Connection, model: FotaModel, generation: int) -> None:
+    def _catch_up(self, conn: Connection, model: FotaModel, written: Written) -> None:
+        generation = written.generation
         if self._generation is None or generation < self._generation:  # unknown, or the database went back
-            self._reload(conn, model, generation)
+            self._reload(conn, model, written)
         elif generation != self._generation:
-            model.absorb(**_read(conn, since=self._generation))
+            model.absorb(**_read(conn, since=self._generation, written=written))
             self._generation = generation
 
-    def _reload(self, conn: Connection, model: FotaModel, generation: int) -> None:
-        rows = _read(conn, since=None)
+    def _reload(self, conn: Connection, model: FotaModel, written: Written) -> None:
+        rows = _read(conn, since=None, written=written)
         del rows["deleted_devices"], rows["deleted_executions"]
         model.restore(**rows)
-        self._generation = generation
+        self._generation = written.generation
 
     def _write(self, conn: Connection, model: FotaModel, changes: Changes, generation: int) -> None:
         """Write what `changes` names, from the model's current values, stamped with `generation`."""
@@ -354,7 +366,19 @@ class Store:
                 if k in model.executions
             ],
         )
-        conn.execute(update(state).where(state.c.id == 1).values(generation=generation))
+        touched = {
+            "devices": changes.devices or changes.deleted_devices,
+            "groups": changes.groups,
+            "bundles": changes.bundles,
+            "jobs": changes.jobs or changes.job_pending,
+            "executions": changes.executions or changes.deleted_executions,
+            "tombstones": changes.deleted_devices or changes.deleted_executions,
+        }
+        conn.execute(
+            update(state)
+            .where(state.c.id == 1)
+            .values(generation=generation, **{f"{t}_gen": generation for t, yes in touched.items() if yes})
+        )
 
     def leader_lease(self) -> LeaderLease:
         """The scheduler's lease, on a connection of its own (not pooled: closing it must end the session)."""
@@ -432,28 +456,44 @@ class LeaderLease:
             self._conn = None
 
 
+@dataclass(frozen=True)
+class Written:
+    """The `fota_state` row: the current generation, and the last generation that wrote each table."""
+
+    generation: int
+    tables: Mapping[str, int]
+
+
 def _read_generation(conn: Connection) -> int:
     return int(conn.execute(select(state.c.generation).where(state.c.id == 1)).scalar_one())
 
 
-def _read(conn: Connection, *, since: int | None) -> dict[str, Any]:
-    """Rows (and tombstones) written after generation `since`, or every row: `FotaModel.absorb` keywords."""
+def _read_state(conn: Connection, *, lock: bool = False) -> Written:
+    query = select(state).where(state.c.id == 1)
+    row = conn.execute(query.with_for_update() if lock else query).mappings().one()
+    return Written(row["generation"], {t: row[f"{t}_gen"] for t in TABLES_GEN})
+
+
+def _read(conn: Connection, *, since: int | None, written: Written) -> dict[str, Any]:
+    """Rows (and tombstones) written after generation `since`, or every row: `FotaModel.absorb` keywords.
+    Tables no generation after `since` wrote are not asked."""
+
+    def stale(name: str) -> bool:
+        return since is None or written.tables.get(name, since + 1) > since
 
     def rows(table: Table) -> Iterable[RowMapping]:
+        if not stale(table.name):
+            return []
         query = select(table) if since is None else select(table).where(table.c.gen > since)
         return conn.execute(query).mappings()
 
-    def deleted(kind: str) -> list[tuple[str, str]]:
-        if since is None:
-            return []
-        query = select(tombstones.c.key1, tombstones.c.key2).where(
-            (tombstones.c.kind == kind) & (tombstones.c.gen > since)
-        )
-        return [(r.key1, r.key2) for r in conn.execute(query)]
-
+    deleted: list[Any] = []
+    if since is not None and stale("tombstones"):
+        query = select(tombstones).where(tombstones.c.gen > since)
+        deleted = list(conn.execute(query))
     return {
-        "deleted_devices": [key1 for key1, _ in deleted("device")],
-        "deleted_executions": deleted("execution"),
+        "deleted_devices": [r.key1 for r in deleted if r.kind == "device"],
+        "deleted_executions": [(r.key1, r.key2) for r in deleted if r.kind == "execution"],
         "devices": [_device(r) for r in rows(devices)],
         "groups": [(r["name"], r["members"]) for r in rows(groups)],
         "bundles": [_bundle(r) for r in rows(bundles)],
@@ -466,17 +506,30 @@ def _upsert(conn: Connection, table: Table, keys: list[str], rows: Iterable[dict
     rows = list(rows)
     if not rows:
         return
-    dialect = {"sqlite": sqlite, "postgresql": postgresql}.get(conn.dialect.name)
-    if dialect is None:  # portable fallback: delete + insert
+    stmt = _upsert_statement(conn.dialect.name, table, tuple(keys))
+    if stmt is None:  # portable fallback: delete + insert
         for row in rows:
             conn.execute(delete(table).where(*(table.c[k] == row[k] for k in keys)))
         conn.execute(table.insert(), rows)
         return
-    stmt = dialect.insert(table)
-    stmt = stmt.on_conflict_do_update(
-        index_elements=keys, set_={c.name: stmt.excluded[c.name] for c in table.c if c.name not in keys}
-    )
     conn.execute(stmt, rows)
+
+
+@functools.cache
+def _upsert_statement(dialect_name: str, table: Table, keys: tuple[str, ...]) -> Executable | None:
+    """INSERT … ON CONFLICT DO UPDATE in the dialect's words, built once: building it costs more than
+    running it."""
+    if dialect_name == "postgresql":
+        pg = postgresql.insert(table)
+        return pg.on_conflict_do_update(
+            index_elements=keys, set_={c.name: pg.excluded[c.name] for c in table.c if c.name not in keys}
+        )
+    if dialect_name == "sqlite":
+        lite = sqlite.insert(table)
+        return lite.on_conflict_do_update(
+            index_elements=keys, set_={c.name: lite.excluded[c.name] for c in table.c if c.name not in keys}
+        )
+    return None
 
 
 def _add_generation_columns(conn: Connection) -> None:
