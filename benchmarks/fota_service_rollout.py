@@ -7,7 +7,9 @@ IN_PROGRESS and SUCCEEDED, one peripheral after another, with no DFU time). What
 the service: batch rollout (25 at a time), ~4,000 status updates persisted one transaction each, 1,000
 notifications, completion.
 
-    .venv/bin/python -m benchmarks.fota_service_rollout [--gateways 40] [--per-gateway 25]
+    .venv/bin/python -m benchmarks.fota_service_rollout [--gateways 40] [--per-gateway 25] [--postgres]
+
+`--postgres`: the service on a throw-away PostgreSQL server (tests/support/postgres.py) instead of SQLite.
 
 Prints wall time from job creation to the last update handled, the service process's CPU time over that
 interval (from /proc), updates per second, and the time to the first notification.
@@ -45,6 +47,7 @@ from gateway_agent.cloud.wire import (
 )
 from simulator.firmware import make_application
 from tests.support.mosquitto import MosquittoBroker, free_port, running_broker
+from tests.support.postgres import running_postgres
 
 PREFIX = "prod/bench/"
 TOKEN = "benchmark-token"
@@ -102,7 +105,9 @@ class Gateway:
 
 
 @contextlib.asynccontextmanager
-async def service_process(workdir: Path, broker: MosquittoBroker, port: int) -> AsyncIterator[int]:
+async def service_process(
+    workdir: Path, broker: MosquittoBroker, port: int, db_url: str
+) -> AsyncIterator[int]:
     client = broker.pki.client("fota-service")
     config = workdir / "fota.toml"
     config.write_text(
@@ -110,7 +115,7 @@ async def service_process(workdir: Path, broker: MosquittoBroker, port: int) -> 
 [service]
 tenant = "bench"
 token = "{TOKEN}"
-db_url = "sqlite:///{workdir / "fota.db"}"
+db_url = "{db_url}"
 [http]
 host = "127.0.0.1"
 port = {port}
@@ -158,11 +163,22 @@ async def _drain(stream: asyncio.StreamReader) -> None:
         pass
 
 
-async def bench(gateways: int, per_gateway: int) -> dict[str, float]:
-    with tempfile.TemporaryDirectory() as tmp, running_broker(Path(tmp) / "broker") as broker:
+async def bench(gateways: int, per_gateway: int, postgres: bool = False) -> dict[str, float]:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        running_broker(Path(tmp) / "broker") as broker,
+        contextlib.ExitStack() as servers,
+    ):
         workdir = Path(tmp)
+        db_url = f"sqlite:///{workdir / 'fota.db'}"
+        if postgres:
+            server = servers.enter_context(running_postgres())
+            db_url = server.url(server.create_database())
         port = free_port()
-        async with service_process(workdir, broker, port) as pid, contextlib.AsyncExitStack() as stack:
+        async with (
+            service_process(workdir, broker, port, db_url) as pid,
+            contextlib.AsyncExitStack() as stack,
+        ):
             gws: list[Gateway] = []
             for g in range(gateways):
                 gw_id = f"gw-{g:03d}"
@@ -235,11 +251,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--gateways", type=int, default=40)
     parser.add_argument("--per-gateway", type=int, default=25)
+    parser.add_argument("--postgres", action="store_true", help="PostgreSQL instead of SQLite")
     args = parser.parse_args()
-    figures = asyncio.run(bench(args.gateways, args.per_gateway))
+    figures = asyncio.run(bench(args.gateways, args.per_gateway, args.postgres))
     print(
         f"fota-service rollout: {figures['peripherals']:.0f} peripherals"
-        f" on {figures['gateways']:.0f} gateways\n"
+        f" on {figures['gateways']:.0f} gateways, {'PostgreSQL' if args.postgres else 'SQLite'}\n"
         f"  job created → all SUCCEEDED handled: {figures['wall_s']:.2f} s wall\n"
         f"  service CPU over that interval:      {figures['service_cpu_s']:.2f} s\n"
         f"  status updates handled:              {figures['updates_per_s']:.0f} /s\n"
