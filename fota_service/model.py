@@ -9,7 +9,8 @@ layer, the MQTT layer, the scheduler) feed it *commands* that carry `now` (secon
 `DesiredChanged` (a gateway's desired connections changed). Refusals raise the typed errors of
 `fota_service.errors`. The model never reads a clock, generates randomness (ids come from an injected
 factory) or touches a socket, so every rule below is tested without any I/O, and the persistence layer
-stores whatever `take_changes()` says was touched since the last call.
+stores whatever `take_changes()` says was touched since the last call. Processes sharing one database keep
+their models current by `absorb`ing what the others stored (`store.py`).
 
 Job life cycle (seed: "FOTA job life cycle")::
 
