@@ -136,10 +136,11 @@ async def test_one_scheduler_at_a_time_and_a_standby_takes_over(
     a, b = make_service(), make_service()
     fast = {"leader_retry": 0.05, "poll_interval": 0.05}
     a_task = asyncio.create_task(a.run_scheduler(**fast))
-    b_task = asyncio.create_task(b.run_scheduler(**fast))
+    b_task: asyncio.Task[None] | None = None
     try:
         async with asyncio.timeout(GUARD):
             await a.wait_role("leader")
+            b_task = asyncio.create_task(b.run_scheduler(**fast))
             await b.wait_role("standby")
             assert "leader" not in b.roles
 
@@ -164,6 +165,8 @@ async def test_one_scheduler_at_a_time_and_a_standby_takes_over(
             assert b.roles == ["standby", "leader", "standby", "leader"]
     finally:
         for task in (a_task, b_task):
+            if task is None:
+                continue
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
