@@ -94,8 +94,8 @@ def named_zip_mutations() -> Iterator[tuple[str, str, list[Mutation]]]:
 def zip_cases() -> Iterator[tuple[str, bytes]]:
     """Every corpus zip: named cases, truncations at each record, manifests, then seeded mutants."""
     bases = base_packages()
-    for base, label, mutations in named_zip_mutations():
-        yield f"{label}.zip", apply(bases[base], mutations)
+    for base_name, label, mutations in named_zip_mutations():
+        yield f"{label}.zip", apply(bases[base_name], mutations)
     stored = bases["stored"]
     plan = layout(stored)
     for record, offsets in (("local", plan.local), ("central", plan.central)):
@@ -108,9 +108,9 @@ def zip_cases() -> Iterator[tuple[str, bytes]]:
     for label, text in manifest_mutations().items():
         yield f"manifest-{label}.zip", package_with_manifest(text)
     rng = random.Random(SEED)
-    for base_name, base in bases.items():
+    for base_name, base_zip in bases.items():
         for number in range(RANDOM_ZIPS_PER_BASE):
-            yield f"random-{base_name}-{number:03d}.zip", apply(base, random_zip_mutations(rng))
+            yield f"random-{base_name}-{number:03d}.zip", apply(base_zip, random_zip_mutations(rng))
 
 
 def init_packet_cases() -> Iterator[tuple[str, bytes]]:

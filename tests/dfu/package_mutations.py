@@ -181,11 +181,12 @@ def apply(data: bytes, mutations: Sequence[Mutation]) -> bytes:
     eocd = plan.eocd
     for extra in extras:
         start = plan.offset("central", extra.index)
-        fields = [("usize", 24, extra.usize), ("csize", 20, extra.csize), ("offset", 42, extra.offset)]
-        body = b"".join(struct.pack("<Q", value % (1 << 64)) for _, _, value in fields if value is not None)
-        for _, at, value in fields:
-            if value is not None:
-                struct.pack_into("<I", out, start + at, 0xFFFFFFFF)
+        # zip64 order: uncompressed size, compressed size, offset; each 32-bit field then says 0xFFFFFFFF
+        wide = [(24, extra.usize), (20, extra.csize), (42, extra.offset)]
+        body = b"".join(struct.pack("<Q", v % (1 << 64)) for _, v in wide if v is not None)
+        for field_at, v in wide:
+            if v is not None:
+                struct.pack_into("<I", out, start + field_at, 0xFFFFFFFF)
         name_len, extra_len = struct.unpack_from("<HH", out, start + 28)
         field = struct.pack("<HH", 1, len(body)) + body
         at = start + 46 + name_len + extra_len
@@ -319,10 +320,10 @@ def random_zip_mutations(rng: random.Random) -> list[Mutation]:
         elif roll < 0.6:
             mutations.append(Rename(rng.randrange(3), rng.choice(BAD_NAMES), rng.random() < 0.7))
         elif roll < 0.7:
-            values = [
+            sizes = [
                 rng.choice((None, 0, 1 << 32, 1 << 63, (1 << 64) - 1, rng.randrange(1 << 64))) for _ in "uco"
             ]
-            mutations.append(Zip64Extra(rng.randrange(3), *values))
+            mutations.append(Zip64Extra(rng.randrange(3), *sizes))
         else:
             mutations.append(random_byte_mutation(rng))
     return mutations

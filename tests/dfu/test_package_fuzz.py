@@ -9,6 +9,7 @@ tests/dfu/make_corpus.py) replays mutants that hit each failure class of zipfile
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import lzma
@@ -225,8 +226,8 @@ def test_corpus_zips_are_read_or_refused() -> None:
     for path in CORPUS_ZIPS:
         data = path.read_bytes()
         cases += [(path.name, read) for read in every_zip_reader(data)]
-        cases += [(path.name, lambda path=path: DfuPackage.from_zip(path))]
-        cases += [(path.name, lambda path=path: DfuPackage.load(path))]
+        cases += [(path.name, functools.partial(DfuPackage.from_zip, path))]
+        cases += [(path.name, functools.partial(DfuPackage.load, path))]
     assert escapes(cases) == []
 
 
@@ -275,7 +276,7 @@ def test_the_corpus_reaches_every_way_zipfile_fails() -> None:
 
 def test_the_corpus_holds_packages_that_still_read() -> None:
     """Mutants that zipfile shrugs off must still be judged by the package checks, not all refused early."""
-    outcomes = [read_or_refuse(lambda path=path: DfuPackage.from_zip(path)) for path in CORPUS_ZIPS]
+    outcomes = [read_or_refuse(functools.partial(DfuPackage.from_zip, path)) for path in CORPUS_ZIPS]
     assert any(outcomes)
     assert not all(outcomes)
 
