@@ -8,8 +8,10 @@ Content-Length, and a declared length is only a claim), answering 413 the moment
 and handing the application a disconnect instead of the rest. The cap is small for JSON endpoints and the
 firmware cap for the upload endpoint.
 
-After a refusal uvicorn discards what the client still sends (for up to its keep-alive timeout), so a client
-that keeps writing its body still reads the answer, and nothing is buffered.
+After a refusal uvicorn reads and discards whatever the client still sends (it would rather not reset a
+connection whose client has not read the answer yet), so a client writing its body still gets the 401/413
+and nothing is buffered. A client that ignores the answer and keeps sending costs CPU, not memory, for as
+long as it sends; no connection close is forced, as that could lose the answer to a reset.
 """
 
 from __future__ import annotations
