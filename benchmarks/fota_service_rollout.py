@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import secrets
 import signal
 import sys
 import tempfile
@@ -47,7 +48,7 @@ from simulator.firmware import make_application
 from tests.support.mosquitto import MosquittoBroker, free_port, running_broker
 
 PREFIX = "prod/bench/"
-TOKEN = "benchmark-token"
+TOKEN = secrets.token_hex(32)
 GUARD = 300.0
 
 
