@@ -258,8 +258,8 @@ def test_agent_check_config_says_when_the_state_directory_cannot_be_created(
 def test_agent_says_in_one_line_when_bluetooth_cannot_be_used(
     tmp_path: Path, tls: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """No bluetoothd, no D-Bus, adapter off, no permission: `check-config` lists it as a problem and `run` exits
-    69 (EX_UNAVAILABLE) with one log line naming the fix, so systemd's restarts each say why."""
+    """No bluetoothd, no D-Bus, adapter off, no permission: `check-config` lists it as a problem and `run`
+    exits 69 (EX_UNAVAILABLE) with one log line naming the fix, so systemd's restarts each say why."""
     path = tmp_path / "c.toml"
     path.write_text(good(tls, tmp_path))
     monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", f"unix:path={tmp_path / 'no-bus'}")
