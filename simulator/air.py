@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import json
 import logging
@@ -51,6 +52,7 @@ from simulator.radio import (
     Direction,
     LinkModel,
     LinkSlot,
+    RadioSchedule,
     to_s,
 )
 
@@ -101,7 +103,11 @@ class PeripheralLike(Protocol):
     def address(self) -> str: ...
     def advertisement(self) -> AdvertisementLike | None: ...
     def gatt(self) -> Sequence[ServiceDefLike]: ...
-    def on_connect(self, now: float, att_mtu: int) -> None: ...
+    def on_connect(self, now: float, att_mtu: int, radio: RadioSchedule | None = None) -> None:
+        """`radio`: when the link's connection events hold the peripheral's radio (its flash works around
+        them)."""
+        ...
+
     def on_disconnect(self, now: float) -> None: ...
     def on_write(self, char_uuid: str, data: bytes, *, with_response: bool, now: float) -> list[Emission]: ...
     def on_read(self, char_uuid: str, now: float) -> bytes: ...
@@ -586,6 +592,9 @@ class Air:
     ) -> LinkInfo:
         peripheral = node.peripheral
         model = LinkModel.negotiate(peripheral.profile.link, cen.settings)
+        mtu_for = getattr(peripheral, "att_mtu_for", None)
+        if mtu_for is not None:  # the peripheral's own answer to the central's MTU exchange request
+            model = dataclasses.replace(model, att_mtu=min(model.att_mtu, mtu_for(cen.settings.att_mtu)))
         if not node.faults.on_connect_attempt():
             await self.sleep_until(when + TRANSMIT_WINDOW_S + CONNECT_FAIL_EVENTS * model.interval)
             raise ConnectFailedError(f"{peripheral.address}: connection failed to be established (0x3E)")
@@ -594,11 +603,13 @@ class Air:
         link_id = self._next_id("link")
         anchor = when + TRANSMIT_WINDOW_S
         slot = cen.open(link_id, model, now=anchor)
+        slot.radio_blocked = getattr(peripheral, "radio_blocked", None)
         link = _Link(link_id, node, cen, slot, model, events, owner)
         node.link = link
         self._links[link_id] = link
         self._arm_adv(node)
-        peripheral.on_connect(anchor, model.att_mtu)
+        radio = RadioSchedule(slot.anchor_us, model.interval_us, model.event_length_us)
+        peripheral.on_connect(anchor, model.att_mtu, radio)
         self._reschedule_poll(node)
         log.info(
             "link up",

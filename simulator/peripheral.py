@@ -52,6 +52,7 @@ from simulator.device import (
     ResetReason,
     ResetTarget,
 )
+from simulator.radio import RadioSchedule
 
 DEFAULT_BOOT_DELAY_S = 0.3
 """From reset to advertising: boot, MBR/bootloader start-up, SoftDevice enable (a few hundred ms)."""
@@ -179,12 +180,21 @@ class SimPeripheral:
 
     # --- link events ---------------------------------------------------------------------------------------
 
-    def on_connect(self, now: float, att_mtu: int) -> None:
+    def att_mtu_for(self, requested: int) -> int:
+        """The ATT MTU this firmware answers to a central's exchange request. The bootloader's BLE transport
+        (`BLE_GATTS_EVT_EXCHANGE_MTU_REQUEST`, nrf_dfu_ble.c, 15.0-17.1) rounds a request below its maximum
+        down so the packet payload (MTU - 3) is a multiple of 4 bytes; the application answers its maximum."""
+        limit = self.profile.link.att_mtu
+        if self.state.mode is Mode.BOOTLOADER and requested < limit and (requested - 3) % 4:
+            return (requested - 3) // 4 * 4 + 3
+        return min(requested, limit)
+
+    def on_connect(self, now: float, att_mtu: int, radio: RadioSchedule | None = None) -> None:
         self.connected = True
         self.att_mtu = att_mtu
         self._subscribed.clear()
         if isinstance(self._firmware, Bootloader):
-            self._firmware.on_connect(now, att_mtu)
+            self._firmware.on_connect(now, att_mtu, radio=radio)
         elif isinstance(self._firmware, Application):
             self._firmware.on_connect(now)
 
@@ -235,6 +245,12 @@ class SimPeripheral:
         return self._firmware.on_read(char_uuid)
 
     # --- time and faults -----------------------------------------------------------------------------------
+
+    def radio_blocked(self, start_us: int, end_us: int) -> int | None:
+        """End of flash work that keeps the radio from the connection within [start_us, end_us), if any."""
+        if isinstance(self._firmware, Bootloader):
+            return self._firmware.radio_blocked(start_us, end_us)
+        return None
 
     @property
     def next_wakeup(self) -> float | None:
