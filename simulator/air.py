@@ -103,9 +103,11 @@ class PeripheralLike(Protocol):
     def address(self) -> str: ...
     def advertisement(self) -> AdvertisementLike | None: ...
     def gatt(self) -> Sequence[ServiceDefLike]: ...
-    def on_connect(self, now: float, att_mtu: int, radio: RadioSchedule | None = None) -> None:
+    def on_connect(
+        self, now: float, att_mtu: int, radio: RadioSchedule | None = None, *, encrypted: bool = False
+    ) -> None:
         """`radio`: when the link's connection events hold the peripheral's radio (its flash works around
-        them)."""
+        them); `encrypted`: the link runs encrypted (a central holding the bond encrypts it)."""
         ...
 
     def on_disconnect(self, now: float) -> None: ...
@@ -592,10 +594,14 @@ class Air:
     ) -> LinkInfo:
         peripheral = node.peripheral
         model = LinkModel.negotiate(peripheral.profile.link, cen.settings)
+        if cen.settings.encrypt_bonded and getattr(peripheral, "bond_held", False):
+            model = dataclasses.replace(model, encrypted=True)  # the stored keys encrypt the link at once
         mtu_for = getattr(peripheral, "att_mtu_for", None)
         if mtu_for is not None:  # the peripheral's own answer to the central's MTU exchange request
             model = dataclasses.replace(model, att_mtu=min(model.att_mtu, mtu_for(cen.settings.att_mtu)))
-        if not node.faults.on_connect_attempt():
+        accepts = getattr(peripheral, "accepts_connection", None)
+        if not node.faults.on_connect_attempt() or (accepts is not None and not accepts()):
+            # A lost CONNECT_IND, or a whitelist that ignores this central: the link never comes up.
             await self.sleep_until(when + TRANSMIT_WINDOW_S + CONNECT_FAIL_EVENTS * model.interval)
             raise ConnectFailedError(f"{peripheral.address}: connection failed to be established (0x3E)")
         if len(cen.links) >= cen.settings.max_connections:
@@ -609,7 +615,7 @@ class Air:
         self._links[link_id] = link
         self._arm_adv(node)
         radio = RadioSchedule(slot.anchor_us, model.interval_us, model.event_length_us)
-        peripheral.on_connect(anchor, model.att_mtu, radio)
+        peripheral.on_connect(anchor, model.att_mtu, radio, encrypted=model.encrypted)
         self._reschedule_poll(node)
         log.info(
             "link up",

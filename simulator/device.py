@@ -192,6 +192,7 @@ class AttError(Exception):
     READ_NOT_PERMITTED = 0x02
     WRITE_NOT_PERMITTED = 0x03
     INVALID_ATTRIBUTE_LENGTH = 0x0D
+    INSUFFICIENT_ENCRYPTION = 0x0F
     CCCD_IMPROPERLY_CONFIGURED = 0xFD
 
     def __init__(self, code: int, message: str = "") -> None:

@@ -263,6 +263,9 @@ class CentralSettings:
     event_extension: bool = True
     """The controller may extend a busy connection event into idle air; used only where the peripheral's
     profile allows it too (`LinkPreferences.event_extension`, off in the shipped profiles)."""
+    encrypt_bonded: bool = True
+    """With a bond stored, the host encrypts the link as it comes up (BlueZ re-establishes security with a
+    bonded device); False models a stack that does not, to see the peripheral refuse its DFU writes."""
 
 
 @dataclass(slots=True)
