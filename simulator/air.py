@@ -58,6 +58,8 @@ from simulator.radio import (
 
 log = logging.getLogger(__name__)
 
+MAX_TIME_SCALE = 1.0
+"""Real seconds per simulated second at most: the air may run faster than real time, never slower."""
 SCAN_REFRESH_S = 1.0
 DEFAULT_ADV_INTERVAL_S = 0.1
 DEFAULT_BOOT_DELAY_S = 0.0  # extra, on top of the boot time the peripheral models itself
@@ -317,8 +319,12 @@ class Air:
         factory: PeripheralFactory = default_factory,
         state_path: Path | None = None,
     ) -> None:
-        if time_scale <= 0:
-            raise ValueError("time_scale must be positive")
+        if not 0 < time_scale <= MAX_TIME_SCALE:
+            raise ValueError(
+                f"time_scale {time_scale}: real seconds per simulated second must be in (0, {MAX_TIME_SCALE}]; "
+                "above 1 the simulated boards would run slower than their profiles say, and a client paces "
+                "its packets by those profiles (in its own clock), so it would overrun their flash"
+            )
         self.time_scale = time_scale
         self.factory = factory
         self.state_path = state_path
