@@ -321,7 +321,8 @@ class Air:
     ) -> None:
         if not 0 < time_scale <= MAX_TIME_SCALE:
             raise ValueError(
-                f"time_scale {time_scale}: real seconds per simulated second must be in (0, {MAX_TIME_SCALE}]; "
+                f"time_scale {time_scale}: real seconds per simulated second must be in "
+                f"(0, {MAX_TIME_SCALE}]; "
                 "above 1 the simulated boards would run slower than their profiles say, and a client paces "
                 "its packets by those profiles (in its own clock), so it would overrun their flash"
             )

@@ -212,5 +212,5 @@ def test_simulator_time_scale_is_at_most_one(
     if ok:
         assert load_config(path).simulator.time_scale == scale
     else:
-        with pytest.raises(ConfigError, match="simulator.time_scale"):
+        with pytest.raises(ConfigError, match=r"simulator\.time_scale"):
             load_config(path)
