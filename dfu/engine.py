@@ -269,13 +269,15 @@ class ImageTransfer:
         probe_erase_lag: bool = True,
         saves_progress: bool = False,
         flash_duty: float = 1.0,
+        erase_preempts: bool = False,
     ) -> None:
         """`prn` None or 0: the engine chooses (one notification per object, on its last packet).
         `flash` None: the board's flash timing is unknown; conservative pacing and PRN back-pressure.
         `saves_progress`: the bootloader writes its settings page after every data Execute but the last
         (NRF_DFU_SAVE_PROGRESS_IN_FLASH): four flash operations the pacing must leave room for.
         `flash_duty`: the share of time flash gets beside the radio (`dfu.pacing`); below 1 the pacing keeps
-        `SHARED_FLASH_SLACK` queue slots free for operations that land a whole idle span later."""
+        `SHARED_FLASH_SLACK` queue slots free for operations that land a whole idle span later.
+        `erase_preempts`: the chip has no partial erase, so a page erase runs whole (`dfu.pacing`)."""
         if packet_size < 1:
             raise ValueError("packet_size must be positive (negotiated ATT MTU - 3)")
         if not init_packet or not firmware:
@@ -301,6 +303,7 @@ class ImageTransfer:
         if not 0 < flash_duty <= 1:
             raise ValueError("flash_duty must be in (0, 1]")
         self.flash_duty = flash_duty
+        self.erase_preempts = erase_preempts
         self.stats = TransferStats(bytes_total=len(self.firmware))
         self.deadline: float | None = None
         """loop time at which `on_timeout` is due; None when nothing is awaited"""
@@ -575,7 +578,12 @@ class ImageTransfer:
         else:
             slack = 0 if self.flash_known else 1
         self._pacer = FlashPacer(
-            self.flash, buffers=buffers, page_size=self.page_size, slack=slack, duty=self.flash_duty
+            self.flash,
+            buffers=buffers,
+            page_size=self.page_size,
+            slack=slack,
+            duty=self.flash_duty,
+            erase_preempts=self.erase_preempts,
         )
         if self._settings_written_at is not None:
             self._pacer.settings_write(self._settings_written_at)

@@ -20,7 +20,9 @@ Flash shares time with the radio: the SoftDevice runs flash operations only betw
 (SoftDevice Specification, "Flash API timing"), so over time flash gets `duty` = idle time / connection
 interval of the wall clock (0.5 with the SDK bootloaders' 7.5 ms events every 15 ms). The model is fluid:
 every operation takes its flash time divided by `duty`; the real operation lands on whole idle spans, so it
-may end up to one span later, which `slack` covers.
+may end up to one span later, which `slack` covers. A chip without partial erase (nRF52832) cannot split a
+page erase into idle spans: the SoftDevice runs it whole, pre-empting the connection (`erase_preempts`), so
+an erase costs its own time, and no packet arrives meanwhile.
 
 Pure arithmetic: no clock, no I/O; every call takes the time it is about.
 """
@@ -49,13 +51,14 @@ class FlashPacer:
         page_size: int = 4096,
         slack: int = DEFAULT_SLACK,
         duty: float = 1.0,
+        erase_preempts: bool = False,
     ) -> None:
         if not 0 < duty <= 1:
             raise ValueError("flash duty must be in (0, 1]")
         self.timing = timing
         self.page_size = page_size
         self.duty = duty
-        self._erase_s = timing.erase_seconds / duty
+        self._erase_s = timing.erase_seconds if erase_preempts else timing.erase_seconds / duty
         self._max_slack = max(0, min(timing.flash_queue_size, buffers) - 2)
         self.queue_limit = timing.flash_queue_size
         self.buffer_limit = buffers

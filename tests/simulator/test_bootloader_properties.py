@@ -78,8 +78,12 @@ class BootloaderMachine(RuleBasedStateMachine):
     @rule(data=requests)
     def control_point(self, data: bytes) -> None:
         notes = self._after(self.bl.on_control_point(data, self.now))
-        if not notes and data[:1] == bytes([OpCode.EXECUTE]):
-            return  # a data Execute is answered once flash is idle (a later poll)
+        if data[:1] == bytes([OpCode.EXECUTE]):
+            # A data Execute is answered once flash is idle: maybe later (a poll), maybe together with
+            # earlier Executes still waiting for it.
+            for note in notes:
+                check_response(data, note, self.now)
+            return
         assert len(notes) == 1
         check_response(data, notes[0], self.now)
 
