@@ -1,12 +1,14 @@
-"""A plain Secure DFU client, for comparison in benchmarks: what Nordic's Android-DFU-Library does by default.
+"""A plain Secure DFU client, for comparison in benchmarks: the object procedure without any pacing.
 
-Sans-I/O like `dfu.engine.ImageTransfer` (the same actions, so the product's transport and updater drive it),
-but with none of its pacing: per data object it sends Create, streams the object's packets at once (with a
-packet receipt notification every `prn` packets it waits for each before sending more, as the Android
-library does: PRN 12 was its default until 1.9), asks Calculate Checksum, re-creates the object when the CRC
-does not match (at most `MAX_ATTEMPTS` times in a row) and executes it; the next Create waits for Execute's
-answer. No pause after Create (the library's `prepareDataObjectDelay` defaults to 0), no resume within an
-object, no waiting out a busy flash: a Create answered INVALID_OBJECT ends the transfer.
+Sans-I/O like `dfu.engine.ImageTransfer` (the same actions, so the product's transport and updater drive it).
+Per data object it sends Create, streams the object's packets at once (with a packet receipt notification
+every `prn` packets it waits for each before sending more: PRN 12 was the Android-DFU-Library's default until
+1.9), asks Calculate Checksum, re-creates the object when the CRC does not match (at most `MAX_ATTEMPTS`
+times in a row, as the library's SecureDfuImpl) and executes it; the next Create waits for Execute's answer.
+No pause after Create (the library's `prepareDataObjectDelay` is 0 unless the app sets it; its own example
+suggests 300 ms for SDK 15/16 bootloaders), no waiting out a busy flash: a Create answered INVALID_OBJECT ends
+the transfer. Not modelled: the library's current fallback when bytes were lost (continue the object from the
+reported offset and switch to PRN 1), which trades speed for completion.
 """
 
 from __future__ import annotations
