@@ -22,7 +22,7 @@ interval of the wall clock (0.5 with the SDK bootloaders' 7.5 ms events every 15
 every operation takes its flash time divided by `duty`; the real operation lands on whole idle spans, so it
 may end up to one span later, which `slack` covers. A chip without partial erase (nRF52832) cannot split a
 page erase into idle spans: the SoftDevice runs it whole, pre-empting the connection (`erase_preempts`), so
-an erase costs its own time, and no packet arrives meanwhile.
+no packet arrives while it runs: the link itself holds them back, and the pacing need not wait for it.
 
 Pure arithmetic: no clock, no I/O; every call takes the time it is about.
 """
@@ -58,7 +58,7 @@ class FlashPacer:
         self.timing = timing
         self.page_size = page_size
         self.duty = duty
-        self._erase_s = timing.erase_seconds if erase_preempts else timing.erase_seconds / duty
+        self._erase_s = 0.0 if erase_preempts else timing.erase_seconds / duty
         self._max_slack = max(0, min(timing.flash_queue_size, buffers) - 2)
         self.queue_limit = timing.flash_queue_size
         self.buffer_limit = buffers

@@ -371,7 +371,7 @@ class Updater:
             response_timeout=self.profile.timeouts.response_s,
             saves_progress=self.profile.save_progress_in_flash,
             flash_duty=flash_duty(self.profile),
-            # nRF52832 (no partial erase): the SoftDevice runs an erase whole, ahead of the connection
+            # nRF52832 (no partial erase): the SoftDevice runs an erase whole, holding the link meanwhile
             erase_preempts=self.profile.chip is not None and not self.profile.chip.erases_in_slices,
         )
 
