@@ -125,12 +125,9 @@ CONSERVATIVE_FLASH = FlashTiming(page_erase_ms=120.0, word_write_us=60.0, flash_
 MAX_PRN = 0xFFFF
 WORD = 4
 """nRF52 flash is programmed in 32-bit words."""
-SHARED_FLASH_SLACK = 8
-"""Queue slots kept free when flash shares time with the radio: an operation may land a whole idle span
-(7.5 ms, about three packet writes) after the fluid model's estimate, and those errors add up between two
-points where the bootloader says flash is idle. Half of the SDK's 16 slots still queue 35 ms of writes
-behind an erase: flash never starves (measured: 14.0 s for 200 KB against a 13.2 s bound, with 4 slots 15.0 s
-and 6 objects resent)."""
+SHARED_FLASH_SLACK = 2
+"""Queue slots kept free when flash shares time with the radio: a write call may land a whole idle span later
+than the fluid model says (an erase's own error is charged in time, `dfu.pacing`)."""
 LAG_PROBE_STEP = 0.25
 LAG_PROBE_MAX = 2.0
 _RESPONSE = OpCode.RESPONSE.value
@@ -273,6 +270,7 @@ class ImageTransfer:
         saves_progress: bool = False,
         flash_duty: float = 1.0,
         erase_preempts: bool = False,
+        interval_s: float = 0.0,
     ) -> None:
         """`prn` None or 0: the engine chooses (one notification per object, on its last packet).
         `flash` None: the board's flash timing is unknown; conservative pacing and PRN back-pressure.
@@ -280,7 +278,8 @@ class ImageTransfer:
         (NRF_DFU_SAVE_PROGRESS_IN_FLASH): four flash operations the pacing must leave room for.
         `flash_duty`: the share of time flash gets beside the radio (`dfu.pacing`); below 1 the pacing keeps
         `SHARED_FLASH_SLACK` queue slots free for operations that land a whole idle span later.
-        `erase_preempts`: the chip has no partial erase, so a page erase runs whole (`dfu.pacing`)."""
+        `erase_preempts`: the chip has no partial erase, so a page erase runs whole (`dfu.pacing`).
+        `interval_s`: the connection interval (an erase split over idle spans may end one interval late)."""
         if packet_size < 1:
             raise ValueError("packet_size must be positive (negotiated ATT MTU - 3)")
         if not init_packet or not firmware:
@@ -307,6 +306,7 @@ class ImageTransfer:
             raise ValueError("flash_duty must be in (0, 1]")
         self.flash_duty = flash_duty
         self.erase_preempts = erase_preempts
+        self.interval_s = interval_s
         self.stats = TransferStats(bytes_total=len(self.firmware))
         self.deadline: float | None = None
         """loop time at which `on_timeout` is due; None when nothing is awaited"""
@@ -587,6 +587,7 @@ class ImageTransfer:
             slack=slack,
             duty=self.flash_duty,
             erase_preempts=self.erase_preempts,
+            interval_s=self.interval_s,
         )
         if self._settings_written_at is not None:
             self._pacer.settings_write(self._settings_written_at)

@@ -19,10 +19,12 @@ a burst); it grows by one each time an object arrives damaged anyway (`widen`).
 Flash shares time with the radio: the SoftDevice runs flash operations only between connection events
 (SoftDevice Specification, "Flash API timing"), so over time flash gets `duty` = idle time / connection
 interval of the wall clock (0.5 with the SDK bootloaders' 7.5 ms events every 15 ms). The model is fluid:
-every operation takes its flash time divided by `duty`; the real operation lands on whole idle spans, so it
-may end up to one span later, which `slack` covers. A chip without partial erase (nRF52832) cannot split a
-page erase into idle spans: the SoftDevice runs it whole, pre-empting the connection (`erase_preempts`), so
-no packet arrives while it runs: the link itself holds them back, and the pacing need not wait for it.
+every operation takes its flash time divided by `duty`. A page erase, split over a dozen idle spans, may end
+up to one connection interval later than that (where the first and last spans fall), so it is charged
+`interval_s` more; a write (5 words a call) lands on whole spans too, which `slack` covers. A chip without
+partial erase (nRF52832) cannot split a page erase into idle spans: the SoftDevice runs it whole, pre-empting
+the connection (`erase_preempts`), so no packet arrives while it runs: the link itself holds them back, and
+the pacing need not wait for it.
 
 Pure arithmetic: no clock, no I/O; every call takes the time it is about.
 """
@@ -52,13 +54,15 @@ class FlashPacer:
         slack: int = DEFAULT_SLACK,
         duty: float = 1.0,
         erase_preempts: bool = False,
+        interval_s: float = 0.0,
     ) -> None:
         if not 0 < duty <= 1:
             raise ValueError("flash duty must be in (0, 1]")
         self.timing = timing
         self.page_size = page_size
         self.duty = duty
-        self._erase_s = 0.0 if erase_preempts else timing.erase_seconds / duty
+        shared = timing.erase_seconds / duty + (interval_s if duty < 1 else 0.0)
+        self._erase_s = 0.0 if erase_preempts else shared
         self._max_slack = max(0, min(timing.flash_queue_size, buffers) - 2)
         self.queue_limit = timing.flash_queue_size
         self.buffer_limit = buffers

@@ -373,6 +373,7 @@ class Updater:
             flash_duty=flash_duty(self.profile),
             # nRF52832 (no partial erase): the SoftDevice runs an erase whole, holding the link meanwhile
             erase_preempts=self.profile.chip is not None and not self.profile.chip.erases_in_slices,
+            interval_s=self.profile.link.conn_interval_ms / 1000,
         )
 
     async def _send_image(self, link: DfuLink | None, image: PackageImage) -> DfuLink:

@@ -187,3 +187,12 @@ def test_updater_paces_with_the_profiles_idle_share_and_chip() -> None:
     assert flash_duty(load_profile("nrf52840-s140")) == 0.5  # 7.5 ms events every 15 ms
     assert not load_profile("nrf52832-s132").chip.erases_in_slices  # type: ignore[union-attr]
     assert load_profile("nrf52840-s140").chip.erases_in_slices  # type: ignore[union-attr]
+
+
+def test_pacer_charges_a_sliced_erase_one_interval_more() -> None:
+    """An 85 ms erase split over 7.5 ms idle spans ends up to one 15 ms interval after its half-time share."""
+    timing = FlashTiming(page_erase_ms=100.0, word_write_us=40.0, flash_queue_size=4)
+    pacer = FlashPacer(timing, buffers=17, slack=0, duty=0.5, interval_s=0.015)
+    pacer.erase(0.0, 4096)
+    times = [pacer.packet(0.0, 244) for _ in range(4)]
+    assert abs(times[3] - 0.215) < 1e-9
