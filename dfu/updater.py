@@ -40,6 +40,7 @@ import enum
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from bleak.exc import BleakError
 
@@ -135,6 +136,9 @@ class UpdateResult:
     """control-point requests of the transfers (each costs at least one connection interval)"""
     images: tuple[ImageReport, ...]
     firmware_revision: str | None
+    firmware_revision_before: str | None = None
+    """the application's Device Information firmware revision read before entering DFU (None when the board
+    was already in its bootloader or has no such characteristic): what a stock board tells of what it runs"""
 
     @property
     def throughput_bps(self) -> float:
@@ -175,6 +179,7 @@ class _Run:
     sent_over_air: int = 0
     done_bytes: int = 0
     reports: list[ImageReport] = field(default_factory=list)
+    revision_before: str | None = None
 
 
 class _ProgressTracker:
@@ -270,6 +275,7 @@ class Updater:
             round_trips=self._run.round_trips,
             images=tuple(self._run.reports),
             firmware_revision=revision,
+            firmware_revision_before=self._run.revision_before,
         )
         log.info(
             "update done address=%s bytes=%d seconds=%.3f resumes=%d retries=%d",
@@ -325,6 +331,13 @@ class Updater:
             if buttonless_characteristic(client) is None:
                 await disconnect_quietly(client)
                 raise DfuProtocolError(f"{seen.address}: neither a bootloader nor a buttonless application")
+            revision = await _read_revision(client)
+            if self._run.revision_before is None:
+                self._run.revision_before = revision
+            log.info(
+                "application before update address=%s firmware_revision=%s",
+                self.address, revision,
+            )  # fmt: skip
             self._emit(Phase.ENTERING_BOOTLOADER)
             try:
                 switched = await enter_bootloader(
@@ -527,6 +540,18 @@ def flash_duty(profile: PeripheralProfile) -> float:
     the profile's interval and event length (15 ms and 7.5 ms in the SDK builds: half the time)."""
     link = profile.link
     return max(0.05, (link.conn_interval_ms - link.event_length_ms) / link.conn_interval_ms)
+
+
+async def _read_revision(client: Any) -> str | None:
+    """The application's Device Information firmware revision, or None when it has none or the read fails
+    (best effort: it informs, it decides nothing)."""
+    if client.services.get_characteristic(FIRMWARE_REVISION) is None:
+        return None
+    try:
+        raw = await client.read_gatt_char(FIRMWARE_REVISION)
+    except (BleakError, TimeoutError):
+        return None
+    return bytes(raw).decode("utf-8", "replace").strip("\0 ")
 
 
 def _as_link_error(exc: Exception, address: str | None) -> DfuError:

@@ -47,6 +47,7 @@ async def test_application_update_unbonded() -> None:
     assert state["app"]["version"] == 2
     assert _runs(state, package)
     assert result.firmware_revision == "2"
+    assert result.firmware_revision_before == "1", "read from Device Information before entering DFU"
     assert result.bytes == len(package.images[0].firmware)
     assert result.bytes_sent == result.bytes + len(package.images[0].init_packet)
     assert result.resumes == 0
