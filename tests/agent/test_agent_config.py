@@ -279,3 +279,18 @@ def test_agent_says_in_one_line_when_bluetooth_cannot_be_used(
     (line,) = run.stderr.splitlines()
     assert "event=bluetooth_unavailable" in line
     assert "systemctl start dbus" in line
+
+
+@pytest.mark.parametrize(("scale", "ok"), [(0.05, True), (1.0, True), (2.0, False)])
+def test_simulator_time_scale_is_at_most_one(
+    tmp_path: Path, tls: dict[str, Path], scale: float, ok: bool
+) -> None:
+    """Above 1 the in-process air would run its boards slower than their profiles, which the client paces
+    by in its own clock: every DFU overran the bootloader's flash. Such a value is a configuration error."""
+    path = tmp_path / "c.toml"
+    path.write_text(good(tls, tmp_path) + f"[simulator]\ntime_scale = {scale}\n")
+    if ok:
+        assert load_config(path).simulator.time_scale == scale
+    else:
+        with pytest.raises(ConfigError, match=r"simulator\.time_scale"):
+            load_config(path)
