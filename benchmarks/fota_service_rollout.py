@@ -21,6 +21,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import secrets
 import signal
 import sys
 import tempfile
@@ -50,7 +51,7 @@ from tests.support.mosquitto import MosquittoBroker, free_port, running_broker
 from tests.support.postgres import running_postgres
 
 PREFIX = "prod/bench/"
-TOKEN = "benchmark-token"
+TOKEN = secrets.token_hex(32)
 GUARD = 300.0
 
 

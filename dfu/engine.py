@@ -123,6 +123,11 @@ a call declined as a float hair early would be repeated at the same instant fore
 CONSERVATIVE_FLASH = FlashTiming(page_erase_ms=120.0, word_write_us=60.0, flash_queue_size=4)
 """Pacing for a board whose flash timing is unknown (slower than any nRF52 datasheet figure)."""
 MAX_PRN = 0xFFFF
+WORD = 4
+"""nRF52 flash is programmed in 32-bit words."""
+SHARED_FLASH_SLACK = 2
+"""Queue slots kept free when flash shares time with the radio: a write call may land a whole idle span later
+than the fluid model says (an erase's own error is charged in time, `dfu.pacing`)."""
 LAG_PROBE_STEP = 0.25
 LAG_PROBE_MAX = 2.0
 _RESPONSE = OpCode.RESPONSE.value
@@ -178,6 +183,8 @@ class TransferStats:
     prn: int = 0
     busy_waits: int = 0
     """requests repeated because the bootloader's flash queue was full (see "Busy flash")"""
+    stale_answers: int = 0
+    """deferred Execute answers meant for an earlier link, ignored"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,11 +268,18 @@ class ImageTransfer:
         pipeline: bool = True,
         probe_erase_lag: bool = True,
         saves_progress: bool = False,
+        flash_duty: float = 1.0,
+        erase_preempts: bool = False,
+        interval_s: float = 0.0,
     ) -> None:
         """`prn` None or 0: the engine chooses (one notification per object, on its last packet).
         `flash` None: the board's flash timing is unknown; conservative pacing and PRN back-pressure.
         `saves_progress`: the bootloader writes its settings page after every data Execute but the last
-        (NRF_DFU_SAVE_PROGRESS_IN_FLASH): four flash operations the pacing must leave room for."""
+        (NRF_DFU_SAVE_PROGRESS_IN_FLASH): four flash operations the pacing must leave room for.
+        `flash_duty`: the share of time flash gets beside the radio (`dfu.pacing`); below 1 the pacing keeps
+        `SHARED_FLASH_SLACK` queue slots free for operations that land a whole idle span later.
+        `erase_preempts`: the chip has no partial erase, so a page erase runs whole (`dfu.pacing`).
+        `interval_s`: the connection interval (an erase split over idle spans may end one interval late)."""
         if packet_size < 1:
             raise ValueError("packet_size must be positive (negotiated ATT MTU - 3)")
         if not init_packet or not firmware:
@@ -275,7 +289,9 @@ class ImageTransfer:
         self.init_packet = bytes(init_packet)
         self.firmware = bytes(firmware)
         self._fw = memoryview(self.firmware)
-        self.packet_size = packet_size
+        # Whole words per packet: a bootloader writes flash in words and keeps no partial one between
+        # packets (the SDK's BLE transport rounds a smaller MTU's payload down to a multiple of 4 itself).
+        self.packet_size = packet_size - packet_size % WORD if packet_size > WORD else packet_size
         self.requested_prn = prn or None
         self.flash_known = flash is not None
         self.flash = flash if flash is not None else CONSERVATIVE_FLASH
@@ -286,6 +302,11 @@ class ImageTransfer:
         self._slack = pacing_slack
         self.pipeline = pipeline
         self.saves_progress = saves_progress
+        if not 0 < flash_duty <= 1:
+            raise ValueError("flash_duty must be in (0, 1]")
+        self.flash_duty = flash_duty
+        self.erase_preempts = erase_preempts
+        self.interval_s = interval_s
         self.stats = TransferStats(bytes_total=len(self.firmware))
         self.deadline: float | None = None
         """loop time at which `on_timeout` is due; None when nothing is awaited"""
@@ -307,6 +328,7 @@ class ImageTransfer:
         self._tolerate_not_permitted = False
         self._create_pending = False  # a Create was sent right behind the Execute being awaited
         self._early_create: Response | None = None
+        self._late_executes = 0  # executed objects whose (deferred) answer has not come yet
         self._busy = 0  # consecutive refusals for a full flash queue (see "Busy flash")
         self._after_backoff: Callable[[float], list[Action]] | None = None  # what on_timeout sends then
         self._plain_sent: float | None = None
@@ -344,9 +366,29 @@ class ImageTransfer:
             return self._on_checksum_like(data, now)
         response = self._decode(data)
         expected = AWAITS.get(self._phase, OpCode.RESPONSE)
+        if response.request is OpCode.EXECUTE and self._late_executes:
+            # The deferred answer to an Execute the engine already went past (answers come in order).
+            self._late_executes -= 1
+            if not response.ok:
+                raise self._refused(response)
+            self.stats.objects += 1
+            return []
         if self._create_pending and response.request is OpCode.CREATE and self._early_create is None:
-            # The Create riding behind Execute was answered first (Execute answers once flash is idle).
+            # The Create riding behind Execute was answered first: Execute answers only once flash is idle,
+            # and that Create's erase keeps it busy. Execute passed its size check (a refusal is answered at
+            # once, ahead of the Create), so the object is executed: stream the next one now and take
+            # Execute's answer when it comes. Not with saved progress: the settings write queued then must
+            # find room the pacing cannot foresee.
             self._early_create = response
+            if response.ok and not self.saves_progress:
+                self._late_executes += 1
+                self._tolerate_not_permitted = False
+                return self._object_executed(now)
+            return []
+        if response.request is OpCode.EXECUTE and response.ok and expected is not OpCode.EXECUTE:
+            # A deferred Execute answer from before this engine (an earlier link: the bootloader answers a
+            # data Execute once its flash is idle, on whatever connection is up then). Nothing to act on.
+            self.stats.stale_answers += 1
             return []
         if self._phase is Phase.DATA_STREAM or response.request is not expected:
             raise self._fail(
@@ -532,8 +574,21 @@ class ImageTransfer:
 
     def _setup_pacing(self) -> None:
         buffers = self.flash.buffers_for(self.packet_size + 3, self.max_size)
-        slack = self._slack if self._slack is not None else (0 if self.flash_known else 1)
-        self._pacer = FlashPacer(self.flash, buffers=buffers, page_size=self.page_size, slack=slack)
+        if self._slack is not None:
+            slack = self._slack
+        elif self.flash_duty < 1:
+            slack = SHARED_FLASH_SLACK
+        else:
+            slack = 0 if self.flash_known else 1
+        self._pacer = FlashPacer(
+            self.flash,
+            buffers=buffers,
+            page_size=self.page_size,
+            slack=slack,
+            duty=self.flash_duty,
+            erase_preempts=self.erase_preempts,
+            interval_s=self.interval_s,
+        )
         if self._settings_written_at is not None:
             self._pacer.settings_write(self._settings_written_at)
 
@@ -638,11 +693,18 @@ class ImageTransfer:
         chunks: list[bytes] = []
         points: list[tuple[int, int]] = []
         crc = self._confirmed_crc if start == self._confirmed_crc_offset else crc32(fw[:start])
-        for pos in range(start, end, size):
-            piece = bytes(fw[pos : min(pos + size, end)])
+        cuts = list(range(start, end, size))
+        tail = end % WORD
+        if end == len(self.firmware) and tail and end - cuts[-1] > tail:
+            # The bootloader's flash writes whole words per 20-byte chunk (nrf_fstorage_sd.c, parameter checks
+            # off): a last write of 4+ bytes whose length is not a multiple of 4 would lose its tail in flash
+            # and fail the final hash check. Alone in a packet, the 1-3 tail bytes go into one whole word.
+            cuts.append(end - tail)
+        for pos, upto in zip(cuts, [*cuts[1:], end], strict=True):
+            piece = bytes(fw[pos:upto])
             crc = zlib.crc32(piece, crc)
             chunks.append(piece)
-            points.append((pos + len(piece), crc))
+            points.append((upto, crc))
         base = self._counter
         next_prn = (base // self.prn + 1) * self.prn if self.prn else 0
         self._stream = _Stream(end=end, chunks=chunks, points=points, counter_base=base, next_prn=next_prn)
@@ -767,6 +829,11 @@ class ImageTransfer:
             self._idle_since = now - (self._one_way or 0.0)
             if self.saves_progress and end < len(self.firmware):
                 self._pacer.settings_write(now)  # queued as it answered: dated at the answer, to err late
+        return self._object_executed(now)
+
+    def _object_executed(self, now: float) -> list[Action]:
+        """The current object is executed: on to the next (or done)."""
+        _, end = self._object_bounds(self._object)
         if self._confirmed_crc_offset != end:
             self._confirmed_crc_offset, self._confirmed_crc = end, crc32(self._fw[:end])
         self._confirmed = end

@@ -16,6 +16,16 @@ before it really is. A packet's `not_before` is the earliest time at which, in t
 what the model cannot see (a packet delayed by the radio until the next connection event, then delivered in
 a burst); it grows by one each time an object arrives damaged anyway (`widen`).
 
+Flash shares time with the radio: the SoftDevice runs flash operations only between connection events
+(SoftDevice Specification, "Flash API timing"), so over time flash gets `duty` = idle time / connection
+interval of the wall clock (0.5 with the SDK bootloaders' 7.5 ms events every 15 ms). The model is fluid:
+every operation takes its flash time divided by `duty`. A page erase, split over a dozen idle spans, may end
+up to one connection interval later than that (where the first and last spans fall), so it is charged
+`interval_s` more; a write (5 words a call) lands on whole spans too, which `slack` covers. A chip without
+partial erase (nRF52832) cannot split a page erase into idle spans: the SoftDevice runs it whole, pre-empting
+the connection (`erase_preempts`), so no packet arrives while it runs: the link itself holds them back, and
+the pacing need not wait for it.
+
 Pure arithmetic: no clock, no I/O; every call takes the time it is about.
 """
 
@@ -42,10 +52,17 @@ class FlashPacer:
         buffers: int,
         page_size: int = 4096,
         slack: int = DEFAULT_SLACK,
+        duty: float = 1.0,
+        erase_preempts: bool = False,
+        interval_s: float = 0.0,
     ) -> None:
+        if not 0 < duty <= 1:
+            raise ValueError("flash duty must be in (0, 1]")
         self.timing = timing
         self.page_size = page_size
-        self._erase_s = timing.erase_seconds
+        self.duty = duty
+        shared = timing.erase_seconds / duty + (interval_s if duty < 1 else 0.0)
+        self._erase_s = 0.0 if erase_preempts else shared
         self._max_slack = max(0, min(timing.flash_queue_size, buffers) - 2)
         self.queue_limit = timing.flash_queue_size
         self.buffer_limit = buffers
@@ -93,7 +110,7 @@ class FlashPacer:
     def settings_write(self, at: float) -> None:
         """The settings page and its backup are stored (init Execute; every data Execute of a bootloader that
         saves progress in flash): erase + write, twice, `SETTINGS_WRITE_OPS` operations."""
-        write_s = self.timing.write_seconds(SETTINGS_WRITE_BYTES)
+        write_s = self.timing.write_seconds(SETTINGS_WRITE_BYTES) / self.duty
         for _ in range(2):
             self._queue(at, self._erase_s)
             self._queue(at, write_s)
@@ -112,7 +129,7 @@ class FlashPacer:
         room = self.buffer_limit - self.slack
         if len(held) >= room:
             at = max(at, held[len(held) - room])
-        end = self._queue(at, self.timing.write_seconds(nbytes))
+        end = self._queue(at, self.timing.write_seconds(nbytes) / self.duty)
         held.append(end)
         return at
 

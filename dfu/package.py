@@ -17,9 +17,12 @@ import hashlib
 import io
 import json
 import logging
+import lzma
 import os
 import posixpath
+import struct
 import zipfile
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -85,6 +88,36 @@ class PackageLimits:
 DEFAULT_LIMITS = PackageLimits()
 _CHUNK = 64 * 1024
 
+_MALFORMED_ZIP: tuple[type[Exception], ...] = (
+    zipfile.BadZipFile,  # bad signatures, offsets, CRCs, extra fields
+    zipfile.LargeZipFile,
+    NotImplementedError,  # "zip file version 16.8", compression methods zipfile lacks
+    RuntimeError,  # encrypted members (and RecursionError)
+    ValueError,  # names that are not UTF-8 (UnicodeDecodeError), negative seeks
+    struct.error,  # short LZMA properties and headers
+    OverflowError,  # offsets beyond what a seek takes
+    EOFError,  # a compressed stream that ends early
+    OSError,  # bz2's "Invalid data stream"
+    zlib.error,
+    lzma.LZMAError,
+    KeyError,
+    IndexError,
+)
+"""What `zipfile` and its decompressors raise on corrupt input (found by tests/dfu/test_package_fuzz.py). Only
+`BadZipFile` is documented, yet a flipped byte gives a bare `NotImplementedError` and a caller that reports
+"bad package" for `PackageError` would crash instead. Converted only around zipfile's own calls, so a bug in
+this module still surfaces as itself."""
+
+
+def _describe(exc: BaseException) -> str:
+    """An operator's words for what zipfile found: the library's message, which never holds our secrets."""
+    if isinstance(exc, UnicodeDecodeError):
+        return f"a member name is not valid UTF-8 ({exc.reason} at byte {exc.start})"
+    if isinstance(exc, NotImplementedError):
+        return f"it uses a zip feature this reader does not support: {exc}"
+    text = str(exc)
+    return f"{text} ({type(exc).__name__})" if text else type(exc).__name__
+
 
 @dataclass(frozen=True, slots=True)
 class PackageImage:
@@ -134,10 +167,11 @@ class DfuPackage:
         if len(data) > limits.max_archive_bytes:
             raise PackageError(f"package is {len(data)} bytes; the limit is {limits.max_archive_bytes}")
         try:
-            with zipfile.ZipFile(io.BytesIO(data)) as archive:
-                return _read_archive(archive, limits, strict)
-        except zipfile.BadZipFile as exc:
-            raise PackageError(f"not a valid zip file: {exc}") from exc
+            archive = zipfile.ZipFile(io.BytesIO(data))
+        except _MALFORMED_ZIP as exc:
+            raise PackageError(f"not a valid zip file: {_describe(exc)}") from exc
+        with archive:  # every later zipfile call is in _read_member, which converts the same way
+            return _read_archive(archive, limits, strict)
 
     @classmethod
     def from_pair(
@@ -229,6 +263,8 @@ def _read_file(path: Path, limit: int) -> bytes:
             data = file.read(limit + 1)
     except OSError as exc:
         raise PackageError(f"cannot read {path}: {exc.strerror}") from exc
+    except ValueError as exc:  # a NUL in the path
+        raise PackageError(f"cannot read {path!r}: {exc}") from exc
     if len(data) > limit:
         raise PackageError(f"{path.name} is larger than the limit of {limit} bytes")
     return data
@@ -312,10 +348,8 @@ def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, cap: int) -> b
                     raise PackageError(f"{info.filename} inflates beyond the limit of {cap} bytes")
     except PackageError:
         raise
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError) as exc:
-        raise PackageError(f"cannot read {info.filename} from the package: {exc}") from exc
-    except (RuntimeError, NotImplementedError) as exc:  # encrypted, unsupported compression
-        raise PackageError(f"cannot read {info.filename}: {exc}") from exc
+    except _MALFORMED_ZIP as exc:  # corrupt data, encrypted, unsupported compression
+        raise PackageError(f"cannot read {info.filename} from the package: {_describe(exc)}") from exc
     return bytes(out)
 
 

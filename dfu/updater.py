@@ -14,10 +14,17 @@ Resume rules, written down:
   see `progress_survives_disconnect`), ends in a link error instead of reconnecting forever.
 * A process restart needs no stored state: the bootloader keeps the executed init packet and (RAM or flash)
   data progress, and the new engine recomputes from `select`. The updater therefore accepts a peripheral
-  that is already in bootloader mode, and skips a bootloader image the device already runs (its version
-  from the firmware-version request is not below the package's; re-sending it would be refused as a
-  downgrade). Applications are never skipped: re-sending an equal version is accepted, and resuming via
-  `select` keeps what already arrived.
+  that is already in bootloader mode.
+* Nothing is asked that a stock BLE bootloader cannot answer: its reduced protocol (NRF_DFU_PROTOCOL_REDUCED,
+  SDK 15.3+) answers the version, ping and hardware requests "opcode not supported", and even a full build
+  sends no payload with them over BLE. What is installed shows where a stock board shows it: the package,
+  the application's Device Information (read before entering the bootloader, logged and reported), and the
+  bootloader's own validation. So a multi-image package that was interrupted after its SoftDevice/bootloader
+  image landed finishes when run again: that image's init packet is refused with FW_VERSION_FAILURE (that
+  version or a newer one is installed), which is logged and passed over, and the next image is sent on the
+  same link; the bootloader's validation of that image decides. An application is never passed over: the
+  update succeeds only once its last image is installed (or, when that is a SoftDevice/bootloader image,
+  known installed).
 * A rejection (`DfuRejected`: version, hardware, signature, hash) is final: abort is sent so the bootloader
   returns to the application at once, and the error propagates.
 * Cancellation (`asyncio.CancelledError`) only disconnects: no abort, so the peripheral stays resumable.
@@ -33,6 +40,7 @@ import enum
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from bleak.exc import BleakError
 
@@ -41,7 +49,7 @@ from dfu.engine import ImageTransfer, Progress
 from dfu.errors import DfuError, DfuLinkError, DfuProtocolError, DfuRejected, DfuResponseError
 from dfu.package import DfuPackage, ImageKind, PackageImage
 from dfu.preflight import preflight
-from dfu.protocol import FirmwareImageType, OpCode
+from dfu.protocol import ExtError, OpCode
 from dfu.transport.backend import BleBackend
 from dfu.transport.ble import (
     ConnectPolicy,
@@ -57,6 +65,9 @@ from profiles.gatt import FIRMWARE_REVISION
 from profiles.model import PeripheralProfile, bootloader_address
 
 log = logging.getLogger(__name__)
+
+_PASSABLE = frozenset({ImageKind.SOFTDEVICE, ImageKind.BOOTLOADER, ImageKind.SOFTDEVICE_BOOTLOADER})
+"""Images a bootloader refuses with FW_VERSION_FAILURE when that version or a newer one is installed."""
 
 
 class UpdateVerificationError(DfuError):
@@ -125,6 +136,9 @@ class UpdateResult:
     """control-point requests of the transfers (each costs at least one connection interval)"""
     images: tuple[ImageReport, ...]
     firmware_revision: str | None
+    firmware_revision_before: str | None = None
+    """the application's Device Information firmware revision read before entering DFU (None when the board
+    was already in its bootloader or has no such characteristic): what a stock board tells of what it runs"""
 
     @property
     def throughput_bps(self) -> float:
@@ -146,6 +160,7 @@ class UpdateOptions:
     """advertising name for an unbonded bootloader (`02 len name`), to find it among others by name"""
     verify: bool = True
     skip_installed: bool = True
+    """pass over a SoftDevice/bootloader image the bootloader refuses as installed (FW_VERSION_FAILURE)"""
     preflight: bool = True
     """False only to rehearse what the bootloader itself answers (`nrf-dfu simulate`)"""
     acquire_write: bool = True
@@ -164,6 +179,7 @@ class _Run:
     sent_over_air: int = 0
     done_bytes: int = 0
     reports: list[ImageReport] = field(default_factory=list)
+    revision_before: str | None = None
 
 
 class _ProgressTracker:
@@ -259,6 +275,7 @@ class Updater:
             round_trips=self._run.round_trips,
             images=tuple(self._run.reports),
             firmware_revision=revision,
+            firmware_revision_before=self._run.revision_before,
         )
         log.info(
             "update done address=%s bytes=%d seconds=%.3f resumes=%d retries=%d",
@@ -314,6 +331,13 @@ class Updater:
             if buttonless_characteristic(client) is None:
                 await disconnect_quietly(client)
                 raise DfuProtocolError(f"{seen.address}: neither a bootloader nor a buttonless application")
+            revision = await _read_revision(client)
+            if self._run.revision_before is None:
+                self._run.revision_before = revision
+            log.info(
+                "application before update address=%s firmware_revision=%s",
+                self.address, revision,
+            )  # fmt: skip
             self._emit(Phase.ENTERING_BOOTLOADER)
             try:
                 switched = await enter_bootloader(
@@ -338,26 +362,16 @@ class Updater:
 
     # --- images -----------------------------------------------------------------------------------------
 
-    async def _installed(self, link: DfuLink, image: PackageImage) -> bool:
-        """A bootloader image the device already runs (re-sending it would be refused as a downgrade)."""
-        if not self.options.skip_installed or image.kind not in (
-            ImageKind.BOOTLOADER,
-            ImageKind.SOFTDEVICE_BOOTLOADER,
-        ):
-            return False
-        wanted = image.init.fw_version
-        if wanted is None:
-            return False
-        # The request takes an image *number* (nrf_dfu_req_handler.c: 0 is the bootloader, then the
-        # SoftDevice, then the application); the response says which type it described.
-        response = await link.request(OpCode.FIRMWARE_VERSION, image=0)
-        if not response.ok or response.payload is None:
-            return False
-        if response.payload["type"] != FirmwareImageType.BOOTLOADER:
-            return False
-        installed = int(response.payload["version"])
-        log.info("installed bootloader address=%s version=%d package=%d", self.address, installed, wanted)
-        return installed >= wanted
+    def _already_installed(self, image: PackageImage, exc: DfuRejected) -> bool:
+        """A SoftDevice/bootloader image whose init packet the bootloader refused because that version or a
+        newer one is installed (`fw_version_ok()`, nrf_dfu_ver_validation.c): nothing of it was written."""
+        return (
+            self.options.skip_installed
+            and image.kind in _PASSABLE
+            and exc.request is OpCode.EXECUTE
+            and exc.ext_error is ExtError.FW_VERSION_FAILURE
+            and self._image_sent == 0
+        )
 
     def _new_transfer(self, link: DfuLink, image: PackageImage) -> ImageTransfer:
         prn = self.options.prn if self.options.prn is not None else self.profile.prn
@@ -369,6 +383,10 @@ class Updater:
             flash=self.profile.flash,
             response_timeout=self.profile.timeouts.response_s,
             saves_progress=self.profile.save_progress_in_flash,
+            flash_duty=flash_duty(self.profile),
+            # nRF52832 (no partial erase): the SoftDevice runs an erase whole, holding the link meanwhile
+            erase_preempts=self.profile.chip is not None and not self.profile.chip.erases_in_slices,
+            interval_s=self.profile.link.conn_interval_ms / 1000,
         )
 
     async def _send_image(self, link: DfuLink | None, image: PackageImage) -> DfuLink:
@@ -385,21 +403,12 @@ class Updater:
         first_resumed_from: int | None = None
         failures = 0
         kept = -1  # the most whole data objects a link found kept by the bootloader (its `select`)
-        checked_installed = False
         while True:
             tracker: _ProgressTracker | None = None
             try:
                 if link is None:
                     self._emit(Phase.RECONNECTING, image)
                     link = await self._reach_bootloader()
-                if not checked_installed:
-                    if await self._installed(link, image):
-                        self._run.reports.append(ImageReport(image.kind, len(image.firmware), skipped=True))
-                        log.info(
-                            "image skipped address=%s kind=%s (already installed)", self.address, image.kind
-                        )
-                        return link
-                    checked_installed = True
                 self._emit(Phase.TRANSFERRING, image)
                 tracker = _ProgressTracker(self, image)
                 writes_before, bytes_before = link.control_writes, link.packet_bytes
@@ -412,7 +421,15 @@ class Updater:
                     self._run.retries += transfer.stats.retries
                     if first_resumed_from is None and tracker.last is not None:
                         first_resumed_from = tracker.last.resumed_from
-            except DfuRejected:
+            except DfuRejected as exc:
+                if link is not None and self._already_installed(image, exc):
+                    self._run.reports.append(ImageReport(image.kind, len(image.firmware), skipped=True))
+                    log.warning(
+                        "image passed over address=%s kind=%s version=%s: refused with FW_VERSION_FAILURE "
+                        "(that version or a newer one is installed); sending the next image",
+                        self.address, image.kind.value, image.init.fw_version,
+                    )  # fmt: skip
+                    return link
                 if link is not None:
                     await self._abort(link)
                 raise
@@ -515,6 +532,26 @@ class Updater:
                 retries=self._run.retries,
             )
         )
+
+
+def flash_duty(profile: PeripheralProfile) -> float:
+    """The share of time a SoftDevice bootloader's flash gets beside the connection: its operations run only
+    between connection events (SoftDevice Specification, "Flash API timing"), and the bootloader asks for
+    the profile's interval and event length (15 ms and 7.5 ms in the SDK builds: half the time)."""
+    link = profile.link
+    return max(0.05, (link.conn_interval_ms - link.event_length_ms) / link.conn_interval_ms)
+
+
+async def _read_revision(client: Any) -> str | None:
+    """The application's Device Information firmware revision, or None when it has none or the read fails
+    (best effort: it informs, it decides nothing)."""
+    if client.services.get_characteristic(FIRMWARE_REVISION) is None:
+        return None
+    try:
+        raw = await client.read_gatt_char(FIRMWARE_REVISION)
+    except (BleakError, TimeoutError):
+        return None
+    return bytes(raw).decode("utf-8", "replace").strip("\0 ")
 
 
 def _as_link_error(exc: Exception, address: str | None) -> DfuError:

@@ -3,7 +3,7 @@
 ```toml
 [service]
 tenant = "bench"            # first segment of hosted paths; default topic prefix prod/<tenant>/
-token = "secret"            # bearer token of the REST API
+token = "…"                 # bearer token of the REST API: at least 32 characters (`openssl rand -hex 32`)
 db_url = "sqlite:///fota.db"
 
 [http]
@@ -12,6 +12,7 @@ port = 8443
 tls_cert = "server.pem"     # both or neither: plain HTTP without them
 tls_key = "server.key"
 public_host = "fota.lab:8443"  # FILE_HOST in job tuples; default <host>:<port>
+api_docs = false            # true serves /docs, /redoc and /openapi.json without the token (bench use)
 
 [mqtt]                      # optional: no [mqtt] → REST only
 host = "localhost"
@@ -40,17 +41,40 @@ import ssl
 import tomllib
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+TOKEN_MIN_LENGTH = 32
+"""A bearer token is the only thing between the network and every job: 32 characters of `openssl rand -hex`
+are 128 bits, beyond guessing over HTTP."""
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # hide_input_in_errors: a refused value (the token!) must never be echoed into an error message or a log
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
 
 class ServiceSection(_Section):
     tenant: str = Field(default="local", pattern=r"^[A-Za-z0-9_.-]+$")
-    token: str = Field(min_length=8)
+    token: SecretStr
     db_url: str = "sqlite:///fota-service.db"
+
+    @field_validator("token")
+    @classmethod
+    def _strong_token(cls, token: SecretStr) -> SecretStr:
+        value = token.get_secret_value()
+        if len(value) < TOKEN_MIN_LENGTH:
+            raise ValueError(f"must be at least {TOKEN_MIN_LENGTH} characters (e.g. `openssl rand -hex 32`)")
+        if not all("!" <= c <= "~" for c in value):
+            raise ValueError("must be printable ASCII without spaces (it travels in an HTTP header)")
+        return token
 
     @model_validator(mode="after")
     def _tenant_not_api(self) -> ServiceSection:
@@ -65,6 +89,8 @@ class HttpSection(_Section):
     tls_cert: Path | None = None
     tls_key: Path | None = None
     public_host: str | None = None
+    api_docs: bool = False
+    """Serve /docs, /redoc and /openapi.json (without the token; they describe the API, hold no data)."""
 
     @model_validator(mode="after")
     def _pair(self) -> HttpSection:
@@ -141,4 +167,12 @@ def load_config(path: Path) -> ServiceConfig:
     try:
         return ServiceConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(f"{path}: {exc}") from exc
+        raise ConfigError(f"{path}: {_describe(exc)}") from exc
+
+
+def _describe(exc: ValidationError) -> str:
+    """Where and what, without the value: pydantic's own text would quote it, and it may be the token."""
+    return "; ".join(
+        f"{'.'.join(str(p) for p in error['loc']) or 'file'}: {error['msg']}"
+        for error in exc.errors(include_url=False, include_input=False, include_context=False)
+    )

@@ -30,6 +30,27 @@ class Unauthorized(FotaError):
     error = "Unauthorized"
 
 
+class Forbidden(FotaError):
+    """Not allowed to do this: a gateway updating a peripheral it does not serve (over MQTT, so only logged;
+    nRF Cloud documents no code of its own)."""
+
+    status = 403
+    code = 40000
+    error = "Forbidden"
+
+
+class PayloadTooLarge(FotaError):
+    """A request body over its cap, refused before it is read. nRF Cloud documents no code of its own."""
+
+    status = 413
+    code = 40000
+    error = "PayloadTooLarge"
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"request body larger than {limit} bytes")
+        self.limit = limit
+
+
 class ValidationFailed(InvalidRequest):
     """The request's data is invalid (nRF Cloud 42200 "Validation failed")."""
 

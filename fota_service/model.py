@@ -53,6 +53,7 @@ from fota_service.errors import (
     DeviceNotFound,
     ExecutionFinal,
     ExecutionNotFound,
+    Forbidden,
     GroupNotFound,
     InvalidJobState,
     InvalidRequest,
@@ -840,6 +841,23 @@ class FotaModel:
             effects += self._roll_out_batch(job, now)
         self._maybe_complete(job, now)
         return effects
+
+    def check_reporter(self, device_id: str, job_id: str, gateway_id: str | None) -> None:
+        """Whether a device may report this execution's status over MQTT (`gateway_id` None: the device
+        itself, on its own `jobs/update`); raises `Forbidden` if not.
+
+        A peripheral's status comes only from a gateway that serves it: the one its execution was sent
+        through, or the one it is registered behind now (it may have moved since). Else any gateway of the
+        fleet could fail, or claim success for, every peripheral's update. A peripheral's execution is never
+        reported on a device topic of its own, and an IP device's never through a gateway.
+        """
+        execution = self.execution(device_id, job_id)
+        device = self.devices.get(device_id)
+        serving = {execution.gateway_id, device.gateway_id if device is not None else None} - {None}
+        if gateway_id is None and serving:
+            raise Forbidden(f"{device_id} is a peripheral: its status comes through its gateway")
+        if gateway_id is not None and gateway_id not in serving:
+            raise Forbidden(f"gateway {gateway_id} does not serve {device_id} (job {job_id})")
 
     def _maybe_complete(self, job: Job, now: float) -> None:
         if job.status is not JobStatus.IN_PROGRESS or job.pending:

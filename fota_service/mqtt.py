@@ -218,13 +218,13 @@ class MqttBridge:
                     job_topic(self.prefix, device_id, JobTopic.BLE_RECEIVE), pending.ble_job().encode()
                 )
         elif kind is JobTopic.BLE_UPDATE:
-            self._update(JobUpdate.decode(payload))
+            self._update(JobUpdate.decode(payload), reporter=device_id)
         elif kind is JobTopic.REQUEST:
             pending = self._fresh().pending_execution(device_id, parse_ip_job_request(payload))
             if pending is not None and pending.gateway_id is None:
                 self._send(job_topic(self.prefix, device_id, JobTopic.RECEIVE), _json(pending.ip_tuple()))
         elif kind is JobTopic.UPDATE:
-            self._update(replace(JobUpdate.decode_ip(payload), peripheral_id=device_id))
+            self._update(replace(JobUpdate.decode_ip(payload), peripheral_id=device_id), reporter=None)
 
     def _fresh(self) -> FotaModel:
         """The model for an answer read from it, first caught up with what other processes sharing the
@@ -232,12 +232,19 @@ class MqttBridge:
         self.service.sync()
         return self.service.model
 
-    def _update(self, u: JobUpdate) -> None:
-        effects = self.service.run(
-            lambda m, now: m.update_execution(
+    def _update(self, u: JobUpdate, *, reporter: str | None) -> None:
+        """`reporter`: the gateway whose topic it came on (None: the device's own topic); a gateway may only
+        report the peripherals it serves (`FotaModel.check_reporter`), else the update is refused. Checked
+        inside the command, on the model brought up to date under its lock: the execution may be another
+        process's."""
+
+        def command(m: FotaModel, now: float) -> list[Effect]:
+            m.check_reporter(u.peripheral_id, u.job_id, reporter)
+            return m.update_execution(
                 u.peripheral_id, u.job_id, u.status, now, details=u.details, progress=u.progress
             )
-        )
+
+        effects = self.service.run(command)
         log.debug(
             "execution update",
             extra={

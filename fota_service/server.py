@@ -49,7 +49,7 @@ def build(
         clock=clock,
         id_factory=id_factory,
     )
-    app = create_app(service, token=config.service.token)
+    app = create_app(service, token=config.service.token.get_secret_value(), api_docs=config.http.api_docs)
     bridge = None
     if config.mqtt is not None:
         m = config.mqtt

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from gateway_agent.config import ConfigError, check_config, load_config
+from gateway_agent.config import AgentConfig, ConfigError, check_config, load_config
 from gateway_agent.logs import kv, setup_logging
 
 log = logging.getLogger("gateway_agent")
@@ -27,6 +27,10 @@ def main() -> None:
 def check_config_cmd(config_file: Path) -> None:
     """Validate CONFIG_FILE (with environment overrides) and print every problem at once."""
     cfg, problems = check_config(config_file)
+    if cfg is not None and cfg.ble.backend == "bluez":
+        radio = asyncio.run(_bluetooth_problem(cfg))
+        if radio is not None:
+            problems.append(f"ble.backend: {radio}")
     if problems:
         for problem in problems:
             click.echo(problem, err=True)
@@ -51,7 +55,23 @@ def run(config_file: Path, log_level: str) -> None:
         for problem in exc.problems:
             log.error("config_invalid", extra=kv(problem=problem))
         sys.exit(2)
+    if cfg.ble.backend == "bluez":
+        radio = asyncio.run(_bluetooth_problem(cfg))
+        if radio is not None:  # systemd restarts the unit; each attempt says why in one line
+            log.error("bluetooth_unavailable", extra=kv(reason=str(radio)))
+            sys.exit(EXIT_UNAVAILABLE)
     asyncio.run(_run(cfg))
+
+
+EXIT_UNAVAILABLE = 69
+"""EX_UNAVAILABLE: the Bluetooth stack cannot be used (no bluetoothd, adapter off, no permission)."""
+
+
+async def _bluetooth_problem(cfg: AgentConfig) -> Exception | None:
+    from dfu.transport.ble import bluetooth_problem
+    from gateway_agent.app import make_backend
+
+    return await bluetooth_problem(make_backend(cfg))
 
 
 async def _run(cfg: object) -> None:

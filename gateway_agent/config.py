@@ -217,7 +217,12 @@ class SimulatorSection(_Section):
     peripherals: list[SimulatedPeripheral] = Field(
         default_factory=list, description="in-process simulated peripherals (when no socket)"
     )
-    time_scale: float = Field(1.0, gt=0, description="in-process simulation speed-up")
+    time_scale: float = Field(
+        1.0,
+        gt=0,
+        le=1.0,
+        description="real seconds per simulated second of the in-process air, at most 1 (0.05 = 20x faster)",
+    )
 
 
 _toml_path: contextvars.ContextVar[Path | None] = contextvars.ContextVar("gateway_agent_toml", default=None)

@@ -1,16 +1,32 @@
-"""Structured logs: one event per line, `key=value`, readable in journald (which adds the timestamp).
+r"""Structured logs: one event per line, `key=value`, readable in journald (which adds the timestamp).
 
 Call sites log `log.info("event_name", extra=kv(job=..., peripheral=..., ...))`; every line about an execution
 carries `job` and `peripheral`, so `journalctl -u gateway-agent | grep job=<id>` tells one job's story.
+
+Values come from the network (zip member names, cloud details, peripheral names), so a value can never break
+a line or talk to the terminal: every control character (C0, DEL, C1), line and paragraph separators, bidi
+overrides, lone surrogates and the BOM are escaped (`\n`, `\r`, `\t`, `\xNN`, `\uNNNN`) inside a quoted value,
+as are `"` and `\`. A quoted value reads back with Python's string-escape rules.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from typing import Any
 
 _KV = "kv"
+
+_UNSAFE = (
+    "\x00-\x1f\x7f-\x9f"  # C0, DEL, C1: ESC sequences, CR overwriting the line, NUL, NEL
+    "\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069"  # bidi marks, overrides and isolates
+    "\u2028\u2029\ufeff"  # line/paragraph separators, BOM
+    "\ud800-\udfff"  # lone surrogates (undecodable file names): not even writable as UTF-8
+)
+_ESCAPE = re.compile(f'[{_UNSAFE}"\\\\]')
+_NEEDS_QUOTES = re.compile(f'[\\s={_UNSAFE}"\\\\]')
+_SHORT = {"\n": "\\n", "\r": "\\r", "\t": "\\t", '"': '\\"', "\\": "\\\\"}
 
 
 def kv(**fields: Any) -> dict[str, Any]:
@@ -18,11 +34,18 @@ def kv(**fields: Any) -> dict[str, Any]:
     return {_KV: fields}
 
 
+def _escape(match: re.Match[str]) -> str:
+    char = match.group()
+    code = ord(char)
+    return _SHORT.get(char) or (f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+
+
 def _value(value: Any) -> str:
+    """The value as is when it is one plain word; else quoted, with everything unsafe escaped."""
     text = str(value)
-    if text == "" or any(c in text for c in ' "=\n\t'):
-        return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
-    return text
+    if text and not _NEEDS_QUOTES.search(text):
+        return text
+    return '"' + _ESCAPE.sub(_escape, text) + '"'
 
 
 class KeyValueFormatter(logging.Formatter):

@@ -26,10 +26,12 @@ CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configurat
     <allow user="*"/>
     <allow own="*"/>
     <allow send_destination="*" eavesdrop="true"/>
-    <allow eavesdrop="true"/>
+    <allow eavesdrop="true"/>{deny}
   </policy>
 </busconfig>
 """
+DENY_BLUEZ = '\n    <deny send_destination="org.bluez"/>'
+"""What BlueZ's own bus policy amounts to for a user outside the `bluetooth` group."""
 
 
 def dbus_daemon_binary() -> str:
@@ -46,11 +48,11 @@ def dbus_daemon_binary() -> str:
 class DbusDaemon:
     """`dbus-daemon` on a unix socket in `directory`; `address` is what DBUS_SYSTEM_BUS_ADDRESS takes."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *, deny_bluez: bool = False) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         self.socket = directory / "bus"
         self.config_file = directory / "bus.conf"
-        self.config_file.write_text(CONFIG.format(socket=self.socket))
+        self.config_file.write_text(CONFIG.format(socket=self.socket, deny=DENY_BLUEZ if deny_bluez else ""))
         self.address = f"unix:path={self.socket}"
         self._proc: subprocess.Popen[bytes] | None = None
 
@@ -92,8 +94,8 @@ class DbusDaemon:
 
 
 @contextlib.contextmanager
-def running_dbus(directory: Path) -> Iterator[DbusDaemon]:
-    daemon = DbusDaemon(directory)
+def running_dbus(directory: Path, *, deny_bluez: bool = False) -> Iterator[DbusDaemon]:
+    daemon = DbusDaemon(directory, deny_bluez=deny_bluez)
     daemon.start()
     try:
         yield daemon

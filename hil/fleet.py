@@ -15,6 +15,7 @@ import contextlib
 import json
 import os
 import re
+import secrets
 import shutil
 import signal
 import ssl
@@ -663,7 +664,7 @@ async def running_fleet(
                 started.append(air.process)
                 airs.append(air)
 
-            token = "fleet-test-token"
+            token = secrets.token_hex(32)  # a throw-away bench service: a fresh token each run
             http_port = free_port()
             prefix = f"prod/{tenant}/"
             service_cert = pki.client("fota-service")

@@ -145,7 +145,10 @@ class FlashTiming(_Model):
         None, description="receive buffers; default 4096 / (MTU - 3) + 1 as in nrf_dfu_ble.c"
     )
     flash_queue_size: int = Field(
-        8, gt=0, description="pending flash operations the bootloader can queue (fstorage queue)"
+        16,
+        gt=0,
+        description="NRF_FSTORAGE_SD_QUEUE_SIZE: fstorage operations the bootloader can queue (16 in the SDK "
+        "15.0-17.1 secure bootloader builds)",
     )
     write_chunk_bytes: int = Field(
         20,

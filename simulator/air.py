@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import json
 import logging
@@ -51,11 +52,14 @@ from simulator.radio import (
     Direction,
     LinkModel,
     LinkSlot,
+    RadioSchedule,
     to_s,
 )
 
 log = logging.getLogger(__name__)
 
+MAX_TIME_SCALE = 1.0
+"""Real seconds per simulated second at most: the air may run faster than real time, never slower."""
 SCAN_REFRESH_S = 1.0
 DEFAULT_ADV_INTERVAL_S = 0.1
 DEFAULT_BOOT_DELAY_S = 0.0  # extra, on top of the boot time the peripheral models itself
@@ -101,7 +105,13 @@ class PeripheralLike(Protocol):
     def address(self) -> str: ...
     def advertisement(self) -> AdvertisementLike | None: ...
     def gatt(self) -> Sequence[ServiceDefLike]: ...
-    def on_connect(self, now: float, att_mtu: int) -> None: ...
+    def on_connect(
+        self, now: float, att_mtu: int, radio: RadioSchedule | None = None, *, encrypted: bool = False
+    ) -> None:
+        """`radio`: when the link's connection events hold the peripheral's radio (its flash works around
+        them); `encrypted`: the link runs encrypted (a central holding the bond encrypts it)."""
+        ...
+
     def on_disconnect(self, now: float) -> None: ...
     def on_write(self, char_uuid: str, data: bytes, *, with_response: bool, now: float) -> list[Emission]: ...
     def on_read(self, char_uuid: str, now: float) -> bytes: ...
@@ -309,8 +319,13 @@ class Air:
         factory: PeripheralFactory = default_factory,
         state_path: Path | None = None,
     ) -> None:
-        if time_scale <= 0:
-            raise ValueError("time_scale must be positive")
+        if not 0 < time_scale <= MAX_TIME_SCALE:
+            raise ValueError(
+                f"time_scale {time_scale}: real seconds per simulated second must be in "
+                f"(0, {MAX_TIME_SCALE}]; "
+                "above 1 the simulated boards would run slower than their profiles say, and a client paces "
+                "its packets by those profiles (in its own clock), so it would overrun their flash"
+            )
         self.time_scale = time_scale
         self.factory = factory
         self.state_path = state_path
@@ -586,7 +601,14 @@ class Air:
     ) -> LinkInfo:
         peripheral = node.peripheral
         model = LinkModel.negotiate(peripheral.profile.link, cen.settings)
-        if not node.faults.on_connect_attempt():
+        if cen.settings.encrypt_bonded and getattr(peripheral, "bond_held", False):
+            model = dataclasses.replace(model, encrypted=True)  # the stored keys encrypt the link at once
+        mtu_for = getattr(peripheral, "att_mtu_for", None)
+        if mtu_for is not None:  # the peripheral's own answer to the central's MTU exchange request
+            model = dataclasses.replace(model, att_mtu=min(model.att_mtu, mtu_for(cen.settings.att_mtu)))
+        accepts = getattr(peripheral, "accepts_connection", None)
+        if not node.faults.on_connect_attempt() or (accepts is not None and not accepts()):
+            # A lost CONNECT_IND, or a whitelist that ignores this central: the link never comes up.
             await self.sleep_until(when + TRANSMIT_WINDOW_S + CONNECT_FAIL_EVENTS * model.interval)
             raise ConnectFailedError(f"{peripheral.address}: connection failed to be established (0x3E)")
         if len(cen.links) >= cen.settings.max_connections:
@@ -594,11 +616,13 @@ class Air:
         link_id = self._next_id("link")
         anchor = when + TRANSMIT_WINDOW_S
         slot = cen.open(link_id, model, now=anchor)
+        slot.radio_blocked = getattr(peripheral, "radio_blocked", None)
         link = _Link(link_id, node, cen, slot, model, events, owner)
         node.link = link
         self._links[link_id] = link
         self._arm_adv(node)
-        peripheral.on_connect(anchor, model.att_mtu)
+        radio = RadioSchedule(slot.anchor_us, model.interval_us, model.event_length_us)
+        peripheral.on_connect(anchor, model.att_mtu, radio, encrypted=model.encrypted)
         self._reschedule_poll(node)
         log.info(
             "link up",

@@ -163,7 +163,7 @@ class Adapter(ServiceInterface):
 
     @dbus_property(access=PropertyAccess.READ)
     def Powered(self) -> DBusBool:
-        return True
+        return self._daemon.powered
 
     @dbus_property(access=PropertyAccess.READ)
     def Discovering(self) -> DBusBool:
@@ -629,6 +629,8 @@ class FakeBluetoothd:
         """seconds between two datagrams read from an acquired socket (a busy bluetoothd main loop): D-Bus
         calls then overtake unread datagrams, as they can in bluetoothd"""
         self.refuse_acquire = False
+        self.powered = True
+        """the adapter's Powered property (False: as after `bluetoothctl power off` or an rfkill block)"""
         """answer AcquireWrite with NotPermitted (as where it is not offered: clients use WriteValue)"""
         self._discovery_sessions = 0
         self._scan_id: str | None = None

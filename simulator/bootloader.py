@@ -1,99 +1,105 @@
-"""The nRF5 SDK 15-17 secure bootloader (BLE transport) as a sans-I/O state machine.
+"""The nRF5 SDK 15.0-17.1 secure bootloader (BLE transport) as a sans-I/O state machine.
 
 Theory of operation
 -------------------
 The real bootloader is a request handler (`nrf_dfu_req_handler.c`) behind a BLE transport (`nrf_dfu_ble.c`),
-with validation in `nrf_dfu_validation.c` and flash in fstorage. This class reproduces their observable
-behaviour: the bytes of every notification, when it is sent, and what is lost when. It is fed control-point
-writes, packet writes, connection events and the passage of time (`now`, seconds, loop time), and returns
-`Emission`s (`Notify` for the control point, `Reset` when the device restarts). It never reads a clock.
+with validation in `nrf_dfu_validation.c` / `nrf_dfu_ver_validation.c`, settings in `nrf_dfu_settings.c`,
+activation in `nrf_bootloader_fw_activation.c` / `nrf_bootloader.c` and flash in fstorage
+(`simulator.flash`). This class reproduces their observable behaviour for the release and build options the
+profile names (`profile.sdk`, `reduced_protocol`, ...): the bytes of every notification, when it is sent,
+and what is lost when. It is fed control-point writes, packet writes, connection events and the passage of
+time (`now`, seconds, loop time), and returns `Emission`s (`Notify` for the control point, `Reset` when the
+device restarts). It never reads a clock. Every rule below names the SDK release(s) and file it follows;
+docs/bootloaders.md has the same list with what no source settles.
 
 Two kinds of memory, as on the chip:
-- flash = `DeviceState` (installed images, and `state.settings`, the settings page: written only at the
-  points the SDK writes it: init Execute, data Execute with `save_progress_in_flash`, activation);
-- RAM = this object (current object type, PRN, data progress, receive buffers); a `Reset` ends it, and the
-  next `Bootloader` starts from the settings page.
+- flash = `DeviceState` (installed images, and `state.settings`, the settings page: written only where the
+  SDK writes it: init Execute, data Execute with `save_progress_in_flash`, the last data Execute);
+- RAM = this object (current object type, PRN, data progress, receive buffers, the init packet's validity);
+  a `Reset` ends it, and the next `Bootloader` starts from the settings page.
 
 Rules (every request; checks in the SDK's order; "ext X" = result 0x0B + extended code X):
 
-- Any request: empty write -> ignored (the peripheral refuses it at ATT level); unknown opcode or 0x60 ->
-  OP_CODE_NOT_SUPPORTED; MTU get (0x07) and write object (0x08) are serial-transport requests ->
-  OP_CODE_NOT_SUPPORTED over BLE; parameters shorter than the opcode needs -> INVALID_PARAMETER (the SDK
-  would read stale bytes); trailing bytes are ignored, as the SDK ignores them.
-- Select / Create set the *current object type*, which Write (packets), Calculate checksum and Execute act on
-  (`nrf_dfu_obj_op`); a type other than command/data -> INVALID_OBJECT, and so are those three until the next
-  valid Select/Create.
-- Select command -> max_size = profile.max_init_packet_size, command offset, CRC.
-  Select data -> max_size = profile.data_object_size, data offset, cumulative CRC.
-- Create (either type) restarts the PRN counter, before any check (the BLE transport does it).
-- Create command: size 0 -> INVALID_PARAMETER; size > max_init_packet_size -> INSUFFICIENT_RESOURCES; else
-  ALL progress is wiped (init packet, its validity, data) and the inactivity timer restarts.
+- Any request: empty write -> ignored (refused at ATT level); unknown opcode or 0x60 -> OP_CODE_NOT_SUPPORTED
+  echoing the byte; write object (0x08) is serial-only -> OP_CODE_NOT_SUPPORTED; parameters shorter than the
+  opcode needs -> INVALID_PARAMETER; trailing bytes ignored.
+- Protocol version, MTU get, ping, hardware version, firmware version: with the reduced protocol
+  (NRF_DFU_PROTOCOL_REDUCED, 15.3+ stock BLE builds) -> OP_CODE_NOT_SUPPORTED. Without it (15.0, or a
+  15.3+ build with the option off) the request handler answers them, but `ble_dfu_req_handler_callback`
+  (nrf_dfu_ble.c, all four releases) adds a payload only to select and checksum responses: over BLE they
+  answer `60 op 01` and nothing else. A BLE client can never read versions from the bootloader.
+- Select / Create set the *current object type* that packets, checksum and Execute act on; a type other
+  than command/data -> INVALID_OBJECT, and so are those three until the next valid Select/Create.
+- Select command -> max_size = INIT_COMMAND_MAX_SIZE (256 in 15.0, 512 from 15.3; nrf_dfu_types.h).
+  Select data -> max_size = data_object_size, data offset, cumulative CRC.
+- Create (either type) restarts the PRN counter before any check (nrf_dfu_ble.c).
+- Create command: restarts the inactivity timer (NRF_DFU_EVT_DFU_STARTED), then size 0 ->
+  INVALID_PARAMETER; > the init packet limit -> INSUFFICIENT_RESOURCES; else ALL progress is wiped.
 - Create data: no valid init packet -> OPERATION_NOT_PERMITTED; size 0, or not page-aligned unless it ends the
-  image -> INVALID_PARAMETER; size > data_object_size -> INSUFFICIENT_RESOURCES; past the image size of the
-  init packet -> OPERATION_NOT_PERMITTED; else offset/CRC rewind to the last executed object, the object's
-  pages are queued for erase (queue full -> INVALID_OBJECT), the inactivity timer restarts.
-- Packet (write without response): needs a receive buffer, else dropped silently (PRN not counted). Command
-  object: past the announced size -> INVALID_PARAMETER. Data object: no valid init packet ->
-  OPERATION_NOT_PERMITTED; past the object's end -> INVALID_PARAMETER; fstorage queue full -> dropped.
-  Over BLE a write is never answered, so every failure above is a silent drop (counted in `drops`) — except
-  that the PRN counter still runs, and a PRN falling due on a failed write carries that write's result
-  (`60 03 <result>`), as `ble_dfu_req_handler_callback` does; one falling due on a write the fstorage queue
-  refused reports `60 03 01` with offset 0 and CRC 0 (the response struct was never filled in).
-- PRN = N > 0: every N-th packet that got a buffer is answered `60 03 01 <offset> <crc>` of the current object
-  type (byte-identical to a Calculate checksum response); the counter runs during init packet writes too.
-- Execute command: bytes missing -> OPERATION_NOT_PERMITTED; already validated -> SUCCESS (the SDK's
-  "subsequent executes have no effect"); not a complete Packet with an InitCommand -> INVALID_OBJECT; then
-  `_validate_init`, SDK 17's order (reference §6):
-  1. signature (always, except applications when profile.require_signed_app is false): none -> ext
+  image -> INVALID_PARAMETER; > data_object_size -> INSUFFICIENT_RESOURCES; past the image size ->
+  OPERATION_NOT_PERMITTED; else offset/CRC rewind to the last executed object and the object's pages are
+  queued for erase (queue full -> INVALID_OBJECT). It does not restart the inactivity timer.
+- Packet: needs a receive buffer, else dropped silently (not counted for PRN). Command object: past the
+  announced size -> INVALID_PARAMETER. Data object: no valid init packet -> OPERATION_NOT_PERMITTED; past the
+  object's end -> INVALID_PARAMETER; fstorage queue full -> dropped. A write is never answered, so these are
+  silent drops (`drops`), except that the PRN counter still runs and a PRN falling due carries that
+  write's result (`60 03 <result>`); one falling due on a write the queue refused reports `60 03 01` with
+  offset 0 and CRC 0 (the response struct was never filled in). Flash receives `written_bytes(data)`: a
+  write whose length is not a multiple of 4 loses its tail in flash (fstorage's checks are off in the
+  bootloader builds), and one starting at an unaligned offset is refused by the SoftDevice (nothing written):
+  the CRC the client sees covers what was received, so only the final hash check can tell.
+- PRN = N > 0: every N-th packet that got a buffer is answered `60 03 01 <offset> <crc>` (byte-identical to
+  a checksum response); the counter runs during init packet writes too.
+- Execute command: bytes missing -> OPERATION_NOT_PERMITTED; already validated -> SUCCESS ("subsequent
+  executes have no effect"); undecodable -> INVALID_OBJECT; then `_validate_init` (15.0-17.1 share the order):
+  1. signature (always, except applications when require_signed_app is false): none -> ext
      SIGNATURE_MISSING; not ECDSA P-256 -> ext WRONG_SIGNATURE_TYPE; not 64 bytes -> OPERATION_FAILED;
-     does not verify against profile.public_key_pem -> INVALID_OBJECT;
+     does not verify -> INVALID_OBJECT;
   2. type missing/unknown/external app -> ext INIT_COMMAND_INVALID; hash not SHA-256 -> ext WRONG_HASH_TYPE;
-  3. hw_version missing -> ext INIT_COMMAND_INVALID; != profile.hw_version -> ext HW_VERSION_FAILURE;
-  4. sd_req: the installed FWID must be listed (0xFFFE is no wildcard); sd_req empty or [0x00, ...] means an
-     app replacing the SoftDevice (allowed; with downgrade prevention and more entries the FWID must still be
-     listed); a SoftDevice update must list the installed FWID -> else ext SD_VERSION_FAILURE;
-  5. fw_version: app and SoftDevice >= the last app version (unless downgrade prevention is off),
-     bootloader(+SD) > the bootloader version -> else ext FW_VERSION_FAILURE; missing where required (not
-     for a SoftDevice; for an app only with downgrade prevention) -> ext INIT_COMMAND_INVALID;
-  6. image size for the type 0 or absent -> ext INIT_COMMAND_INVALID; bootloader part larger than the
-     bootloader area, or no room in the banks -> INSUFFICIENT_RESOURCES.
-  Failure wipes all progress (select command then reports 0/0). Success writes the settings page (queue
-  full -> OPERATION_FAILED) and invalidates the application when the new image needs its space.
-- Execute data: no object created since the last Execute (re-executing an executed object, or executing right
-  after Create command) -> OPERATION_NOT_PERMITTED; bytes missing -> OPERATION_NOT_PERMITTED; else the object
-  is executed, the inactivity timer restarts, and the answer is sent when flash is idle. The last object
-  post-validates: SHA-256 mismatch -> ext VERIFICATION_FAILED; a SoftDevice without a valid info structure ->
-  INVALID_OBJECT; success activates the image (below). Either way the device then resets (`on_dfu_complete`),
-  after the answer and the settings write; a failed update is discarded.
-- Activation: application -> new app version/size/hash; bootloader -> new bootloader version (app kept);
-  SoftDevice(+bootloader) -> FWID and size read from the new SoftDevice's info structure (magic, and its size
-  field, the SoftDevice's end address, >= ALIGN_TO_PAGE(sd_size + MBR size), else INVALID_OBJECT; the app
-  then starts at that end address), bootloader version from the init packet. A *major* SoftDevice
-  update invalidates the application ("may not be compatible with the new SD"), so the device comes back in
-  the bootloader and the app must be sent again; a major update of the SoftDevice alone (no bootloader) is
-  refused with INVALID_OBJECT, as SDK 17 does. Synthetic SoftDevices carry no version number, so "major"
-  means "another FWID". Progress and init packet are cleared, success or not. The `Reset` carries
-  `boot_work_s`: the next boot copies the image from bank 1 into place (page erases + word writes) before
-  anything advertises; an app written in place (single bank) costs nothing.
-- Set PRN, protocol version (1), hardware version (profile.chip), firmware version (image 0 bootloader,
-  1 SoftDevice (version field = FWID: synthetic SoftDevices carry no version number), 2 application when
-  valid, else type UNKNOWN with zeros: all SUCCESS), ping (echoes the id).
+  3. hw_version missing -> ext INIT_COMMAND_INVALID; different -> ext HW_VERSION_FAILURE;
+  4. sd_req (`sd_req_ok()`): 15.3+ refuse an empty list and, on BLE, an application listing `[0x00, ...]`;
+     15.0 accepts both (the latter if the installed FWID is listed); a first entry other than 0x00 must
+     list the installed FWID (0xFFFE is no wildcard); a SoftDevice update that assumes no SoftDevice is
+     refused -> ext SD_VERSION_FAILURE;
+  5. fw_version: application and SoftDevice >= the last application version (downgrade prevention),
+     bootloader and SoftDevice+bootloader > the bootloader version -> else ext FW_VERSION_FAILURE; missing
+     where required -> ext INIT_COMMAND_INVALID;
+  6. image size 0 or absent -> ext INIT_COMMAND_INVALID; bootloader larger than its area, or no room in the
+     banks -> INSUFFICIENT_RESOURCES.
+  A refusal wipes all progress from 15.3 on (`nrf_dfu_settings_progress_reset`); 15.0 keeps the received
+  init packet (select command still reports it). Success stores the settings page (queue full ->
+  OPERATION_FAILED) and invalidates the application when the new image needs its space.
+- Execute data: bytes of the current object missing -> OPERATION_NOT_PERMITTED (at once). Otherwise the
+  object is executed (the inactivity timer restarts: NRF_DFU_EVT_OBJECT_RECEIVED) and the answer is sent
+  only once fstorage is idle (`on_data_obj_execute_request_sched` re-queues itself while
+  `nrf_fstorage_is_busy`): flash work queued by requests handled meanwhile (a Create behind it, its erase,
+  packets) delays it too. An object executed again with no byte since answers SUCCESS in every release (the
+  size arithmetic holds for an empty object). The last object post-validates: SHA-256 of bank 1 as flash
+  holds it -> else ext VERIFICATION_FAILED; a SoftDevice whose info structure is missing or too small, or
+  (16.0+) of another family (SD_ID) -> INVALID_OBJECT. Then the settings are written and, once that write
+  completes, the device resets (`on_dfu_complete`); a failed update is discarded.
+- Activation (next boot, `nrf_bootloader_fw_activate`): application -> new app; bootloader -> new version
+  (app kept); SoftDevice(+bootloader) -> FWID, size, version and family from the new info structure. A
+  *major* SoftDevice update (another major version number in the info structure, `is_major_softdevice_update`)
+  invalidates the application, so the device stays in its bootloader for the next image; a major update of a
+  SoftDevice alone is refused (INVALID_OBJECT: it would strand the bootloader). After a minor one that left
+  the application valid the bootloader stays in DFU mode for only NRF_BL_DFU_CONTINUATION_TIMEOUT_MS
+  (`continuation_timeout_s`, 10 s), then starts the application (ACTIVATION_SUCCESS_EXPECT_ADDITIONAL_UPDATE,
+  nrf_bootloader.c). The `Reset` carries `boot_work_s`: copying bank 1 into place before anything advertises.
+- Settings writes (`nrf_dfu_settings.c`): 15.0 writes the page; 15.3+ the page and its backup; a write that
+  would store what the page already holds is skipped (`settings_write()` compares first).
 - Abort -> SUCCESS, then the device resets (into the app if valid, else back into the bootloader).
-- Inactivity: no Create, data Execute or connection for profile.inactivity_timeout_s -> reset (into the app
-  if valid; with no valid app the bootloader restarts, losing RAM progress).
-
-Disconnect: with `profile.progress_survives_disconnect` (SDK 15.0-15.2, the default) RAM progress outlives the
-link; without it (SDK 16/17) the bootloader reloads the settings page on disconnect, so `select` then reports
-the last *stored* progress: the executed init packet, data only as far as `save_progress_in_flash` saved it.
+- Inactivity: the timer restarts only on Create command and data Execute (nrf_bootloader.c `dfu_observer`);
+  a connection does not restart it. At its end the device resets (into the app if valid; otherwise the
+  bootloader restarts, losing RAM progress).
+- Disconnect: 15.x keep RAM progress; 16.0/17.1 reload their settings page (`nrf_dfu_settings_reinit()` on
+  NRF_DFU_EVT_TRANSPORT_DEACTIVATED), so `select` reports only what reached flash: the executed init packet,
+  data only as far as `save_progress_in_flash` saved it.
 
 Deliberate simplifications (documented, not hidden): the receive-buffer pool is sized at build time from the
-profile's maximum MTU (`MAX_DFU_BUFFERS` in nrf_dfu_ble.c), not from the negotiated one; executing a data
-object twice answers OPERATION_NOT_PERMITTED (the reference's resume quirk) although the SDK's arithmetic
-would answer SUCCESS when no byte came in between; data progress reaches flash only with
-`save_progress_in_flash` (the SDK also writes it when the init packet is re-executed). UNSUPPORTED_TYPE
-(0x07) is never sent: the SDK answers INVALID_OBJECT for bad object types; of the extended codes the SDK 17
-bootloader never sends WRONG_COMMAND_FORMAT, UNKNOWN_COMMAND, HASH_FAILED or INSUFFICIENT_SPACE, so neither
-does this one.
+profile's maximum MTU (`MAX_DFU_BUFFERS`); UNSUPPORTED_TYPE (0x07) is never sent (the SDK answers
+INVALID_OBJECT for bad object types); of the extended codes the SDK bootloaders never send
+WRONG_COMMAND_FORMAT, UNKNOWN_COMMAND, HASH_FAILED or INSUFFICIENT_SPACE, so neither does this one.
 """
 
 from __future__ import annotations
@@ -109,7 +115,6 @@ from dfu.init_packet import FwType, HashType, InitPacket, SignatureType, parse_i
 from dfu.protocol import (
     REQUEST_PARAMS,
     ExtError,
-    FirmwareImageType,
     ObjectType,
     OpCode,
     ResultCode,
@@ -131,17 +136,24 @@ from simulator.device import (
     SavedDataProgress,
 )
 from simulator.firmware import read_softdevice_info, softdevice_end
-from simulator.flash import Flash
+from simulator.flash import Flash, written_bytes
+from simulator.radio import RadioSchedule
 
 PROTOCOL_VERSION = 1
 SD_REQ_APP_OVERWRITES_SD = 0x00
 """sd_req[0] == 0: "no SoftDevice needed" (an app replacing the SoftDevice)."""
+SD_MAJOR_VERSION_MULTIPLIER = 1_000_000
+"""nrf_bootloader_info.h: the info structure's version is major * 1000000 + minor * 1000 + bugfix."""
 ECDSA_VERIFY_S = 0.1
 """CPU time of one ECDSA P-256 verification on an nRF52 with micro-ecc (about 100-200 ms)."""
 HASH_BYTES_PER_S = 2_000_000.0
 """Software SHA-256 throughput over the received image at post-validation."""
 SIGNATURE_BYTES = 64
 """ECDSA P-256 r||s."""
+FULL_PROTOCOL_ONLY = frozenset(
+    {OpCode.PROTOCOL_VERSION, OpCode.MTU_GET, OpCode.PING, OpCode.HARDWARE_VERSION, OpCode.FIRMWARE_VERSION}
+)
+"""Requests a reduced-protocol build leaves out (nrf_dfu_req_handler.c, `#if !NRF_DFU_PROTOCOL_REDUCED`)."""
 
 
 class _Refused(Exception):
@@ -162,7 +174,7 @@ class _DataProgress:
     crc: int = 0
     executed_offset: int = 0
     executed_crc: int = 0
-    image: bytearray = field(default_factory=bytearray)  # bank 1 as written so far
+    image: bytearray = field(default_factory=bytearray)  # bank 1 as flash holds it, up to `offset`
 
 
 @dataclass
@@ -175,6 +187,12 @@ class Drops:
     not_permitted: int = 0
     invalid_object: int = 0
 
+    @property
+    def total(self) -> int:
+        return (
+            self.no_buffer + self.queue_full + self.past_object_end + self.not_permitted + self.invalid_object
+        )
+
 
 class Bootloader:
     """Sans-I/O nRF5 SDK secure bootloader (BLE). See the module docstring for the rules."""
@@ -182,9 +200,14 @@ class Bootloader:
     def __init__(self, profile: PeripheralProfile, state: DeviceState, *, now: float = 0.0) -> None:
         self.profile = profile
         self.board = profile.board
+        self.sdk = self.board.sdk
         self.state = state
-        flash = self.board.flash
-        self.flash = Flash(flash, flash.buffers_for(profile.link.att_mtu, profile.data_object_size))
+        timing = self.board.flash
+        self.flash = Flash(
+            timing,
+            timing.buffers_for(profile.link.att_mtu, profile.data_object_size),
+            sliced_erase=self.board.chip.erases_in_slices,
+        )
         self.drops = Drops()
         self.connected = False
         self.att_mtu = 23
@@ -194,7 +217,13 @@ class Bootloader:
         self._prn_count = 0
         self._cpu_free_at = now
         self._pending_reset: tuple[float, Reset] | None = None
-        self._inactivity_deadline = now + profile.inactivity_timeout_s
+        self._pending_executes: list[float] = []  # data Executes waiting for fstorage to go idle
+        self._reset_after_flash: tuple[ResetReason, float] | None = None  # `on_dfu_complete` after a write
+        # nrf_bootloader.c: after a SoftDevice update that kept the app, DFU waits only the continuation time.
+        continuation = state.settings.expect_additional_update
+        state.settings.expect_additional_update = False
+        wait = profile.continuation_timeout_s if continuation else profile.inactivity_timeout_s
+        self._inactivity_deadline = now + wait
         self._init: InitPacket | None = None
         self._firmware_size = 0
         self._in_place = False  # a single-bank app update is written over bank 0: nothing to copy on boot
@@ -205,6 +234,7 @@ class Bootloader:
         self._command_size: int
         self._command_crc: int
         self._data: _DataProgress
+        self._page_progress: tuple[int, int, int, int] = (0, 0, 0, 0)  # data progress as the page holds it
         self._load_settings()
 
     # --- introspection -------------------------------------------------------------------------------------
@@ -228,7 +258,7 @@ class Bootloader:
 
     @property
     def received_image(self) -> bytes:
-        """Bank 1 as written so far (bytes of executed objects and of the current one)."""
+        """Bank 1 as flash holds it (bytes of executed objects and of the current one)."""
         return bytes(self._data.image)
 
     @property
@@ -237,25 +267,36 @@ class Bootloader:
 
     @property
     def next_wakeup(self) -> float | None:
-        """When `poll` has something to do: a scheduled reset or the inactivity timeout."""
+        """When `poll` has something to do: a deferred Execute, a reset, or the inactivity timeout."""
         if self.halted:
             return None
         if self._pending_reset is not None:
             return self._pending_reset[0]
+        if self._pending_executes or self._reset_after_flash is not None:
+            return max([*self._pending_executes[:1], self.flash.idle_at(0.0)])
         return self._inactivity_deadline
+
+    def radio_blocked(self, start_us: int, end_us: int) -> int | None:
+        """End of flash work pre-empting the radio within [start_us, end_us) (no partial erase)."""
+        return self.flash.radio_blocked(start_us, end_us)
 
     # --- events --------------------------------------------------------------------------------------------
 
-    def on_connect(self, now: float, att_mtu: int | None = None) -> None:
+    def on_connect(
+        self, now: float, att_mtu: int | None = None, *, radio: RadioSchedule | None = None
+    ) -> None:
+        """A central connected; from now on flash shares time with its connection events (`radio`). The
+        inactivity timer is not restarted (nrf_bootloader.c restarts it on DFU events only)."""
         self.connected = True
         self.att_mtu = att_mtu if att_mtu is not None else self.profile.link.att_mtu
-        self._restart_inactivity(now)
+        self.flash.set_radio(now, radio)
 
     def on_disconnect(self, now: float) -> None:
-        """The bootloader keeps running and advertising. SDK 15.0-15.2 keep RAM progress; later ones reload
-        the settings page (`nrf_dfu_settings_reinit()` on NRF_DFU_EVT_TRANSPORT_DEACTIVATED), so only what
-        reached it survives (the init packet's validity is a RAM flag of nrf_dfu_validation.c and is kept)."""
+        """The bootloader keeps running and advertising. 15.x keep RAM progress; 16.0/17.1 reload the
+        settings page (`nrf_dfu_settings_reinit()` on NRF_DFU_EVT_TRANSPORT_DEACTIVATED), so only what reached
+        it survives (the init packet's validity is a RAM flag of nrf_dfu_validation.c and is kept)."""
         self.connected = False
+        self.flash.set_radio(now, None)
         if not self.profile.keeps_progress_on_disconnect:
             self._load_settings()
 
@@ -263,14 +304,23 @@ class Bootloader:
         if self.halted:
             return []
         self.flash.advance(now)
+        out: list[Emission] = []
+        if self._pending_executes and not self.flash.busy(now):
+            while self._pending_executes and not self.flash.busy(now):
+                self._pending_executes.pop(0)
+                out += self._execute_data_when_idle(now)
+        if self._reset_after_flash is not None and not self.flash.busy(now):
+            reason, boot_work_s = self._reset_after_flash
+            self._reset_after_flash = None
+            self._schedule_reset(now, reason, boot_work_s=boot_work_s)
         if self._pending_reset is not None:
             at, reset = self._pending_reset
             if now >= at:
-                return [self._halt(reset)]
-            return []
-        if now >= self._inactivity_deadline:
-            return [self._halt(Reset(self._reset_target(), ResetReason.INACTIVITY))]
-        return []
+                return [*out, self._halt(reset)]
+            return out
+        if now >= self._inactivity_deadline and not self._pending_executes:
+            return [*out, self._halt(Reset(self._reset_target(), ResetReason.INACTIVITY))]
+        return out
 
     def on_control_point(self, data: bytes, now: float) -> list[Emission]:
         if self.halted or not data:
@@ -281,8 +331,10 @@ class Bootloader:
         except ValueError:
             # the SDK echoes whatever byte came in
             return [self._notify(encode_response(data[0], ResultCode.OP_CODE_NOT_SUPPORTED), now)]
-        if opcode in (OpCode.RESPONSE, OpCode.MTU_GET, OpCode.WRITE):
+        if opcode in (OpCode.RESPONSE, OpCode.WRITE):
             return [self._respond(opcode, ResultCode.OP_CODE_NOT_SUPPORTED, now)]
+        if opcode in FULL_PROTOCOL_ONLY:
+            return [self._full_protocol_only(opcode, now)]
         if opcode is OpCode.CREATE:
             self._prn_count = self._prn  # nrf_dfu_ble.c resets the PRN counter on every Create
         fmt = REQUEST_PARAMS[opcode]
@@ -297,7 +349,7 @@ class Bootloader:
             return []
         self.flash.advance(now)
         if not self.flash.has_free_buffer(now):
-            self.drops.no_buffer += 1
+            self.drops.no_buffer += 1  # nrf_dfu_ble.c `on_write`: no balloc buffer, nobody is told
             return []
         result, stored = self._write(bytes(data), now)
         if self._prn == 0:
@@ -315,52 +367,13 @@ class Bootloader:
 
     # --- requests ------------------------------------------------------------------------------------------
 
-    def _on_protocol_version(self, params: dict[str, Any], now: float) -> list[Emission]:
-        return [self._respond(OpCode.PROTOCOL_VERSION, ResultCode.SUCCESS, now, version=PROTOCOL_VERSION)]
-
-    def _on_hardware_version(self, params: dict[str, Any], now: float) -> list[Emission]:
-        chip = self.board.chip
-        return [
-            self._respond(
-                OpCode.HARDWARE_VERSION,
-                ResultCode.SUCCESS,
-                now,
-                part=chip.part,
-                variant=chip.variant,
-                rom_size=chip.rom_size,
-                ram_size=chip.ram_size,
-                rom_page_size=chip.page_size,
-            )
-        ]
-
-    def _on_firmware_version(self, params: dict[str, Any], now: float) -> list[Emission]:
-        image = params["image"]
-        chip = self.board.chip
-        st = self.state
-        kind, version, address, length = FirmwareImageType.UNKNOWN, 0, 0, 0
-        if image == 0:
-            kind, version = FirmwareImageType.BOOTLOADER, st.bootloader.version
-            address, length = chip.bootloader_start, st.bootloader.size
-        elif image == 1:
-            kind, version = FirmwareImageType.SOFTDEVICE, st.softdevice.fwid
-            address, length = chip.mbr_size, st.softdevice.size
-        elif image == 2 and st.app is not None:
-            kind, version = FirmwareImageType.APPLICATION, st.app.version
-            address, length = self._app_start, st.app.size
-        return [
-            self._respond(
-                OpCode.FIRMWARE_VERSION,
-                ResultCode.SUCCESS,
-                now,
-                type=kind,
-                version=version,
-                address=address,
-                length=length,
-            )
-        ]
-
-    def _on_ping(self, params: dict[str, Any], now: float) -> list[Emission]:
-        return [self._respond(OpCode.PING, ResultCode.SUCCESS, now, id=params["id"])]
+    def _full_protocol_only(self, opcode: OpCode, now: float) -> Notify:
+        """15.3+ reduced builds leave these out (nrf_dfu_req_handler.c); a full build handles them, but over
+        BLE `ble_dfu_req_handler_callback` (nrf_dfu_ble.c, 15.0-17.1) sends a payload for select and checksum
+        only: the answer is the bare `60 op 01`."""
+        if self.profile.protocol_reduced:
+            return self._respond(opcode, ResultCode.OP_CODE_NOT_SUPPORTED, now)
+        return self._notify(bytes([OpCode.RESPONSE, opcode, ResultCode.SUCCESS]), now)
 
     def _on_set_prn(self, params: dict[str, Any], now: float) -> list[Emission]:
         self._prn = self._prn_count = params["prn"]
@@ -412,22 +425,18 @@ class Bootloader:
         return [self._respond(OpCode.EXECUTE, ResultCode.INVALID_OBJECT, now)]
 
     _HANDLERS: ClassVar[dict[OpCode, Callable[[Bootloader, dict[str, Any], float], list[Emission]]]] = {
-        OpCode.PROTOCOL_VERSION: _on_protocol_version,
         OpCode.CREATE: _on_create,
         OpCode.SET_PRN: _on_set_prn,
         OpCode.CALC_CHECKSUM: _on_checksum,
         OpCode.EXECUTE: _on_execute,
         OpCode.SELECT: _on_select,
-        OpCode.PING: _on_ping,
-        OpCode.HARDWARE_VERSION: _on_hardware_version,
-        OpCode.FIRMWARE_VERSION: _on_firmware_version,
         OpCode.ABORT: _on_abort,
     }
 
     # --- command object ------------------------------------------------------------------------------------
 
     def _create_command(self, size: int, now: float) -> None:
-        self._restart_inactivity(now)  # NRF_DFU_EVT_DFU_STARTED
+        self._restart_inactivity(now)  # NRF_DFU_EVT_DFU_STARTED, before the size checks (15.0-17.1)
         if size == 0:
             raise _Refused(ResultCode.INVALID_PARAMETER)
         if size > self.profile.init_packet_limit:
@@ -452,7 +461,8 @@ class Bootloader:
         try:
             size, invalidates_app = self._validate_init(init)
         except _Refused as refusal:
-            self._wipe_progress()
+            if self.sdk.strict_sd_req:  # 15.3+ (nrf_dfu_validation.c): a refused init command is forgotten
+                self._wipe_progress()
             return [self._respond(OpCode.EXECUTE, refusal.result, now, refusal.ext)]
         if invalidates_app:
             self.state.app = None
@@ -476,7 +486,7 @@ class Bootloader:
     def _validate_init(self, init: InitPacket) -> tuple[int, bool]:
         """Reference §6, in order. Returns (image size, whether the current app must be invalidated)."""
         ext = ResultCode.EXT_ERROR
-        # 2. signature
+        # 1. signature
         if self._signature_required(init):
             if not init.signed or init.signature is None:
                 raise _Refused(ext, ExtError.SIGNATURE_MISSING)
@@ -484,47 +494,58 @@ class Bootloader:
                 raise _Refused(ext, ExtError.WRONG_SIGNATURE_TYPE)
             if len(init.signature) != SIGNATURE_BYTES:
                 raise _Refused(ResultCode.OPERATION_FAILED)  # the SDK's length check before verifying
-            key = self.board.public_key_pem
-            if key is None or not verify_signature(init, key):
+            if not verify_signature(init, self.board.public_key_pem):
                 raise _Refused(ResultCode.INVALID_OBJECT)
-        # 3. firmware type and hash type (external applications are not built into SDK examples)
+        # 2. firmware type and hash type (external applications are not built into SDK examples)
         fw_type = init.fw_type
         if fw_type is None or fw_type is FwType.EXTERNAL_APPLICATION:
             raise _Refused(ext, ExtError.INIT_COMMAND_INVALID)
         if init.hash_type is not HashType.SHA256 or init.hash is None:
             raise _Refused(ext, ExtError.WRONG_HASH_TYPE)
-        # 4. hardware version
+        # 3. hardware version
         if init.hw_version is None:
             raise _Refused(ext, ExtError.INIT_COMMAND_INVALID)
         if init.hw_version != self.board.hw_version:
             raise _Refused(ext, ExtError.HW_VERSION_FAILURE)
-        # 5. SoftDevice requirement
+        # 4. SoftDevice requirement
         if not self._sd_req_ok(init, fw_type):
             raise _Refused(ext, ExtError.SD_VERSION_FAILURE)
-        # 6. firmware version
+        # 5. firmware version
         if init.fw_version is None:
             if self._fw_version_required(fw_type):
                 raise _Refused(ext, ExtError.INIT_COMMAND_INVALID)
         elif not self._fw_version_ok(fw_type, init.fw_version):
             raise _Refused(ext, ExtError.FW_VERSION_FAILURE)
-        # 7. sizes and space
+        # 6. sizes and space
         size = self._update_size(init, fw_type)
         return size, self._needs_app_space(size)
 
     def _sd_req_ok(self, init: InitPacket, fw_type: FwType) -> bool:
-        """`sd_req_ok()` of SDK 17 with a SoftDevice present (there is no "any SoftDevice" wildcard)."""
+        """`sd_req_ok()` (nrf_dfu_ver_validation.c) of a BLE bootloader with its SoftDevice present.
+
+        15.0: an empty list or one starting with 0x00 means "the update needs no SoftDevice"; an application
+        listing more than 0x00 must list the installed FWID (downgrade prevention). 15.3-17.1: an empty list
+        is refused, and a BLE bootloader refuses an application of the form `[0x00, FWID, ...]`
+        (`#ifdef BLE_STACK_SUPPORT_REQD result = false`). Every release: a first entry other than 0x00 must be
+        the installed FWID somewhere in the list (0xFFFE counts only for external applications, which BLE
+        builds lack); a SoftDevice update assuming no SoftDevice is refused (its downgrade prevention is
+        forced on)."""
         sd_req = init.sd_req
         fwid = self.state.softdevice.fwid
+        prevent = self.profile.app_downgrade_prevention or fw_type is FwType.SOFTDEVICE
+        if not sd_req and self.sdk.strict_sd_req:
+            return False
         if sd_req and sd_req[0] != SD_REQ_APP_OVERWRITES_SD:
             return fwid in sd_req
         if fw_type is FwType.APPLICATION:  # the application wants to overwrite the SoftDevice
-            if self.profile.app_downgrade_prevention and len(sd_req) > 1:
-                return fwid in sd_req
+            if prevent and len(sd_req) > 1:
+                return False if self.sdk.strict_sd_req else fwid in sd_req
             return True
-        return fw_type is not FwType.SOFTDEVICE  # no SoftDevice update that assumes none is present
+        return not prevent or fw_type is not FwType.SOFTDEVICE
 
     def _fw_version_ok(self, fw_type: FwType, version: int) -> bool:
-        """`fw_version_ok()`: app/SoftDevice >= the last app version, bootloaders strictly newer."""
+        """`fw_version_ok()`: app/SoftDevice >= the last app version (NRF_DFU_APP_ACCEPT_SAME_VERSION defaults
+        on), bootloaders strictly newer (15.0-17.1)."""
         if fw_type in (FwType.BOOTLOADER, FwType.SOFTDEVICE_BOOTLOADER):
             return version > self.state.bootloader.version
         return version >= self.state.settings.app_version or not self.profile.app_downgrade_prevention
@@ -537,7 +558,7 @@ class Bootloader:
         return True
 
     def _update_size(self, init: InitPacket, fw_type: FwType) -> int:
-        """`update_data_size_get()` (SDK 17): the size for the type; 0 or absent -> init command invalid."""
+        """`update_data_size_get()`: the size for the type; 0 or absent -> init command invalid."""
         size = 0
         if fw_type is FwType.APPLICATION and init.app_size is not None:
             size = init.app_size
@@ -567,6 +588,7 @@ class Bootloader:
     # --- data object ---------------------------------------------------------------------------------------
 
     def _create_data(self, size: int, now: float) -> None:
+        """`on_data_obj_create_request` (15.0-17.1): no inactivity restart here."""
         d = self._data
         page = self.board.chip.page_size
         if self._init is None:
@@ -582,23 +604,30 @@ class Bootloader:
         d.object_size = size
         d.offset, d.crc = d.executed_offset, d.executed_crc
         del d.image[d.executed_offset :]
-        self._restart_inactivity(now)
         if not self.flash.erase(now, -(-size // page)):
             raise _Refused(ResultCode.INVALID_OBJECT)
 
     def _execute_data(self, now: float) -> list[Emission]:
+        """`on_data_obj_execute_request`: the size check answers at once; a complete object is executed and
+        its answer deferred until fstorage is idle (`on_data_obj_execute_request_sched`, 15.0-17.1)."""
         d = self._data
-        if d.object_size == 0 or d.offset - d.executed_offset != d.object_size:
+        if d.offset - d.executed_offset != d.object_size:
             return [self._respond(OpCode.EXECUTE, ResultCode.OPERATION_NOT_PERMITTED, now)]
         d.object_size = 0
         d.executed_offset, d.executed_crc = d.offset, d.crc
-        self._restart_inactivity(now)
-        ready = self.flash.idle_at(now)
-        if d.offset != self._firmware_size:
-            if self.profile.save_progress_in_flash:
-                self._write_settings(ready)
-            return [self._respond(OpCode.EXECUTE, ResultCode.SUCCESS, ready)]
-        ready = max(ready, self._cpu_free_at) + len(d.image) / HASH_BYTES_PER_S
+        self._restart_inactivity(now)  # NRF_DFU_EVT_OBJECT_RECEIVED
+        self._pending_executes.append(now)
+        return self.poll(now) if not self.flash.busy(now) else []
+
+    def _execute_data_when_idle(self, now: float) -> list[Emission]:
+        """The deferred half of Execute data, run once flash is idle."""
+        d = self._data
+        if self._init is None or d.offset != self._firmware_size:
+            answer = self._respond(OpCode.EXECUTE, ResultCode.SUCCESS, now)
+            if self.profile.save_progress_in_flash and self._init is not None:
+                self._write_settings(now)
+            return [answer]
+        ready = max(now, self._cpu_free_at) + len(d.image) / HASH_BYTES_PER_S
         self._cpu_free_at = ready
         copy_s = 0.0
         try:
@@ -611,17 +640,20 @@ class Bootloader:
             answer = self._respond(OpCode.EXECUTE, refusal.result, ready, refusal.ext)
             reason = ResetReason.UPDATE_FAILED
         self._wipe_progress()
-        self._write_settings(ready)
-        self._schedule_reset(self.flash.idle_at(ready), reason, boot_work_s=copy_s)
+        self._write_settings(ready, force=True)
+        # `on_dfu_complete` runs when that settings write completes: then the device resets.
+        self._reset_after_flash = (reason, copy_s)
         return [answer]
 
     def _copy_seconds(self, size: int) -> float:
-        """`nrf_bootloader_fw_activate()` on the next boot: erase the destination pages, copy every word."""
+        """`nrf_bootloader_fw_activate()` on the next boot: erase the destination pages, copy every word
+        (no radio then: the SoftDevice is not running yet)."""
+        timing = self.board.flash
         pages = -(-size // self.board.chip.page_size)
-        return pages * self.board.flash.erase_seconds + self.board.flash.write_seconds(size)
+        return pages * timing.erase_seconds + timing.write_seconds(size)
 
     def _activate(self, image: bytes) -> None:
-        """Post-validate the received image, then install it (the device state is the new flash)."""
+        """Post-validate bank 1 as flash holds it, then install it (the device state is the new flash)."""
         init = self._init
         assert init is not None, "a data object exists only after a valid init packet"
         assert init.fw_type is not None
@@ -640,17 +672,28 @@ class Bootloader:
         sd_size = init.sd_size or 0
         info = read_softdevice_info(image[:sd_size])
         chip = self.board.chip
+        # `softdevice_info_ok()`: magic, size field, and (16.0+) the same SoftDevice family (SD_ID).
         if info is None or info.end_address < softdevice_end(
             sd_size, mbr_size=chip.mbr_size, page_size=chip.page_size
         ):
-            raise _Refused(ResultCode.INVALID_OBJECT)  # `softdevice_info_ok()`
-        major = info.fwid != st.softdevice.fwid
+            raise _Refused(ResultCode.INVALID_OBJECT)
+        if self.sdk.checks_softdevice_family and info.family != st.softdevice.family:
+            raise _Refused(ResultCode.INVALID_OBJECT)
+        # `is_major_softdevice_update()`: decided by the major version number in the info structures.
+        major = (
+            info.version // SD_MAJOR_VERSION_MULTIPLIER
+            != st.softdevice.version // SD_MAJOR_VERSION_MULTIPLIER
+        )
         if major and fw_type is FwType.SOFTDEVICE:
             raise _Refused(ResultCode.INVALID_OBJECT)  # "Major SD update but no BL": would strand the BL
         # The application now starts where the info struct says (`SD_SIZE_GET(MBR_SIZE)`).
-        st.softdevice = InstalledSoftDevice(fwid=info.fwid, size=info.end_address - chip.mbr_size)
+        st.softdevice = InstalledSoftDevice(
+            fwid=info.fwid, size=info.end_address - chip.mbr_size, version=info.version, family=info.family
+        )
         if major:
             st.app = None  # "Invalidate app since it may not be compatible with new SD."
+        elif st.app is not None:
+            st.settings.expect_additional_update = True  # ACTIVATION_SUCCESS_EXPECT_ADDITIONAL_UPDATE
         if fw_type is FwType.SOFTDEVICE_BOOTLOADER:
             st.bootloader = InstalledBootloader(version=version, size=init.bl_size or 0)
 
@@ -679,9 +722,13 @@ class Bootloader:
         if not self.flash.write(now, len(data)):
             self.drops.queue_full += 1
             return ResultCode.SUCCESS, False
-        d.image += data
+        if d.offset % 4:
+            # The SoftDevice refuses a write to an address that is not word-aligned: the data never lands.
+            d.image += b"\xff" * len(data)
+        else:
+            d.image += written_bytes(data, self.board.flash.write_chunk_bytes)
         d.offset += len(data)
-        d.crc = zlib.crc32(data, d.crc)
+        d.crc = zlib.crc32(data, d.crc)  # the CRC covers what was received, not what flash holds
         return ResultCode.SUCCESS, True
 
     # --- helpers -------------------------------------------------------------------------------------------
@@ -720,6 +767,11 @@ class Bootloader:
         if self.profile.save_progress_in_flash and saved.data is not None and self._init is not None:
             d = saved.data
             self._data = _DataProgress(0, d.offset, d.crc, d.offset, d.crc, bytearray(d.image[: d.offset]))
+        self._page_progress = self._progress_key()
+
+    def _progress_key(self) -> tuple[int, int, int, int]:
+        d = self._data
+        return d.object_size, d.offset, d.crc, d.executed_offset
 
     def _wipe_progress(self) -> None:
         """`nrf_dfu_settings_progress_reset()` in RAM: init packet, its validity and data progress."""
@@ -727,35 +779,51 @@ class Bootloader:
         self._command_size = 0
         self._command_crc = 0
         self._init = None
-        self._firmware_size = 0
         self._data = _DataProgress()
 
-    def _write_settings(self, now: float) -> bool:
-        """Write the RAM settings to the settings page and its backup (4 fstorage operations)."""
-        ok = True
-        for _ in range(2):
-            ok = self.flash.erase(now, 1) and ok
-            ok = self.flash.write(now, SETTINGS_WRITE_BYTES, holds_buffer=False) and ok
+    def _settings_view(self) -> SavedDataProgress | None:
+        d = self._data
+        if self.profile.save_progress_in_flash and self._init is not None and d.executed_offset:
+            return SavedDataProgress(
+                offset=d.executed_offset, crc=d.executed_crc, image=bytes(d.image[: d.executed_offset])
+            )
+        return None
+
+    def _write_settings(self, now: float, *, force: bool = False) -> bool:
+        """Store the RAM settings: 15.0 writes the page (erase + write), 15.3+ the page and its backup
+        (`nrf_dfu_settings_write_and_backup`); skipped when the page already holds them (`settings_write()`
+        compares first). `force`: the last Execute's write, whose completion resets the device."""
         saved = self.state.settings
+        data = self._settings_view()
+        same = (
+            saved.init_command == bytes(self._command)
+            and saved.command_size == self._command_size
+            and saved.command_offset == len(self._command)
+            and saved.command_crc == self._command_crc
+            and saved.init_executed == (self._init is not None)
+            and saved.data == data
+            and self._page_progress == self._progress_key()  # RAM progress is part of s_dfu_settings
+        )
+        ok = True
+        if not same or force:
+            for _ in range(2 if self.sdk.settings_backup else 1):
+                ok = self.flash.erase(now, 1) and ok
+                ok = self.flash.write(now, SETTINGS_WRITE_BYTES, holds_buffer=False) and ok
         saved.init_command = bytes(self._command)
         saved.command_size = self._command_size
         saved.command_offset = len(self._command)
         saved.command_crc = self._command_crc
         saved.init_executed = self._init is not None
-        d = self._data
-        saved.data = (
-            SavedDataProgress(
-                offset=d.executed_offset, crc=d.executed_crc, image=bytes(d.image[: d.executed_offset])
-            )
-            if self.profile.save_progress_in_flash and self._init is not None and d.executed_offset
-            else None
-        )
+        saved.data = data
+        self._page_progress = self._progress_key()
         return ok
 
     def _restart_inactivity(self, now: float) -> None:
         self._inactivity_deadline = now + self.profile.inactivity_timeout_s
 
     def _reset_target(self) -> ResetTarget:
+        if self.state.settings.expect_additional_update:
+            return "bootloader"  # continuation: DFU mode for a short while, then the application
         return "app" if self.state.app is not None else "bootloader"
 
     def _schedule_reset(self, at: float, reason: ResetReason, *, boot_work_s: float = 0.0) -> None:
@@ -775,4 +843,11 @@ class Bootloader:
         return self._notify(encode_response(request, result, ext, **payload), now)
 
 
-__all__ = ["ECDSA_VERIFY_S", "HASH_BYTES_PER_S", "PROTOCOL_VERSION", "Bootloader", "Drops"]
+__all__ = [
+    "ECDSA_VERIFY_S",
+    "FULL_PROTOCOL_ONLY",
+    "HASH_BYTES_PER_S",
+    "PROTOCOL_VERSION",
+    "Bootloader",
+    "Drops",
+]

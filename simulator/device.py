@@ -57,6 +57,8 @@ class InstalledBootloader(_State):
 class InstalledSoftDevice(_State):
     fwid: int = Field(ge=0, le=0xFFFF, description="FWID from the SoftDevice info structure")
     size: int = Field(ge=0)
+    version: int = Field(0, ge=0, description="the info structure's version (major * 1000000 + ...)")
+    family: int = Field(0, ge=0, description="the info structure's SD_ID (e.g. 140)")
 
 
 class SavedDataProgress(_State):
@@ -87,6 +89,11 @@ class BootloaderSettings(_State):
     data: SavedDataProgress | None = None
     adv_name: str | None = Field(
         None, max_length=20, description="bootloader advertising name set through buttonless (unbonded)"
+    )
+    expect_additional_update: bool = Field(
+        False,
+        description="a SoftDevice update kept the application: the next boot stays in DFU mode for the "
+        "continuation timeout only (nrf_bootloader.c ACTIVATION_SUCCESS_EXPECT_ADDITIONAL_UPDATE)",
     )
 
     def wipe_progress(self) -> None:
@@ -124,7 +131,12 @@ class DeviceState(_State):
                 version=init.app_version, size=init.app_size, sha256=hashlib.sha256(image).hexdigest()
             ),
             bootloader=InstalledBootloader(version=init.bootloader_version, size=init.bootloader_size),
-            softdevice=InstalledSoftDevice(fwid=init.softdevice_id, size=init.softdevice_size),
+            softdevice=InstalledSoftDevice(
+                fwid=init.softdevice_id,
+                size=init.softdevice_size,
+                version=init.softdevice_version,
+                family=init.softdevice_family,
+            ),
             settings=BootloaderSettings(app_version=init.app_version),
             bonded=profile.dfu_entry is DfuEntry.BUTTONLESS_BONDED,
         )
@@ -180,6 +192,7 @@ class AttError(Exception):
     READ_NOT_PERMITTED = 0x02
     WRITE_NOT_PERMITTED = 0x03
     INVALID_ATTRIBUTE_LENGTH = 0x0D
+    INSUFFICIENT_ENCRYPTION = 0x0F
     CCCD_IMPROPERLY_CONFIGURED = 0xFD
 
     def __init__(self, code: int, message: str = "") -> None:

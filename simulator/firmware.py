@@ -16,7 +16,9 @@ SD_MAGIC = 0x51B1E5DB
 SD_MAGIC_OFFSET = 0x2004
 SD_SIZE_OFFSET = 0x2008
 SD_FWID_OFFSET = 0x200C
-SD_INFO_SIZE = 0x18  # the size byte at 0x2000 must cover the FWID field at least
+SD_ID_OFFSET = 0x2010
+SD_VERSION_OFFSET = 0x2014
+SD_INFO_SIZE = 0x18  # the size byte at 0x2000: > 0x14 means the SD_ID and version fields are present
 MBR_SIZE = 0x1000
 """The MBR below every SoftDevice: a SoftDevice image (as in a DFU package) starts at this address."""
 PAGE_SIZE = 0x1000
@@ -55,17 +57,21 @@ def make_bootloader(size: int, version: int) -> bytes:
     return header + _filler(size - len(header), f"bootloader:{version}".encode())
 
 
-def make_softdevice(fwid: int, size: int = 0x26000, *, valid_info: bool = True) -> bytes:
-    """A SoftDevice image with an info structure at 0x2000 (info size, magic, SD_SIZE, FWID).
+def make_softdevice(
+    fwid: int, size: int = 0x26000, *, valid_info: bool = True, version: int = 0, family: int = 0
+) -> bytes:
+    """A SoftDevice image with an info structure at 0x2000 (info size, magic, SD_SIZE, FWID, SD_ID, version),
+    laid out as `nrf_sdm.h` / `nrf_bootloader_info.h` read it.
 
     The SD_SIZE field holds `softdevice_end(size)` (end address incl. the MBR), as real SoftDevices do:
-    S140 6.1.1 is a 0x25000-byte image whose field reads 0x26000.
+    S140 6.1.1 is a 0x25000-byte image whose field reads 0x26000. `version` is major * 1000000 + minor * 1000
+    + bugfix (S140 7.2.0: 7002000), by which the bootloader tells a major update; `family` is the SD_ID (140).
     """
     if size < SD_INFO_OFFSET + SD_INFO_SIZE:
         raise ValueError("SoftDevice image too small to hold its info structure")
-    image = bytearray(_filler(size, f"softdevice:{fwid:04x}".encode()))
+    image = bytearray(_filler(size, f"softdevice:{fwid:04x}:{version}:{family}".encode()))
     magic = SD_MAGIC if valid_info else 0xFFFFFFFF
-    info = struct.pack("<B3xIIH", SD_INFO_SIZE, magic, softdevice_end(size), fwid)
+    info = struct.pack("<B3xIIH2xII", SD_INFO_SIZE, magic, softdevice_end(size), fwid, family, version)
     image[SD_INFO_OFFSET : SD_INFO_OFFSET + len(info)] = info
     return bytes(image)
 
@@ -76,6 +82,10 @@ class SoftDeviceInfo:
     image_size: int
     """The raw SD_SIZE field: the SoftDevice's end address in flash, MBR included (see `softdevice_end`)."""
     fwid: int
+    family: int = 0
+    """SD_ID, or 0 when the info structure is too short to hold it (`SD_ID_GET`)"""
+    version: int = 0
+    """major * 1000000 + minor * 1000 + bugfix, or 0 when absent (`SD_VERSION_GET`)"""
 
     @property
     def end_address(self) -> int:
@@ -92,7 +102,11 @@ def read_softdevice_info(image: bytes) -> SoftDeviceInfo | None:
         return None
     (image_size,) = struct.unpack_from("<I", image, SD_SIZE_OFFSET)
     (fwid,) = struct.unpack_from("<H", image, SD_FWID_OFFSET)
-    return SoftDeviceInfo(info_size, image_size, fwid)
+    has_id = info_size > SD_ID_OFFSET - SD_INFO_OFFSET and len(image) >= SD_ID_OFFSET + 4
+    has_version = info_size > SD_VERSION_OFFSET - SD_INFO_OFFSET and len(image) >= SD_VERSION_OFFSET + 4
+    family = struct.unpack_from("<I", image, SD_ID_OFFSET)[0] if has_id else 0
+    version = struct.unpack_from("<I", image, SD_VERSION_OFFSET)[0] if has_version else 0
+    return SoftDeviceInfo(info_size, image_size, fwid, family, version)
 
 
 def read_app_version(image: bytes) -> int | None:

@@ -28,6 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from profiles.gatt import (
+    BUTTONLESS_BONDED,
     CONTROL_POINT,
     DEVICE_INFORMATION_SERVICE,
     DFU_PACKET,
@@ -52,6 +53,7 @@ from simulator.device import (
     ResetReason,
     ResetTarget,
 )
+from simulator.radio import RadioSchedule
 
 DEFAULT_BOOT_DELAY_S = 0.3
 """From reset to advertising: boot, MBR/bootloader start-up, SoftDevice enable (a few hundred ms)."""
@@ -105,6 +107,7 @@ class SimPeripheral:
         self.boot_delay_s = boot_delay_s
         self.connected = False
         self.att_mtu = 23
+        self.encrypted = False
         self._booting_until: float | None = None
         self._firmware: Application | Bootloader | None = None
         self._subscribed: set[str] = set()
@@ -179,12 +182,36 @@ class SimPeripheral:
 
     # --- link events ---------------------------------------------------------------------------------------
 
-    def on_connect(self, now: float, att_mtu: int) -> None:
+    def att_mtu_for(self, requested: int) -> int:
+        """The ATT MTU this firmware answers to a central's exchange request. The bootloader's BLE transport
+        (`BLE_GATTS_EVT_EXCHANGE_MTU_REQUEST`, nrf_dfu_ble.c, 15.0-17.1) rounds a request below its maximum
+        down so the packet payload (MTU - 3) is a multiple of 4 bytes; the application answers its maximum."""
+        limit = self.profile.link.att_mtu
+        if self.state.mode is Mode.BOOTLOADER and requested < limit and (requested - 3) % 4:
+            return (requested - 3) // 4 * 4 + 3
+        return min(requested, limit)
+
+    def accepts_connection(self) -> bool:
+        """A bootloader built with NRF_DFU_BLE_REQUIRES_BONDS advertises with a whitelist of the bonded peer
+        (`advertising_start()`, nrf_dfu_ble.c, BLE_GAP_ADV_FP_FILTER_CONNREQ): nobody else can connect."""
+        if self.bonded_variant and self.state.mode is Mode.BOOTLOADER:
+            return self.state.bonded
+        return True
+
+    @property
+    def bond_held(self) -> bool:
+        """The central holds this device's bond, so it can encrypt the link with the stored keys."""
+        return self.bonded_variant and self.state.bonded
+
+    def on_connect(
+        self, now: float, att_mtu: int, radio: RadioSchedule | None = None, *, encrypted: bool = False
+    ) -> None:
         self.connected = True
         self.att_mtu = att_mtu
+        self.encrypted = encrypted
         self._subscribed.clear()
         if isinstance(self._firmware, Bootloader):
-            self._firmware.on_connect(now, att_mtu)
+            self._firmware.on_connect(now, att_mtu, radio=radio)
         elif isinstance(self._firmware, Application):
             self._firmware.on_connect(now)
 
@@ -198,6 +225,7 @@ class SimPeripheral:
         char = self._find(char_uuid)
         if (notify and NOTIFY not in char.properties) or (indicate and INDICATE not in char.properties):
             raise AttError(AttError.WRITE_NOT_PERMITTED, f"{char_uuid} cannot notify/indicate that way")
+        self._require_security(char_uuid)
         if notify or indicate:
             self._subscribed.add(char_uuid)
         else:
@@ -215,6 +243,7 @@ class SimPeripheral:
         allowed = WRITE if with_response else WRITE_WITHOUT_RESPONSE
         if allowed not in char.properties:
             raise AttError(AttError.WRITE_NOT_PERMITTED, f"{char_uuid} does not allow {allowed}")
+        self._require_security(char_uuid)
         firmware = self._firmware
         if isinstance(firmware, Bootloader):
             if char_uuid == CONTROL_POINT:
@@ -235,6 +264,12 @@ class SimPeripheral:
         return self._firmware.on_read(char_uuid)
 
     # --- time and faults -----------------------------------------------------------------------------------
+
+    def radio_blocked(self, start_us: int, end_us: int) -> int | None:
+        """End of flash work that keeps the radio from the connection within [start_us, end_us), if any."""
+        if isinstance(self._firmware, Bootloader):
+            return self._firmware.radio_blocked(start_us, end_us)
+        return None
 
     @property
     def next_wakeup(self) -> float | None:
@@ -259,6 +294,15 @@ class SimPeripheral:
         return self._handle([Reset(into, ResetReason.POWER_CYCLE)], now)
 
     # --- internals -----------------------------------------------------------------------------------------
+
+    def _require_security(self, char_uuid: str) -> None:
+        """The bonded variant's DFU characteristics need an encrypted link: the bootloader's control point and
+        packet (`write_perm` level 2 with NRF_DFU_BLE_REQUIRES_BONDS, nrf_dfu_ble.c) and the application's
+        buttonless characteristic and its CCCD (SEC_JUST_WORKS, ble_dfu_bonded.c)."""
+        if not self.bonded_variant or self.encrypted:
+            return
+        if char_uuid in (CONTROL_POINT, DFU_PACKET, BUTTONLESS_BONDED):
+            raise AttError(AttError.INSUFFICIENT_ENCRYPTION, f"{char_uuid} needs an encrypted link")
 
     def _find(self, char_uuid: str) -> CharDef:
         uuid = char_uuid.lower()

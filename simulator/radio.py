@@ -34,7 +34,7 @@ from __future__ import annotations
 import bisect
 import enum
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from profiles.model import LinkPreferences, Phy
@@ -220,6 +220,35 @@ class LinkModel:
 
 
 @dataclass(frozen=True, slots=True)
+class RadioSchedule:
+    """When a connected peripheral's radio belongs to its connection: a connection event of `event_us`
+    starting at every anchor (`anchor_us + k * interval_us`). The SoftDevice reserves the whole configured
+    event length (NRF_SDH_BLE_GAP_EVENT_LENGTH, 7.5 ms in the SDK bootloaders) whether or not packets fill it;
+    flash operations go into the rest of the interval (SoftDevice Specification, "Flash API timing")."""
+
+    anchor_us: int
+    interval_us: int
+    event_us: int
+
+    def __post_init__(self) -> None:
+        if not 0 < self.event_us < self.interval_us:
+            raise LinkConfigError("a connection event must leave idle time in its interval")
+
+    def idle_span(self, t_us: int) -> tuple[int, int]:
+        """The idle span [start, end) that contains `t_us`, or the next one when `t_us` falls in an event."""
+        if t_us < self.anchor_us:
+            return t_us, self.anchor_us
+        k = (t_us - self.anchor_us) // self.interval_us
+        start = self.anchor_us + k * self.interval_us + self.event_us
+        return max(t_us, start), self.anchor_us + (k + 1) * self.interval_us
+
+    @property
+    def idle_us(self) -> int:
+        """Idle time per interval."""
+        return self.interval_us - self.event_us
+
+
+@dataclass(frozen=True, slots=True)
 class CentralSettings:
     """What an adapter (controller + host stack) is able and configured to do."""
 
@@ -234,6 +263,9 @@ class CentralSettings:
     event_extension: bool = True
     """The controller may extend a busy connection event into idle air; used only where the peripheral's
     profile allows it too (`LinkPreferences.event_extension`, off in the shipped profiles)."""
+    encrypt_bonded: bool = True
+    """With a bond stored, the host encrypts the link as it comes up (BlueZ re-establishes security with a
+    bonded device); False models a stack that does not, to see the peripheral refuse its DFU writes."""
 
 
 @dataclass(slots=True)
@@ -247,6 +279,9 @@ class LinkSlot:
     p2c_free_us: int = 0
     ends_us: set[int] = field(default_factory=set)
     """Ends of the link's reserved exchanges: one starting at such an end continues that event."""
+    radio_blocked: Callable[[int, int], int | None] | None = None
+    """The peripheral's answer to "is your radio taken by other work in [start, end)?": the end of that work
+    (a flash erase the SoftDevice runs through connection events), or None."""
 
     def event_start_us(self, k: int) -> int:
         return self.anchor_us + k * self.model.interval_us
@@ -415,6 +450,11 @@ class Central:
             if t_us + duration > window_end and not self._may_extend(link, k, t_us, t_us + duration):
                 t_us = link.event_start_us(k + 1)
                 continue
+            if link.radio_blocked is not None:
+                until = link.radio_blocked(t_us, t_us + duration)
+                if until is not None:  # the peripheral misses these events: wait for its next one
+                    t_us = link.next_event_start_us(until)
+                    continue
             i = bisect.bisect_right(self._busy_ends, t_us)
             if i < len(self._busy_starts) and self._busy_starts[i] < t_us + duration:
                 t_us = self._busy_ends[i]
@@ -446,6 +486,7 @@ __all__ = [
     "LinkConfigError",
     "LinkModel",
     "LinkSlot",
+    "RadioSchedule",
     "to_s",
     "to_us",
 ]

@@ -68,10 +68,11 @@ def sim() -> None:
 )
 @click.option(
     "--time-scale",
-    type=click.FloatRange(min=1e-4, min_open=False),
+    type=click.FloatRange(min=1e-4, max=1.0),
     default=1.0,
     show_default=True,
-    help="real seconds per simulated second (0.05 = 20x faster)",
+    help="real seconds per simulated second, at most 1 (0.05 = 20x faster): a slower air would run its "
+    "boards slower than their profiles, which a client paces by",
 )
 @click.option("--fault", "faults", multiple=True, metavar="KEY=VALUE", help="fault for every peripheral")
 @click.option("-v", "--verbose", is_flag=True)

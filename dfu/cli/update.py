@@ -194,7 +194,10 @@ def scan(duration: float, sim_spec: str | None, sim_socket: str | None, as_json:
             for s in seen
         ]
 
-    rows, _ = run_loop(go(), simulated=bool(sim_spec))
+    try:
+        rows, _ = run_loop(go(), simulated=bool(sim_spec))
+    except (DfuError, OSError) as exc:  # no bluetoothd, adapter off, no permission: one line, exit 5
+        _fail(exc, as_json)
     console = Console()
     for row in rows:
         if as_json:

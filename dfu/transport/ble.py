@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import sys
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
@@ -39,6 +38,7 @@ from dfu.errors import DeviceNotFoundError, DfuLinkError, DfuProtocolError, DfuT
 from dfu.protocol import OpCode, ProtocolError, Response, decode_response, encode_request
 from dfu.transport.acquired import AcquiredWrite
 from dfu.transport.acquired import acquire_write as acquire_write_of
+from dfu.transport.availability import unavailable
 from dfu.transport.backend import PLATFORM, BleBackend
 from profiles.gatt import CONTROL_POINT, DFU_PACKET, SECURE_DFU_SERVICE
 
@@ -118,13 +118,27 @@ async def scanning(backend: BleBackend) -> AsyncIterator[BleakScanner]:
     try:
         await scanner.start()
     except (OSError, EOFError, BleakError) as exc:
-        where = os.environ.get("DBUS_SYSTEM_BUS_ADDRESS", "the system bus")
-        hint = f" (is bluetoothd running and reachable on {where}?)" if is_bluez(backend) else ""
-        raise DfuLinkError(f"cannot scan: {exc}{hint}") from exc
+        reason = unavailable(exc) if is_bluez(backend) else None
+        if reason is not None:
+            raise reason from exc
+        raise DfuLinkError(f"cannot scan: {exc}") from exc
     try:
         yield scanner
     finally:
         await scanner.stop()
+
+
+async def bluetooth_problem(backend: BleBackend, timeout_s: float = 10.0) -> DfuLinkError | None:
+    """Whether this machine's Bluetooth can be used at all: a scanner started and stopped (well under a
+    second on BlueZ), its failure as the one-line reason, or None."""
+    try:
+        async with asyncio.timeout(timeout_s), scanning(backend):
+            pass
+    except DfuLinkError as exc:
+        return exc
+    except TimeoutError:
+        return DfuLinkError(f"the Bluetooth stack did not answer within {timeout_s:g} s")
+    return None
 
 
 async def scan(backend: BleBackend, duration_s: float) -> list[Seen]:

@@ -253,3 +253,44 @@ def test_agent_check_config_says_when_the_state_directory_cannot_be_created(
         path.write_text(good(tls, tmp_path).replace(f'dir = "{tmp_path / "state"}"', f'dir = "{blocked}/a"'))
         (problem,) = check_config(path)[1]
         assert "cannot be created" in problem
+
+
+def test_agent_says_in_one_line_when_bluetooth_cannot_be_used(
+    tmp_path: Path, tls: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No bluetoothd, no D-Bus, adapter off, no permission: `check-config` lists it as a problem and `run`
+    exits 69 (EX_UNAVAILABLE) with one log line naming the fix, so systemd's restarts each say why."""
+    path = tmp_path / "c.toml"
+    path.write_text(good(tls, tmp_path))
+    monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", f"unix:path={tmp_path / 'no-bus'}")
+    result = CliRunner().invoke(main, ["check-config", str(path)])
+    assert result.exit_code == 1
+    assert "ble.backend: no D-Bus system bus at unix:path=" in result.output
+    run = subprocess.run(
+        [sys.executable, "-m", "gateway_agent", "run", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "DBUS_SYSTEM_BUS_ADDRESS": f"unix:path={tmp_path / 'no-bus'}"},
+        timeout=60,
+        check=False,
+    )
+    assert run.returncode == 69
+    (line,) = run.stderr.splitlines()
+    assert "event=bluetooth_unavailable" in line
+    assert "systemctl start dbus" in line
+
+
+@pytest.mark.parametrize(("scale", "ok"), [(0.05, True), (1.0, True), (2.0, False)])
+def test_simulator_time_scale_is_at_most_one(
+    tmp_path: Path, tls: dict[str, Path], scale: float, ok: bool
+) -> None:
+    """Above 1 the in-process air would run its boards slower than their profiles, which the client paces
+    by in its own clock: every DFU overran the bootloader's flash. Such a value is a configuration error."""
+    path = tmp_path / "c.toml"
+    path.write_text(good(tls, tmp_path) + f"[simulator]\ntime_scale = {scale}\n")
+    if ok:
+        assert load_config(path).simulator.time_scale == scale
+    else:
+        with pytest.raises(ConfigError, match=r"simulator\.time_scale"):
+            load_config(path)

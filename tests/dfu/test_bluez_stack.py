@@ -3,17 +3,21 @@ the simulated bluetoothd: the code path of a Raspberry Pi gateway, which the sim
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
+import sys
 from pathlib import Path
 
 import pytest
 from bleak import BleakClient, BleakScanner
 from bleak.exc import BleakGATTProtocolError
 
-from dfu.errors import DfuLinkError
+from dfu.transport.availability import BluetoothUnavailableError
 from dfu.transport.ble import is_bluez, platform_backend
 from dfu.transport.ble import scan as ble_scan
 from dfu.updater import Updater
+from hil.dbus import close_bleak_manager, running_dbus
 from profiles.gatt import BUTTONLESS_UNBONDED, CONTROL_POINT, DFU_PACKET
 from profiles.model import load_profile
 from tests.support.bluez import bluez_stack
@@ -93,12 +97,49 @@ async def test_scan_and_att_errors_through_bluez(monkeypatch: pytest.MonkeyPatch
             assert err.value.code == 0xFD
 
 
-async def test_no_bluetoothd_is_a_link_error_that_says_where_to_look(
+async def test_no_system_bus_is_one_line_that_names_the_fix(tmp_path: Path) -> None:
+    """`nrf-dfu scan` on a machine without D-Bus (this container, a minimal image): one line, exit 5."""
+    env = {**os.environ, "DBUS_SYSTEM_BUS_ADDRESS": f"unix:path={tmp_path / 'nobody-listens'}"}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", "from dfu.cli import main; main()", "scan", "--timeout", "1",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
+    )  # fmt: skip
+    out, err = await proc.communicate()
+    assert proc.returncode == 5
+    assert out == b""
+    (line,) = err.decode().splitlines()
+    assert line.startswith("error: no D-Bus system bus at unix:path=")
+    assert "systemctl start dbus" in line
+
+
+async def test_no_bluetoothd_on_the_bus_says_to_start_it(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", f"unix:path={tmp_path / 'nobody-listens'}")
-    with pytest.raises(DfuLinkError, match="is bluetoothd running and reachable on unix:path="):
-        await ble_scan(platform_backend(), 1.0)
+    with running_dbus(tmp_path / "dbus") as bus:  # a system bus, and nobody owns org.bluez
+        monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", bus.address)
+        try:
+            with pytest.raises(
+                BluetoothUnavailableError, match=r"bluetoothd is not running: .*enable --now bluetooth"
+            ):
+                await ble_scan(platform_backend(), 1.0)
+        finally:
+            await close_bleak_manager()
+
+
+async def test_adapter_off_says_to_power_it_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    async with bluez_stack(monkeypatch) as stack:
+        stack.bluetoothd.powered = False
+        with pytest.raises(BluetoothUnavailableError, match=r"adapter is off: `rfkill unblock bluetooth"):
+            await ble_scan(platform_backend(), 1.0)
+
+
+async def test_a_user_bluez_refuses_says_to_join_the_bluetooth_group(monkeypatch: pytest.MonkeyPatch) -> None:
+    """BlueZ's bus policy lets the `bluetooth` group talk to org.bluez; anyone else gets AccessDenied."""
+    async with bluez_stack(monkeypatch, deny_bluez=True):
+        with pytest.raises(
+            BluetoothUnavailableError, match=r"may not use Bluetooth: add it to the bluetooth group"
+        ):
+            await ble_scan(platform_backend(), 1.0)
 
 
 async def test_control_writes_wait_for_bluetoothd_to_read_the_queued_packets(

@@ -9,7 +9,9 @@ from dfu.errors import ButtonlessError, DeviceNotFoundError, DfuProtocolError
 from dfu.protocol import ButtonlessResult
 from dfu.transport.ble import DfuLink, find, open_peripheral
 from profiles.model import load_profile
+from simulator.bleak_backend import DEFAULT_CENTRAL
 from simulator.faults import FaultPlan
+from simulator.radio import CentralSettings
 from tests.support.dfu_sim import APP_ADDRESS, in_bootloader, world
 
 pytestmark = pytest.mark.looptime
@@ -59,7 +61,9 @@ async def test_bonded_switch_keeps_the_address() -> None:
 
 
 async def test_bonded_variant_without_bond_is_refused() -> None:
+    """A central that pairs (an encrypted link) but holds no bond: ble_dfu_bonded.c answers NOT_BONDED."""
     w = world("nrf52840-s140-bonded")
+    w.air.add_central(DEFAULT_CENTRAL, CentralSettings(encrypted=True))
     w.air.find(APP_ADDRESS).state.bonded = False  # type: ignore[union-attr]
     with pytest.raises(ButtonlessError) as info:
         await enter_bootloader(await _app_client(w))

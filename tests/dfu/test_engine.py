@@ -30,7 +30,7 @@ INIT = bytes(range(30))  # 2 packets of 20
 FW = bytes((i * 7) & 0xFF for i in range(150))  # objects of 64: 64 + 64 + 22
 MAX = 64
 PS = 20  # 4 packets per object: 20 20 20 4
-FLASH = FlashTiming()
+FLASH = FlashTiming(flash_queue_size=8)  # a small queue, so that these short objects fill it
 
 
 def ok(op: OpCode, **payload: Any) -> bytes:
@@ -531,15 +531,42 @@ def test_unexpected_and_malformed_notifications_are_protocol_errors() -> None:
         t.on_notification(b"\x61\x06", 0.0)
 
 
-def test_early_create_answer_behind_execute_is_held_until_execute_answers() -> None:
+def test_early_create_answer_behind_execute_streams_the_next_object() -> None:
+    """nrf_dfu_req_handler.c (15.0-17.1) answers a data Execute only once fstorage is idle, so the Create
+    riding behind it (whose erase keeps flash busy) is answered first; a refused Execute would have been
+    answered at once, ahead of it. The engine streams the next object then, takes Execute's answer later."""
     t = new()
     through_init(t)
     t.on_notification(ok(OpCode.SET_PRN), 0.0)
     t.on_notification(ok(OpCode.CREATE), 0.0)
     t.on_notification(ok(OpCode.CALC_CHECKSUM, offset=64, crc=crc(FW[:64])), 5.0)
-    assert t.on_notification(ok(OpCode.CREATE), 5.1) == []
-    actions = t.on_notification(ok(OpCode.EXECUTE), 5.2)
+    actions = t.on_notification(ok(OpCode.CREATE), 5.1)
     assert packets(actions) == [FW[64:84], FW[84:104], FW[104:124], FW[124:128]]
+    assert t.stats.objects == 0
+    assert t.on_notification(ok(OpCode.EXECUTE), 5.2) == [], "the deferred answer is taken, not acted on"
+    assert t.stats.objects == 1
+
+
+def test_a_stale_execute_answer_from_an_earlier_link_is_ignored() -> None:
+    """A deferred Execute answer goes out on whatever connection is up when flash goes idle."""
+    t = new()
+    assert t.start(0.0) == [req(OpCode.SELECT, type=ObjectType.COMMAND)]
+    assert t.on_notification(ok(OpCode.EXECUTE), 0.01) == []
+    assert t.stats.stale_answers == 1
+
+
+def test_packets_are_whole_words_and_an_odd_tail_travels_alone() -> None:
+    """fstorage writes whole words per 20-byte chunk with its checks off (nrf_fstorage_sd.c): a last write
+    whose length is not a multiple of 4 would lose its tail; 1-3 bytes alone go into one word intact."""
+    fw = bytes(range(70))  # 70 % 4 == 2
+    t = ImageTransfer(INIT, fw, packet_size=23, flash=FLASH)  # 23 -> 20-byte packets
+    through_init(t)
+    actions = t.on_notification(ok(OpCode.SET_PRN), 0.0)
+    actions = t.on_notification(ok(OpCode.CREATE), 0.0)
+    assert [len(p) for p in packets(actions)] == [20, 20, 20, 4]
+    t.on_notification(ok(OpCode.CALC_CHECKSUM, offset=64, crc=crc(fw[:64])), 1.0)
+    actions = t.on_notification(ok(OpCode.CREATE), 1.1)
+    assert [len(p) for p in packets(actions)] == [4, 2]
 
 
 def test_failed_execute_ends_transfer_even_with_a_create_behind_it() -> None:

@@ -159,3 +159,40 @@ def test_pacer_room_and_widen() -> None:
     assert pacer.slack == 1
     pacer.idle()
     assert pacer.pending(0.0) == 0
+
+
+def test_pacer_gives_flash_only_the_radios_idle_share() -> None:
+    """SoftDevice flash runs between connection events: with half the time, every operation takes twice."""
+    timing = FlashTiming(page_erase_ms=100.0, word_write_us=40.0, flash_queue_size=4)
+    pacer = FlashPacer(timing, buffers=17, slack=0, duty=0.5)
+    pacer.erase(0.0, 4096)
+    times = [pacer.packet(0.0, 244) for _ in range(4)]
+    assert abs(times[3] - 0.2) < 1e-9, "the 4th packet waits for an erase of 100 ms at half time"
+
+
+def test_pacer_does_not_wait_for_an_erase_that_holds_the_link() -> None:
+    """nRF52832: no partial erase; the erase runs whole through the connection events, so no packet arrives
+    meanwhile and the pacer has nothing to wait for."""
+    timing = FlashTiming(page_erase_ms=100.0, word_write_us=40.0, flash_queue_size=4)
+    pacer = FlashPacer(timing, buffers=17, slack=0, duty=0.5, erase_preempts=True)
+    pacer.erase(0.0, 4096)
+    times = [pacer.packet(0.0, 244) for _ in range(4)]
+    assert times[3] < 0.01
+
+
+def test_updater_paces_with_the_profiles_idle_share_and_chip() -> None:
+    from dfu.updater import flash_duty
+    from profiles.model import load_profile
+
+    assert flash_duty(load_profile("nrf52840-s140")) == 0.5  # 7.5 ms events every 15 ms
+    assert not load_profile("nrf52832-s132").chip.erases_in_slices  # type: ignore[union-attr]
+    assert load_profile("nrf52840-s140").chip.erases_in_slices  # type: ignore[union-attr]
+
+
+def test_pacer_charges_a_sliced_erase_one_interval_more() -> None:
+    """An 85 ms erase split over 7.5 ms idle spans ends up to one 15 ms interval after its half-time share."""
+    timing = FlashTiming(page_erase_ms=100.0, word_write_us=40.0, flash_queue_size=4)
+    pacer = FlashPacer(timing, buffers=17, slack=0, duty=0.5, interval_s=0.015)
+    pacer.erase(0.0, 4096)
+    times = [pacer.packet(0.0, 244) for _ in range(4)]
+    assert abs(times[3] - 0.215) < 1e-9

@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from dfu.errors import DeviceNotFoundError, DfuLinkError, DisconnectedError
-from dfu.protocol import FirmwareImageType, OpCode
+from dfu.protocol import OpCode, ResultCode
 from dfu.transport.backend import BleBackend
 from dfu.transport.ble import ConnectPolicy, DfuLink, connect, find, is_bluez, open_peripheral, scan
 from profiles.model import load_profile
@@ -80,14 +80,13 @@ async def test_open_peripheral_tells_application_from_bootloader() -> None:
         await DfuLink.open(w.backend, seen.device)
 
 
-async def test_request_firmware_version() -> None:
+async def test_request_returns_what_a_reduced_protocol_bootloader_answers() -> None:
+    """A stock SDK 15.3+ BLE bootloader (NRF_DFU_PROTOCOL_REDUCED) answers a firmware-version request
+    "opcode not supported" (reference §8); the link reports the answer as it came."""
     w = world(in_bootloader(S140))
     link, _ = await _bootloader_link(w)
     response = await link.request(OpCode.FIRMWARE_VERSION, image=0)
-    assert response.ok
-    assert response.payload is not None
-    assert response.payload["type"] == FirmwareImageType.BOOTLOADER
-    assert response.payload["version"] == 1
+    assert response.result is ResultCode.OP_CODE_NOT_SUPPORTED
     assert link.control_writes == 1
     await link.close()
 

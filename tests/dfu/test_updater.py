@@ -47,6 +47,7 @@ async def test_application_update_unbonded() -> None:
     assert state["app"]["version"] == 2
     assert _runs(state, package)
     assert result.firmware_revision == "2"
+    assert result.firmware_revision_before == "1", "read from Device Information before entering DFU"
     assert result.bytes == len(package.images[0].firmware)
     assert result.bytes_sent == result.bytes + len(package.images[0].init_packet)
     assert result.resumes == 0
@@ -280,7 +281,9 @@ async def test_restart_after_first_image_skips_the_installed_bootloader() -> Non
     result = await update(w.backend, S140, package, address=APP_ADDRESS)
     assert [i.skipped for i in result.images] == [True, False]
     app = package.images[1]
-    assert result.bytes_sent == len(app.firmware) + len(app.init_packet)
+    # A stock BLE bootloader cannot be asked what it runs (reduced protocol, reference §8): the first image's
+    # init packet is what tells, refused with FW_VERSION_FAILURE; none of its firmware is sent.
+    assert result.bytes_sent == len(first.init_packet) + len(app.firmware) + len(app.init_packet)
     assert _runs(w.state(), package)
 
 

@@ -37,3 +37,26 @@ def test_benchmark_json_rows(capsys: pytest.CaptureFixture[str]) -> None:
     # 24 KB fits between two drops 50 KB apart: even a bootloader that forgets progress on a disconnect
     # gets it (a 200 KB image, as `make bench` sends, cannot: that row ends in a link error).
     assert stock["completed"], stock
+    # Clients on every simulated shipped profile: this one completes everywhere; the plain ones are measured
+    # on the same board in the same run (they may fail: no pause after Create on a 16-slot fstorage queue).
+    clients = body["clients"]
+    profiles = {c["profile"] for c in clients}
+    assert len(profiles) >= 5
+    assert {c["client"] for c in clients} == {"ours", "plain PRN 0", "plain PRN 12"}
+    for c in clients:
+        assert c["bound_s"] > 0
+        if c["client"] == "ours":
+            assert c["completed"], c
+        if c["completed"]:
+            assert c["bound_s"] <= c["transfer_s"] * 1.001, c
+        else:
+            assert c["error"], c
+
+
+def test_bound_comes_from_the_flash_model_sharing_time_with_the_radio() -> None:
+    """Flash that runs only between connection events takes longer than the same work alone."""
+    from profiles.model import load_profile
+
+    bound = dfu_throughput.Bound.of(load_profile("nrf52840-s140"), 100 * 1024, 141)
+    assert bound.flash_s > 1.8 * bound.flash_alone_s, "7.5 ms events in a 15 ms interval: half the time"
+    assert bound.total_s >= bound.flash_s

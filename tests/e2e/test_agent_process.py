@@ -217,7 +217,13 @@ async def test_agent_process_notifies_systemd_ready_watchdog_stopping(tmp_path: 
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         sock.bind(str(path))
         sock.setblocking(False)
-        config = write_config(tmp_path / "agent.toml", broker, tmp_path / "state", peripherals=[])
+        config = write_config(  # the simulator backend: no bluetoothd here for the startup check to find
+            tmp_path / "agent.toml",
+            broker,
+            tmp_path / "state",
+            peripherals=[],
+            extra='[ble]\nbackend = "simulator"\n',
+        )
         env = {**os.environ, "NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "200000"}
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "gateway_agent", "run", "--config", str(config), cwd=REPO, env=env,

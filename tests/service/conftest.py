@@ -19,7 +19,7 @@ from fota_service.store import Store
 from simulator.firmware import make_application, make_softdevice
 from tests.support.postgres import PostgresServer, running_postgres
 
-TOKEN = "test-token-123"
+TOKEN = "test-token-123-0123456789abcdef0123"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 

@@ -102,19 +102,25 @@ def test_shadow_report_reads_support_and_connections() -> None:
 # -------------------------------------------------------------------------------------------- config
 
 
+GOOD_TOKEN = "0123456789abcdef0123456789abcdef"  # 32 characters
+
+
 def test_config_file_is_validated(tmp_path: Path) -> None:
     path = tmp_path / "c.toml"
-    path.write_text('[service]\ntoken = "long-enough"\ntenant = "lab"\n[mqtt]\nhost = "broker"\n')
+    path.write_text(f'[service]\ntoken = "{GOOD_TOKEN}"\ntenant = "lab"\n[mqtt]\nhost = "broker"\n')
     config = load_config(path)
+    assert config.service.token.get_secret_value() == GOOD_TOKEN
+    assert GOOD_TOKEN not in repr(config)
     assert config.topic_prefix == "prod/lab/"
     assert config.http.file_host == "127.0.0.1:8443"
+    assert config.http.api_docs is False
     assert config.rollout.batch_size == 25
     assert config.mqtt is not None
     assert config.mqtt.tls_context() is None
     for bad in (
         '[service]\ntoken = "short"\n',
-        '[service]\ntoken = "long-enough"\n[http]\ntls_cert = "a.pem"\n',
-        '[service]\ntoken = "long-enough"\nunknown = 1\n',
+        f'[service]\ntoken = "{GOOD_TOKEN}"\n[http]\ntls_cert = "a.pem"\n',
+        f'[service]\ntoken = "{GOOD_TOKEN}"\nunknown = 1\n',
         "not toml [",
     ):
         path.write_text(bad)
@@ -122,6 +128,44 @@ def test_config_file_is_validated(tmp_path: Path) -> None:
             load_config(path)
     with pytest.raises(ConfigError):
         load_config(tmp_path / "missing.toml")
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        "Kx7Qw2Pz9Lm4",  # 12 characters: accepted before issue #13
+        "Kx7Qw2Pz9Lm4Vb8Nc3Rt6Yh1Ju5Ig0O",  # 31
+        "Kx7Qw2Pz9Lm4 Vb8Nc3Rt6Yh1Ju5Ig0Oa",  # a space: cannot travel in a header
+        "Kx7Qw2Pz9Lm4Vb8Nc3Rt6Yh1Ju5Ig0Oé",  # not ASCII
+    ],
+)
+def test_a_weak_token_is_refused_without_echoing_it(tmp_path: Path, token: str) -> None:
+    """The error names the field and the rule, never the value: no 4 characters of the token in a row."""
+    path = tmp_path / "c.toml"
+    path.write_text(f'[service]\ntoken = "{token}"\n')
+    with pytest.raises(ConfigError, match=r"service\.token") as refused:
+        load_config(path)
+    message = str(refused.value)
+    assert not [token[i : i + 4] for i in range(len(token) - 3) if token[i : i + 4] in message]
+
+
+def test_a_config_error_elsewhere_does_not_echo_the_token_either(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(f'[service]\ntoken = "{GOOD_TOKEN}"\ntenant = "{GOOD_TOKEN}!"\n[http]\nport = "x"\n')
+    with pytest.raises(ConfigError, match=r"service\.tenant.*http\.port") as refused:
+        load_config(path)
+    assert "0123456789" not in str(refused.value)
+
+
+def test_the_shortest_token_accepted_is_32_characters(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    for token, accepted in ((GOOD_TOKEN[:31], False), (GOOD_TOKEN, True)):
+        path.write_text(f'[service]\ntoken = "{token}"\n')
+        if accepted:
+            assert load_config(path).service.token.get_secret_value() == token
+        else:
+            with pytest.raises(ConfigError, match="at least 32 characters"):
+                load_config(path)
 
 
 # --------------------------------------------------------------------------------------- persistence

@@ -251,9 +251,19 @@ async def test_two_processes_share_the_jobs_and_the_standby_takes_over_the_sched
                 assert {t[1] for t in first} == {job_id}
                 assert len({t[0] for t in first}) == 25
 
+                # ------------------------ acknowledgements spread over both processes, each handled once:
+                # B's first news of the job, so B acts on executions it has never read
+                for t in first[:24]:  # not the 25th: batch 2 must not follow from acknowledgements
+                    await gw.update(t[0], job_id, ExecutionStatus.DOWNLOADING, 10)
+                await logs.until(lambda: a.count(HANDLED) + b.count(HANDLED) >= 24)
+                handled_before_kill = {"A": a.count(HANDLED), "B": b.count(HANDLED)}
+                assert sum(handled_before_kill.values()) == 24
+                assert min(handled_before_kill.values()) > 0, handled_before_kill  # shared, not duplicated
+
                 seen_by_b = await ok(api_b.get(f"/v1/fota-jobs/{job_id}"))
                 assert seen_by_b["status"] == "IN_PROGRESS"
                 assert seen_by_b["executionStats"]["executions"] == 25
+                assert seen_by_b["executionStats"]["downloading"] == 24
                 hosted = [(await api_x.get(f"/{uris[-1]}")).content for api_x in (api_a, api_b)]
                 assert hosted[0] == hosted[1] != b""  # files live in the database: either process serves them
 
@@ -261,14 +271,6 @@ async def test_two_processes_share_the_jobs_and_the_standby_takes_over_the_sched
                 # from a model that knows every peripheral
                 aws = next(m.payload for m in await shadow_get(gw) if m.topic.startswith("$aws"))
                 assert aws["state"]["desired"]["desiredConnections"] == sorted(peripherals)
-
-                # ------------------------ acknowledgements spread over both processes, each handled once
-                for t in first[:24]:  # not the 25th: batch 2 must not follow from acknowledgements
-                    await gw.update(t[0], job_id, ExecutionStatus.DOWNLOADING, 10)
-                await logs.until(lambda: a.count(HANDLED) + b.count(HANDLED) >= 24)
-                handled_before_kill = {"A": a.count(HANDLED), "B": b.count(HANDLED)}
-                assert sum(handled_before_kill.values()) == 24
-                assert min(handled_before_kill.values()) > 0, handled_before_kill  # shared, not duplicated
 
                 # -------------------------------------------------- the leader dies; B takes over
                 await a.kill()

@@ -12,6 +12,7 @@ from fota_service.errors import (
     BundleNotFound,
     ExecutionFinal,
     ExecutionNotFound,
+    Forbidden,
     InvalidJobState,
     InvalidRequest,
     JobNotFound,
@@ -567,6 +568,36 @@ def test_statusconnections_moves_a_peripheral_and_desired_connections_follow() -
     model.gateway_reported("gw-b", 1.0, peripherals=["EE:00:00:00:00:01"])
     assert model.peripherals_of("gw-a") == []
     assert model.peripherals_of("gw-b") == ["EE:00:00:00:00:01"]
+
+
+def test_only_a_gateway_serving_a_peripheral_may_report_its_execution() -> None:
+    """Issue #13: any gateway could set any execution over MQTT. A gateway reports only the peripherals it
+    serves: the one the execution went through, or the one the peripheral moved to; an IP device reports
+    only itself, and a peripheral's execution never comes from a device topic of its own."""
+    model = make_model()
+    a, b = add_fleet(model, 2, 1)  # a behind gw-00, b behind gw-01
+    model.upsert_device("ip-1", DeviceKind.IP, 0.0, fota_v2=[FirmwareType.APP])
+    assert run_job(model, [a, b]) == [a, b]
+    model.create_job("IP", 1.0, bundle_id="b-APP", name="ip", device_ids=["ip-1"])
+    assert notified(model.apply_job("IP", 1.0)) == ["ip-1"]
+    model.check_reporter(a, "J", "gw-00")
+    model.check_reporter("ip-1", "IP", None)
+    for device, job, reporter in (
+        (a, "J", "gw-01"),
+        (b, "J", "gw-00"),
+        (a, "J", None),
+        ("ip-1", "IP", "gw-00"),
+        (a, "J", "ip-1"),
+    ):
+        with pytest.raises(Forbidden):
+            model.check_reporter(device, job, reporter)
+    model.gateway_reported("gw-01", 2.0, peripherals=[a])  # a moves to gw-01 mid-job
+    model.check_reporter(a, "J", "gw-01")
+    model.check_reporter(a, "J", "gw-00")  # the gateway its execution went through may still finish it
+    with pytest.raises(Forbidden):
+        model.check_reporter(a, "J", "gw-99")
+    with pytest.raises(ExecutionNotFound):
+        model.check_reporter("AA:00:00:00:09:09", "J", "gw-00")
 
 
 def test_transition_tables_say_what_the_seed_says() -> None:

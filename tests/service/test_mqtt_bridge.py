@@ -279,6 +279,43 @@ async def test_malformed_messages_are_ignored_and_the_bridge_keeps_going(
     assert (execution.status, execution.details) == (ExecutionStatus.FAILED, "Error applying update")
 
 
+async def test_a_gateway_cannot_update_a_peripheral_it_does_not_serve(
+    service: FotaService, broker: MosquittoBroker, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue #13: a `jobs/ble/update` on gateway G's topic counted for any execution. Now only for the
+    peripherals G serves; the rest is refused (logged) and dropped, and so is a peripheral's status sent on
+    a device topic of its own."""
+    p1, p2 = peripheral_ids(2)
+    async with (
+        bridge_running(service, broker) as bridge,
+        gateway(broker, "gw-a") as a,
+        gateway(broker, "gw-b") as b,
+    ):
+        await a.report([p1])
+        await b.report([p2])
+        await handled(bridge, 2)
+        job_id = create_job(service, [p1, p2])
+        await a.receive_tuples(1)
+        await b.receive_tuples(1)
+        await b.update(p1, job_id, ExecutionStatus.SUCCEEDED, "")  # gw-b lies about gw-a's peripheral
+        await b.update(p1, job_id, ExecutionStatus.FAILED, "poisoned")
+        await b.publish(f"{PREFIX}{p1}/jobs/update", [job_id, int(ExecutionStatus.SUCCEEDED), ""])
+        await b.update(p2, job_id, ExecutionStatus.DOWNLOADING, 10)  # its own: taken
+        await handled(bridge, 6)
+        assert service.model.execution(p1, job_id).status is ExecutionStatus.QUEUED
+        assert service.model.execution(p2, job_id).status is ExecutionStatus.DOWNLOADING
+        await a.update(p1, job_id, ExecutionStatus.SUCCEEDED, "")
+        await handled(bridge, 7)
+    assert service.model.execution(p1, job_id).status is ExecutionStatus.SUCCEEDED
+    refusals = [r for r in caplog.records if r.getMessage() == "mqtt message refused"]
+    reasons = [str(getattr(r, "reason", "")) for r in refusals]
+    assert reasons == [
+        f"gateway gw-b does not serve {p1} (job {job_id})",
+        f"gateway gw-b does not serve {p1} (job {job_id})",
+        f"{p1} is a peripheral: its status comes through its gateway",
+    ]
+
+
 async def test_shadow_get_answers_prefix_and_desired_connections(
     service: FotaService, broker: MosquittoBroker
 ) -> None:

@@ -27,7 +27,7 @@ from tests.service.conftest import app_zip
 from tests.service.test_mqtt_bridge import GUARD, FakeGateway, gateway, peripheral_ids
 from tests.support.mosquitto import MosquittoBroker, free_port, running_broker
 
-TOKEN = "process-token-1"
+TOKEN = "process-token-1-0123456789abcdef0123"
 pytestmark = pytest.mark.e2e
 
 

@@ -52,8 +52,8 @@ def signed_init(
         fw_type,
         firmware,
         fw_version=fw_version,
-        hw_version=kwargs.pop("hw_version", p.hw_version),
-        sd_req=sd_req if sd_req is not None else (p.initial.softdevice_id,),
+        hw_version=kwargs.pop("hw_version", p.board.hw_version),
+        sd_req=sd_req if sd_req is not None else (p.board.softdevice_id,),
         key=kwargs.pop("key", demo_key()),
         **kwargs,
     )
@@ -95,8 +95,12 @@ class Driver:
         return self._collect(self.bl.on_control_point(data, self.now))
 
     def request(self, opcode: OpCode, **params: Any) -> Response:
-        """Write one request; wait (in simulated time) for its single response and decode it."""
+        """Write one request; wait (in simulated time) for its single response and decode it. A data Execute
+        is answered once flash is idle: then the bootloader's own wake-up delivers it."""
         notes = self.raw(encode_request(opcode, **params))
+        if not notes and self.bl.next_wakeup is not None:
+            self.now = max(self.now, self.bl.next_wakeup)
+            notes = self._collect(self.bl.poll(self.now))
         assert len(notes) == 1, notes
         self.now = max(self.now, notes[0].ready_at)
         response = decode_response(notes[0].payload)
@@ -113,15 +117,16 @@ class Driver:
         return emissions
 
     def run_until_reset(self) -> Reset:
-        wake = self.bl.next_wakeup
-        assert wake is not None
-        self.now = max(self.now, wake)
-        emissions = self.bl.poll(self.now)
-        self._collect(emissions)
-        assert emissions, "no reset at next_wakeup"
-        reset = emissions[-1]
-        assert isinstance(reset, Reset)
-        return reset
+        """Follow the bootloader's own wake-ups (a settings write to finish, then the reset) to its reset."""
+        for _ in range(4):
+            wake = self.bl.next_wakeup
+            assert wake is not None, "the bootloader will not reset"
+            self.now = max(self.now, wake)
+            emissions = self.bl.poll(self.now)
+            self._collect(emissions)
+            if emissions and isinstance(emissions[-1], Reset):
+                return emissions[-1]
+        raise AssertionError("no reset after the bootloader's wake-ups")
 
     def stream(self, data: bytes, *, chunk: int = 244, paced: bool = True) -> list[Notify]:
         """Packets of `chunk` bytes; paced = wait for each one's flash write, else all at the same instant."""

@@ -395,3 +395,48 @@ async def test_power_cycle_fault_after_bytes() -> None:
     assert toy.received == b""  # RAM gone with the power
     await asyncio.sleep(1)
     assert [reason for _, reason in rec.downs] == ["power cycle after 732 bytes"]
+
+
+def test_air_refuses_a_time_scale_above_one() -> None:
+    """Real seconds per simulated second above 1 would slow the simulated boards below their profiles."""
+    with pytest.raises(ValueError, match="time_scale 2"):
+        Air(time_scale=2.0)
+
+
+@pytest.mark.looptime
+async def test_a_sped_up_air_still_updates_in_process() -> None:
+    """`[simulator] time_scale` below 1 (the air runs faster than the loop): the client, pacing by the
+    profile in loop time, only ever waits longer than the board needs."""
+    from dfu.updater import update
+    from simulator.bleak_backend import backend_for
+    from tests.support.dfu_sim import APP_ADDRESS, app_package
+
+    air = Air(time_scale=0.25)
+    profile = load_profile("nrf52840-s140")
+    air.add_profile(profile, APP_ADDRESS)
+    result = await update(backend_for(air), profile, app_package(size=0x6000), address=APP_ADDRESS)
+    assert result.retries == 0
+    assert air.device_state(APP_ADDRESS)["app"]["version"] == 2
+
+
+@pytest.mark.looptime
+async def test_while_an_nrf52832_erases_a_page_its_link_carries_nothing() -> None:
+    """No partial erase: the SoftDevice runs the erase whole, through the connection events; a packet
+    written meanwhile waits in the central and arrives after it (nothing is lost for that)."""
+    from simulator.peripheral import SimPeripheral
+
+    p = load_profile("nrf52832-s132")
+    state = DeviceState.initial(p, APP)
+    state.mode = Mode.BOOTLOADER
+    air = Air()
+    dev = air.add(SimPeripheral(p, state))
+    assert isinstance(dev, SimPeripheral)
+    info = await air.connect("hci0", dev.address, Recorder(), wait_s=5)
+    bootloader = dev.bootloader
+    assert bootloader is not None
+    assert bootloader.flash.erase(air.now(), 1)
+    (start, end), *_ = bootloader.flash._queue[-1].blocking
+    assert end - start == 85_000
+    await air.sleep_until(start / 1e6 + 0.001)  # the erase is running
+    await air.write(info.link_id, DFU_PACKET, b"\x00" * 244, with_response=False)
+    assert air.now() >= end / 1e6, "delivered at the first connection event after the erase"

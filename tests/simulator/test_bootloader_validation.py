@@ -87,13 +87,17 @@ EXT = ResultCode.EXT_ERROR
         pytest.param(signed(hw_version=None), (EXT, ExtError.INIT_COMMAND_INVALID), id="no-hw"),
         pytest.param(signed(hw_version=53), (EXT, ExtError.HW_VERSION_FAILURE), id="other-hw"),
         pytest.param(signed(sd_req=(0x0101,)), (EXT, ExtError.SD_VERSION_FAILURE), id="other-sd"),
-        pytest.param(signed(sd_req=()), (ResultCode.SUCCESS, None), id="app-without-sd-req"),
+        # 15.3+ `sd_req_ok()` (nrf_dfu_ver_validation.c) refuses an empty list; 15.0 did not (sdk rules tests)
+        pytest.param(signed(sd_req=()), (EXT, ExtError.SD_VERSION_FAILURE), id="app-without-sd-req"),
         pytest.param(signed(sd_req=(SD_REQ_ANY,)), (EXT, ExtError.SD_VERSION_FAILURE), id="no-wildcard"),
         pytest.param(signed(sd_req=(0x00,)), (ResultCode.SUCCESS, None), id="app-overwrites-sd"),
         pytest.param(
             signed(sd_req=(0x00, 0x0101)), (EXT, ExtError.SD_VERSION_FAILURE), id="app-overwrites-other-sd"
         ),
-        pytest.param(signed(sd_req=(0x00, 0x0100)), (ResultCode.SUCCESS, None), id="app-overwrites-this-sd"),
+        # 15.3+ BLE builds never let an application overwrite their SoftDevice (BLE_STACK_SUPPORT_REQD)
+        pytest.param(
+            signed(sd_req=(0x00, 0x0100)), (EXT, ExtError.SD_VERSION_FAILURE), id="app-overwrites-this-sd"
+        ),
         pytest.param(signed(sd_req=(0x0101, 0x0100)), (ResultCode.SUCCESS, None), id="sd-in-list"),
         pytest.param(signed(fw_version=0), (EXT, ExtError.FW_VERSION_FAILURE), id="downgrade"),
         pytest.param(signed(fw_version=1), (ResultCode.SUCCESS, None), id="same-version"),
@@ -230,9 +234,9 @@ def test_signature_verification_costs_cpu_time() -> None:
 def test_settings_write_failing_on_a_full_flash_queue_is_operation_failed() -> None:
     p = profile(require_signed_app=False, flash=profile().flash.model_copy(update={"flash_queue_size": 4}))
     d = Driver.fresh(p)
-    init = wrap_init_command(command())
-    assert d.send_init(init).ok  # 4 settings operations now fill the queue
-    assert d.send_init(init).result is ResultCode.OPERATION_FAILED
+    assert d.send_init(wrap_init_command(command())).ok  # 4 settings operations now fill the queue
+    # Another init packet (a page that differs: an identical one is not written again, settings_write())
+    assert d.send_init(wrap_init_command(command(fw_version=3))).result is ResultCode.OPERATION_FAILED
 
 
 def test_image_hash_mismatch_is_verification_failed_and_the_device_resets() -> None:
@@ -258,9 +262,10 @@ def test_softdevice_without_a_valid_info_structure_is_an_invalid_object(fwid: in
     assert d.state.softdevice.fwid == 0x0100
 
 
-def test_softdevice_alone_with_another_fwid_is_refused_to_protect_the_bootloader() -> None:
+def test_softdevice_alone_of_another_major_version_is_refused_to_protect_the_bootloader() -> None:
+    """`postvalidate_sd_bl()`: "Major SD update but no BL" (15.0-17.1)."""
     d = Driver.fresh()
-    image = make_softdevice(0x0123, 0x27000)
+    image = make_softdevice(0x0123, 0x27000, version=8_000_000, family=140)
     assert (
         d.update(signed_init(d.profile, image, FwType.SOFTDEVICE), image).result is ResultCode.INVALID_OBJECT
     )
@@ -269,11 +274,14 @@ def test_softdevice_alone_with_another_fwid_is_refused_to_protect_the_bootloader
 
 
 def test_minor_softdevice_update_keeps_the_app() -> None:
+    """Same major version (7.2.0 -> 7.3.0): the app stays valid; the next boot waits for one more image only
+    for the continuation timeout (ACTIVATION_SUCCESS_EXPECT_ADDITIONAL_UPDATE, nrf_bootloader.c)."""
     d = Driver.fresh()
-    image = make_softdevice(0x0100, 0x27000)
+    image = make_softdevice(0x0101, 0x27000, version=7_003_000, family=140)
     assert d.update(signed_init(d.profile, image, FwType.SOFTDEVICE), image).ok
-    assert kind(d.run_until_reset()) == ("app", ResetReason.ACTIVATED)
+    assert kind(d.run_until_reset()) == ("bootloader", ResetReason.ACTIVATED)
     assert d.state.app is not None
+    assert d.state.settings.expect_additional_update
 
 
 def _with_size_field(image: bytes, value: int) -> bytes:
@@ -294,11 +302,11 @@ def _with_size_field(image: bytes, value: int) -> bytes:
 def test_softdevice_info_size_field_is_the_end_address(size_field: int, ok: bool) -> None:
     """`softdevice_info_ok()`: SD_SIZE_GET(new) >= ALIGN_TO_PAGE(sd_size + MBR_SIZE), else invalid object."""
     d = Driver.fresh()
-    image = _with_size_field(make_softdevice(0x0100, 0x27000), size_field)
+    image = _with_size_field(make_softdevice(0x0100, 0x27000, version=7_002_000, family=140), size_field)
     response = d.update(signed_init(d.profile, image, FwType.SOFTDEVICE), image)
     assert response.ok is ok
     if ok:
-        assert kind(d.run_until_reset()) == ("app", ResetReason.ACTIVATED)
+        assert kind(d.run_until_reset()) == ("bootloader", ResetReason.ACTIVATED)  # continuation
         assert d.state.softdevice.size == size_field - d.profile.chip.mbr_size  # the app starts there
     else:
         assert response.result is ResultCode.INVALID_OBJECT

@@ -40,7 +40,7 @@ def device(name: str = "nrf52840-s140") -> SimPeripheral:
 def enter_bootloader(dev: SimPeripheral, now: float = 1.0, name: str | None = None) -> float:
     """Buttonless entry; returns when the bootloader is up."""
     uuid = BUTTONLESS_BONDED if dev.bonded_variant else BUTTONLESS_UNBONDED
-    dev.on_connect(now, 247)
+    dev.on_connect(now, 247, encrypted=dev.bond_held)
     dev.on_subscribe(uuid, notify=False, indicate=True, now=now)
     if name is not None:
         dev.on_write(uuid, encode_set_adv_name(name), with_response=True, now=now)
@@ -101,7 +101,7 @@ def test_bonded_entry_keeps_the_address_and_indicates_service_changed() -> None:
     adv = dev.advertisement()
     assert adv is not None
     assert adv.address == ADDRESS
-    dev.on_connect(t, 247)
+    dev.on_connect(t, 247, encrypted=True)
     emitted = dev.on_subscribe(SERVICE_CHANGED, notify=False, indicate=True, now=t)
     assert emitted == [Notify(SERVICE_CHANGED, b"\x01\x00\xff\xff", t, indication=True)]
     assert dev.on_subscribe(SERVICE_CHANGED, notify=False, indicate=True, now=t) == []

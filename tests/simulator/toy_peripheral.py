@@ -83,7 +83,7 @@ class ToyPeripheral:
             ServiceDef(DEVICE_INFORMATION_SERVICE, (CharDef(FIRMWARE_REVISION, ("read",)),)),
         ]
 
-    def on_connect(self, now: float, att_mtu: int) -> None:
+    def on_connect(self, now: float, att_mtu: int, radio: object = None, *, encrypted: bool = False) -> None:
         self.connects.append((now, att_mtu))
 
     def on_disconnect(self, now: float) -> None:

@@ -28,11 +28,19 @@ class BlueZStack:
 
 @contextlib.asynccontextmanager
 async def bluez_stack(
-    monkeypatch: pytest.MonkeyPatch, *, count: int = 1, scale: float = 0.05, faults: list[str] | None = None
+    monkeypatch: pytest.MonkeyPatch,
+    *,
+    count: int = 1,
+    scale: float = 0.05,
+    faults: list[str] | None = None,
+    deny_bluez: bool = False,
 ) -> AsyncIterator[BlueZStack]:
     """Everything below bleak's BlueZ backend, real processes where bluetoothd's world has them (the bus,
     the peripherals); DBUS_SYSTEM_BUS_ADDRESS points this process's bleak at the private bus."""
-    with tempfile.TemporaryDirectory(prefix="bz", dir="/tmp") as tmp, running_dbus(Path(tmp) / "dbus") as bus:
+    with (
+        tempfile.TemporaryDirectory(prefix="bz", dir="/tmp") as tmp,
+        running_dbus(Path(tmp) / "dbus", deny_bluez=deny_bluez) as bus,
+    ):
         # Scaled real time shortens the bootloader's 120 s inactivity timeout; this board waits longer.
         profile = Path(tmp) / "patient.toml"
         shipped = (REPO / "profiles" / "nrf52840-s140.toml").read_text()
