@@ -9,10 +9,10 @@ bridge reconnects with a capped backoff and keeps unpublished notifications queu
 Subscriptions: every device's job requests and updates (BLE and IP) under the prefix, and shadow gets and
 reports in all three shadow conventions (`wire.ShadowConvention`); a get is answered on the topic of the
 convention it came in. Processes sharing a PostgreSQL database subscribe as one shared-subscription group
-(`share_group`), so each device message is handled by one of them. Topics starting with `$` (AWS's
-`$aws/things/<gw>/shadow/...`) are the exception: Mosquitto 2.0 files a `$share/<group>/$aws/...` filter
-under the wrong root and never delivers to it, so every process subscribes to them plainly and only the
-scheduler's leader handles them.
+(`share_group`), so each device message is handled by one of them. Topics starting with `$` (the AWS
+shadow convention's) are the exception: Mosquitto 2.0 files a `$share/<group>/$...` filter under the wrong
+root and never delivers to it, so every process subscribes to them plainly and only the scheduler's leader
+handles them.
 """
 
 from __future__ import annotations
