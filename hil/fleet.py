@@ -563,7 +563,7 @@ def gateway_config(
         *(
             ['backend = "bluez"', ""]
             if sim_socket is None
-            else ['backend = "simulator"', "", "[simulator]", f"socket = {q(sim_socket)}", ""]
+            else ['backend = "simulator"', "", "[ble.options]", f"socket = {q(sim_socket)}", ""]
         ),
     ]
     for address, profile in peripherals.items():

@@ -405,7 +405,7 @@ def test_air_refuses_a_time_scale_above_one() -> None:
 
 @pytest.mark.looptime
 async def test_a_sped_up_air_still_updates_in_process() -> None:
-    """`[simulator] time_scale` below 1 (the air runs faster than the loop): the client, pacing by the
+    """`[ble.options] time_scale` below 1 (the air runs faster than the loop): the client, pacing by the
     profile in loop time, only ever waits longer than the board needs."""
     from dfu.updater import update
     from simulator.bleak_backend import backend_for

@@ -1,5 +1,8 @@
 """`gateway-agent demo` (`make demo`): the whole product on simulated peripherals, in under a minute.
 
+Part of the bench kit: registered as a `gateway-agent` subcommand by entry point (`ble_fota.gateway_agent`),
+so the agent a gateway installs never imports it.
+
 Every part is the shipped program started the way an operator starts it: a local Mosquitto with mutual TLS
 (certificates made for this run), `fota-service serve`, one `nrf-dfu sim serve` holding nRF52s of several
 profiles, and `gateway-agent run` with the simulator backend. The demo then does what a user of nRF Cloud
@@ -17,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import click
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
@@ -193,3 +197,16 @@ def main(keep: Path | None = None) -> int:
             return 0
         console.print("[bold red]FAILED[/]: see the table above (logs kept with --keep DIR)")
         return 1
+
+
+@click.command()
+@click.option(
+    "--keep",
+    "keep",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="keep certificates, configs and every process's log in this directory",
+)
+def demo(keep: Path | None) -> None:
+    """The whole product on simulated peripherals: broker, job service, peripherals, agent, one job."""
+    raise SystemExit(main(keep))
