@@ -25,11 +25,9 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from dfu.package import FirmwareFile, build_package
-from dfu.signing import load_private_key
-from hil.fleet import DEMO_KEY_FILE, Fleet, FleetError, running_fleet
+from hil.fleet import Fleet, FleetError, running_fleet
 from profiles.model import load_profile
-from simulator.firmware import make_application
+from simulator.demo_packages import app_zip
 
 MAIN_PROFILE = "nrf52840-s140"
 EXTRA = (
@@ -66,13 +64,8 @@ def demo_bundle() -> bytes:
     sd_ids = sorted(
         {load_profile(name).board.softdevice_id for name in (MAIN_PROFILE, *(p for _, _, p in EXTRA))}
     )
-    return build_package(
-        hw_version=load_profile(MAIN_PROFILE).board.hw_version,
-        sd_req=sd_ids,
-        application=FirmwareFile("app.bin", make_application(IMAGE_BYTES, NEW_VERSION, name="demo")),
-        application_version=NEW_VERSION,
-        key=load_private_key(DEMO_KEY_FILE),
-    )
+    hw_version = load_profile(MAIN_PROFILE).board.hw_version
+    return app_zip(NEW_VERSION, IMAGE_BYTES, hw_version=hw_version, sd_req=sd_ids, name="demo")
 
 
 def _progress_table(job: dict[str, Any], executions: list[dict[str, Any]], profiles: dict[str, str]) -> Table:

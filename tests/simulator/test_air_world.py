@@ -10,8 +10,8 @@ import pytest
 
 from profiles.gatt import BUTTONLESS_UNBONDED, CONTROL_POINT, DFU_PACKET, FIRMWARE_REVISION
 from profiles.model import load_profile
-from simulator.air import (
-    Air,
+from simulator.air import Air
+from simulator.air_api import (
     AttProtocolError,
     ConnectFailedError,
     DeviceNotFoundError,
