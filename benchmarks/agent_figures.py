@@ -69,7 +69,7 @@ async def measure(dfus: int, size: int, scale: str) -> dict[str, float]:
                     config = write_config(
                         tmp / "agent.toml", broker, tmp / "state",
                         peripherals=[(p, "nrf52840-s140") for p in peripherals],
-                        extra=f'[ble]\nbackend = "simulator"\n[simulator]\nsocket = "{sock}"\n',
+                        extra=f'[ble]\nbackend = "simulator"\n[ble.options]\nsocket = "{sock}"\n',
                     )  # fmt: skip
                     config.write_text(config.read_text().replace("concurrency = 2", f"concurrency = {dfus}"))
                     async with FakeCloud(broker) as cloud:

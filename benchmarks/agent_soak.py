@@ -136,7 +136,7 @@ async def soak(jobs: int, peripherals: int, concurrency: int, retention: int, sc
                     config = write_config(
                         tmp / "agent.toml", broker, state,
                         peripherals=[(a, "nrf52840-s140") for a in addresses],
-                        extra=f'[ble]\nbackend = "simulator"\n[simulator]\nsocket = "{sock}"\n',
+                        extra=f'[ble]\nbackend = "simulator"\n[ble.options]\nsocket = "{sock}"\n',
                     )  # fmt: skip
                     text = config.read_text().replace("concurrency = 2", f"concurrency = {concurrency}")
                     text = text.replace(f'dir = "{state}"', f'dir = "{state}"\nretention_max = {retention}')

@@ -1,4 +1,4 @@
-"""`gateway-agent`: run the daemon, validate a configuration, (later) run the demo."""
+"""`gateway-agent`: run the daemon, validate a configuration (and, with the bench kit, `demo`)."""
 
 from __future__ import annotations
 
@@ -11,13 +11,33 @@ from pathlib import Path
 
 import click
 
+from dfu import plugins
 from gateway_agent.config import AgentConfig, ConfigError, check_config, load_config
 from gateway_agent.logs import kv, setup_logging
 
 log = logging.getLogger("gateway_agent")
 
 
-@click.group()
+class _Commands(click.Group):
+    """The agent's own commands, and those the bench kit registers (`demo`: entry point group
+    `ble_fota.gateway_agent`), loaded only when asked for."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *plugins.names(plugins.GATEWAY_AGENT_COMMANDS)})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        command = super().get_command(ctx, cmd_name)
+        if command is not None or cmd_name not in plugins.names(plugins.GATEWAY_AGENT_COMMANDS):
+            return command
+        try:
+            loaded = plugins.load(plugins.GATEWAY_AGENT_COMMANDS, cmd_name, what="the command")
+        except plugins.PluginMissingError as exc:
+            loaded = plugins.placeholder(cmd_name, str(exc))
+        assert isinstance(loaded, click.Command)
+        return loaded
+
+
+@click.group(cls=_Commands)
 def main() -> None:
     """nRF Cloud BLE FOTA gateway agent."""
 
@@ -85,21 +105,6 @@ async def _run(cfg: object) -> None:
         loop.add_signal_handler(sig, stop.set)
     agent = Agent(cfg)
     await agent.run(stop)
-
-
-@main.command()
-@click.option(
-    "--keep",
-    "keep",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="keep certificates, configs and every process's log in this directory",
-)
-def demo(keep: Path | None) -> None:
-    """The whole product on simulated peripherals: broker, job service, peripherals, agent, one job."""
-    from gateway_agent.demo import main as demo_main
-
-    sys.exit(demo_main(keep))
 
 
 if __name__ == "__main__":

@@ -507,19 +507,14 @@ def _remove_tree(path: Path) -> None:
 
 
 def make_backend(cfg: AgentConfig) -> BleBackend:
-    """The bleak backend the configuration names: BlueZ (the field) or the simulator (tests, bench)."""
+    """The bleak backend the configuration names: BlueZ (the field), or one a plugin registers (the bench
+    kit's simulated radio: `[ble] backend = "simulator"`), found by entry point, never imported here."""
     if cfg.ble.backend == "bluez":
         kwargs = {"adapter": cfg.ble.adapter} if cfg.ble.adapter else {}
         return BleBackend("bluez", client_kwargs=kwargs)
-    from simulator.bleak_backend import backend_for
+    from dfu import plugins
 
-    if cfg.simulator.socket is not None:
-        from simulator.remote import RemoteAir
-
-        return backend_for(RemoteAir(cfg.simulator.socket))
-    from simulator.air import Air
-
-    air = Air(time_scale=cfg.simulator.time_scale)
-    for p in cfg.simulator.peripherals:
-        air.add_profile(p.profile, p.address)
-    return backend_for(air)
+    plugin = plugins.load(plugins.BACKENDS, cfg.ble.backend, what="the bleak backend")
+    backend = plugin.make(cfg.ble.options)
+    assert isinstance(backend, BleBackend)
+    return backend

@@ -16,7 +16,7 @@ import ssl
 import sys
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
@@ -198,30 +198,15 @@ class StateSection(_Section):
 
 
 class BleSection(_Section):
-    backend: Literal["bluez", "simulator"] = Field("bluez", description="bleak backend")
-    adapter: str | None = Field(None, description="BlueZ adapter, e.g. `hci0` (bleak's default when unset)")
-
-
-class SimulatedPeripheral(_Section):
-    address: Address
-    profile: str = "nrf52840-s140"
-
-    @field_validator("address", mode="before")
-    @classmethod
-    def _address(cls, value: Any) -> Any:
-        return normalize_address(value) if isinstance(value, str) else value
-
-
-class SimulatorSection(_Section):
-    socket: Path | None = Field(None, description="unix socket of an `nrf-dfu sim serve` air")
-    peripherals: list[SimulatedPeripheral] = Field(
-        default_factory=list, description="in-process simulated peripherals (when no socket)"
+    backend: str = Field(
+        "bluez",
+        pattern=r"^[a-z0-9][a-z0-9_-]*$",
+        description='bleak backend: "bluez", or one a plugin registers (the bench kit\'s "simulator")',
     )
-    time_scale: float = Field(
-        1.0,
-        gt=0,
-        le=1.0,
-        description="real seconds per simulated second of the in-process air, at most 1 (0.05 = 20x faster)",
+    adapter: str | None = Field(None, description="BlueZ adapter, e.g. `hci0` (bleak's default when unset)")
+    options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="options of a plugin backend, e.g. the simulator's `socket` (docs/hil.md)",
     )
 
 
@@ -243,7 +228,6 @@ class AgentConfig(BaseSettings):
     download: DownloadSection = DownloadSection()
     state: StateSection = StateSection()
     ble: BleSection = BleSection()
-    simulator: SimulatorSection = SimulatorSection()
 
     @model_validator(mode="after")
     def _unique_peripherals(self) -> AgentConfig:
@@ -345,9 +329,6 @@ def _file_problems(cfg: AgentConfig) -> list[str]:
     from profiles.trust import trusts_demo_key
 
     names = [(f"peripherals[{i}].profile", p.profile) for i, p in enumerate(cfg.peripherals)]
-    names += [
-        (f"simulator.peripherals[{i}].profile", p.profile) for i, p in enumerate(cfg.simulator.peripherals)
-    ]
     names.append(("dfu.default_profile", cfg.dfu.default_profile))
     for key, name in names:
         try:
@@ -362,14 +343,14 @@ def _file_problems(cfg: AgentConfig) -> list[str]:
                 f"profile with your bootloader's key (nrf-dfu profile create my-board.toml --from "
                 f"{profile.name} --key my-key.pem) and name it here (docs/packages.md, 'Your own key')"
             )
-    if (
-        cfg.ble.backend == "simulator"
-        and cfg.simulator.socket is not None
-        and not cfg.simulator.socket.exists()
-    ):
-        problems.append(
-            f"simulator.socket: no such socket (is `nrf-dfu sim serve` running?): {cfg.simulator.socket}"
-        )
+    if cfg.ble.backend != "bluez":
+        from dfu import plugins
+
+        try:
+            plugin = plugins.load(plugins.BACKENDS, cfg.ble.backend, what="the bleak backend")
+            problems += plugin.problems(cfg.ble.options)
+        except plugins.PluginMissingError as exc:
+            problems.append(f"ble.backend: {exc}")
     problems += _state_dir_problems(cfg.state.dir)
     return problems
 
@@ -434,7 +415,6 @@ def markdown_reference() -> str:
         ("download", DownloadSection, False),
         ("state", StateSection, False),
         ("ble", BleSection, False),
-        ("simulator", SimulatorSection, False),
     ]
     out = [
         "| key | type | default | meaning |",

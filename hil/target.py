@@ -12,15 +12,14 @@ from pathlib import Path
 from bleak import BleakClient
 from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePrivateKey
 
-from dfu.package import DfuPackage, FirmwareFile, build_package
+from dfu.package import DfuPackage
 from dfu.signing import load_private_key
 from dfu.transport.backend import BleBackend
-from hil.fleet import DEMO_KEY_FILE
 from profiles.gatt import FIRMWARE_REVISION
 from profiles.model import PeripheralProfile
 from simulator.air import Air
+from simulator.demo_packages import DEMO_KEY_FILE, app_package
 from simulator.faults import FaultPlan
-from simulator.firmware import make_application
 
 DEMO_KEY = DEMO_KEY_FILE
 SIMULATED_ADDRESS = "C8:2E:1A:00:00:01"
@@ -48,14 +47,8 @@ class DfuTarget:
     def app_package(self, version: int, *, size: int = 16 * 1024, key_file: Path | None = None) -> DfuPackage:
         """A signed application package this target's bootloader accepts (its hw version and SoftDevice)."""
         board = self.profile.board
-        data = build_package(
-            hw_version=board.hw_version,
-            sd_req=[board.softdevice_id],
-            application=FirmwareFile("app.bin", make_application(size, version)),
-            application_version=version,
-            key=load_private_key(key_file or self.key_file),
-        )
-        return DfuPackage.from_zip(data)
+        key = load_private_key(key_file or self.key_file)
+        return app_package(version, size, hw_version=board.hw_version, sd_req=[board.softdevice_id], key=key)
 
     async def firmware_revision(self) -> str:
         """The application's Device Information firmware revision, read over the air (both kinds)."""

@@ -36,12 +36,32 @@ import functools
 import json
 import logging
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from profiles.model import PeripheralProfile, load_profile
+from simulator import air_state
+from simulator.air_api import (
+    AdvertisementLike,
+    AirApi,
+    AirError,
+    AttProtocolError,
+    CharInfo,
+    ConnectFailedError,
+    DeviceNotFoundError,
+    LinkEvents,
+    LinkInfo,
+    LinkLostError,
+    NotConnectedError,
+    PeripheralFactory,
+    PeripheralLike,
+    ScanCallback,
+    ScanReport,
+    ServiceInfo,
+)
+from simulator.air_state import DEFAULT_ADV_INTERVAL_S, DEFAULT_BOOT_DELAY_S, DEFAULT_RSSI
 from simulator.device import AttError, DeviceState, Emission, Notify, Reset
 from simulator.faults import FaultInjector, FaultPlan
 from simulator.radio import (
@@ -61,209 +81,17 @@ log = logging.getLogger(__name__)
 MAX_TIME_SCALE = 1.0
 """Real seconds per simulated second at most: the air may run faster than real time, never slower."""
 SCAN_REFRESH_S = 1.0
-DEFAULT_ADV_INTERVAL_S = 0.1
-DEFAULT_BOOT_DELAY_S = 0.0  # extra, on top of the boot time the peripheral models itself
-DEFAULT_RSSI = -55
 TRANSMIT_WINDOW_S = 0.00125
 CONNECT_FAIL_EVENTS = 6  # a CONNECT_IND that the peripheral ignores fails after 6 intervals (0x3E)
 SUPERVISION_TIMEOUT_S = 0.42  # BlueZ's default LE supervision timeout
 LINK_TERMINATE_S = 1e-6  # a reset's link drop is ordered after the notifications already on the air
 ATT_MAX_VALUE = 512
 
-# --- what the air needs from a peripheral (the SimPeripheral contract of docs/design.md) --------------------
-
-
-class AdvertisementLike(Protocol):
-    @property
-    def name(self) -> str | None: ...
-    @property
-    def service_uuids(self) -> Sequence[str]: ...
-    @property
-    def connectable(self) -> bool: ...
-
-
-class CharDefLike(Protocol):
-    @property
-    def uuid(self) -> str: ...
-    @property
-    def properties(self) -> Iterable[Any]: ...
-
-
-class ServiceDefLike(Protocol):
-    @property
-    def uuid(self) -> str: ...
-    @property
-    def chars(self) -> Sequence[CharDefLike]: ...
-
-
-class PeripheralLike(Protocol):
-    @property
-    def profile(self) -> PeripheralProfile: ...
-    @property
-    def state(self) -> DeviceState: ...
-    @property
-    def address(self) -> str: ...
-    def advertisement(self) -> AdvertisementLike | None: ...
-    def gatt(self) -> Sequence[ServiceDefLike]: ...
-    def on_connect(
-        self, now: float, att_mtu: int, radio: RadioSchedule | None = None, *, encrypted: bool = False
-    ) -> None:
-        """`radio`: when the link's connection events hold the peripheral's radio (its flash works around
-        them); `encrypted`: the link runs encrypted (a central holding the bond encrypts it)."""
-        ...
-
-    def on_disconnect(self, now: float) -> None: ...
-    def on_write(self, char_uuid: str, data: bytes, *, with_response: bool, now: float) -> list[Emission]: ...
-    def on_read(self, char_uuid: str, now: float) -> bytes: ...
-    def on_subscribe(self, char_uuid: str, *, notify: bool, indicate: bool, now: float) -> list[Emission]: ...
-    def poll(self, now: float) -> list[Emission]: ...
-    @property
-    def next_wakeup(self) -> float | None: ...
-    def reset(self, now: float) -> list[Emission]:
-        """Power cycle: RAM is lost, the DeviceState (flash) stays; returns the resulting `Reset`."""
-        ...
-
-
-PeripheralFactory = Callable[[PeripheralProfile, dict[str, Any], float], PeripheralLike]
-"""Builds a peripheral from its profile and a DeviceState (JSON) at air time `now` (`add_profile`, `load`)."""
-
 
 def default_factory(profile: PeripheralProfile, state: dict[str, Any], now: float) -> PeripheralLike:
     from simulator.peripheral import SimPeripheral  # late: the air itself needs only the contract
 
     return SimPeripheral(profile, DeviceState.model_validate(state), now=now)
-
-
-# --- what the air tells its users (plain data: it crosses the remote socket as JSON too) --------------------
-
-
-@dataclass(frozen=True, slots=True)
-class ScanReport:
-    address: str
-    name: str | None
-    service_uuids: tuple[str, ...]
-    rssi: int
-    connectable: bool
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "address": self.address,
-            "name": self.name,
-            "service_uuids": list(self.service_uuids),
-            "rssi": self.rssi,
-            "connectable": self.connectable,
-        }
-
-    @classmethod
-    def from_json(cls, d: dict[str, Any]) -> ScanReport:
-        return cls(d["address"], d["name"], tuple(d["service_uuids"]), d["rssi"], d["connectable"])
-
-
-@dataclass(frozen=True, slots=True)
-class CharInfo:
-    uuid: str
-    properties: tuple[str, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class ServiceInfo:
-    uuid: str
-    characteristics: tuple[CharInfo, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class LinkInfo:
-    """A connection as its central sees it: negotiated parameters and the peripheral's GATT table."""
-
-    link_id: str
-    address: str
-    att_mtu: int
-    phy: str
-    data_length: int
-    interval_ms: float
-    services: tuple[ServiceInfo, ...]
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "link_id": self.link_id,
-            "address": self.address,
-            "att_mtu": self.att_mtu,
-            "phy": self.phy,
-            "data_length": self.data_length,
-            "interval_ms": self.interval_ms,
-            "services": [
-                {
-                    "uuid": s.uuid,
-                    "chars": [{"uuid": c.uuid, "properties": list(c.properties)} for c in s.characteristics],
-                }
-                for s in self.services
-            ],
-        }
-
-    @classmethod
-    def from_json(cls, d: dict[str, Any]) -> LinkInfo:
-        services = tuple(
-            ServiceInfo(s["uuid"], tuple(CharInfo(c["uuid"], tuple(c["properties"])) for c in s["chars"]))
-            for s in d["services"]
-        )
-        return cls(
-            d["link_id"], d["address"], d["att_mtu"], d["phy"], d["data_length"], d["interval_ms"], services
-        )
-
-
-class LinkEvents(Protocol):
-    """What the central side of a link is told: notifications/indications and an unsolicited disconnect."""
-
-    def on_notify(self, char_uuid: str, payload: bytes) -> None: ...
-    def on_disconnect(self, reason: str) -> None: ...
-
-
-ScanCallback = Callable[[ScanReport], None]
-
-
-class AirApi(Protocol):
-    """The interface the bleak backend drives; `Air` and `RemoteAir` both implement it."""
-
-    async def start_scan(self, central: str, callback: ScanCallback) -> str: ...
-    async def stop_scan(self, scan_id: str) -> None: ...
-    async def connect(self, central: str, address: str, events: LinkEvents, *, wait_s: float) -> LinkInfo: ...
-    async def disconnect(self, link_id: str) -> None: ...
-    async def write(self, link_id: str, char_uuid: str, data: bytes, *, with_response: bool) -> None: ...
-    async def read(self, link_id: str, char_uuid: str) -> bytes: ...
-    async def subscribe(self, link_id: str, char_uuid: str, *, notify: bool, indicate: bool) -> None: ...
-
-
-# --- errors ------------------------------------------------------------------------------------------------
-
-
-class AirError(Exception):
-    """Base of what the simulated air raises."""
-
-
-class DeviceNotFoundError(AirError):
-    def __init__(self, address: str) -> None:
-        super().__init__(f"no simulated peripheral advertises at {address}")
-        self.address = address
-
-
-class ConnectFailedError(AirError):
-    """The connection could not be established (refused, not connectable, no free link)."""
-
-
-class NotConnectedError(AirError):
-    """The link does not exist (any more)."""
-
-
-class LinkLostError(AirError):
-    """The link dropped while an operation was in flight."""
-
-
-class AttProtocolError(AirError):
-    """The peripheral answered an ATT request with an error response."""
-
-    def __init__(self, code: int, message: str = "") -> None:
-        super().__init__(f"ATT error 0x{code:02X}{': ' + message if message else ''}")
-        self.code = code
 
 
 # --- internals ---------------------------------------------------------------------------------------------
@@ -628,7 +456,7 @@ class Air:
             "link up",
             extra={"link": link_id, "address": peripheral.address, "central": cen.name, "mtu": model.att_mtu},
         )
-        services = _service_infos(peripheral.gatt())
+        services = tuple(peripheral.gatt())
         # MTU exchange, data length update, PHY update, then one discovery round trip per attribute group.
         round_trips = 3 + 1 + len(services) + sum(len(s.characteristics) for s in services)
         t = anchor
@@ -973,20 +801,17 @@ class Air:
     # --- persistence ---------------------------------------------------------------------------------------
 
     def snapshot(self) -> dict[str, Any]:
-        return {
-            "version": 1,
-            "devices": [
-                {
-                    "profile": n.peripheral.profile.name,
-                    "state": n.peripheral.state.model_dump(mode="json"),
-                    "rssi": n.rssi,
-                    "adv_interval_s": n.adv_interval_s,
-                    "boot_delay_s": n.boot_delay_s,
-                    "faults": n.faults.plan.model_dump(mode="json"),
-                }
-                for n in self._nodes
-            ],
-        }
+        return air_state.snapshot(
+            air_state.DeviceRecord(
+                n.peripheral.profile.name,
+                n.peripheral.state.model_dump(mode="json"),
+                n.rssi,
+                n.adv_interval_s,
+                n.boot_delay_s,
+                n.faults.plan,
+            )
+            for n in self._nodes
+        )
 
     def save(self, path: Path | str) -> None:
         """Write every DeviceState (atomically: a crash mid-write leaves the previous file)."""
@@ -1012,14 +837,13 @@ class Air:
     def restore(
         self, snapshot: dict[str, Any], *, profiles: Callable[[str], PeripheralProfile] = load_profile
     ) -> None:
-        for dev in snapshot["devices"]:
-            profile = profiles(dev["profile"])
+        for dev in air_state.devices(snapshot):
             self.add(
-                self.factory(profile, dev["state"], self._now_or_zero()),
-                rssi=dev.get("rssi", DEFAULT_RSSI),
-                adv_interval_s=dev.get("adv_interval_s", DEFAULT_ADV_INTERVAL_S),
-                boot_delay_s=dev.get("boot_delay_s", DEFAULT_BOOT_DELAY_S),
-                faults=FaultPlan.model_validate(dev.get("faults", {})),
+                self.factory(profiles(dev.profile), dev.state, self._now_or_zero()),
+                rssi=dev.rssi,
+                adv_interval_s=dev.adv_interval_s,
+                boot_delay_s=dev.boot_delay_s,
+                faults=dev.faults,
             )
 
     def _mark_dirty(self, *, urgent: bool = False) -> None:
@@ -1054,21 +878,6 @@ class Air:
             self._save_timer = None
         if self.state_path is not None:
             self.save(self.state_path)
-
-
-def _prop_name(p: Any) -> str:
-    value = getattr(p, "value", p)
-    return str(value).lower().replace("_", "-")
-
-
-def _service_infos(gatt: Sequence[ServiceDefLike]) -> tuple[ServiceInfo, ...]:
-    return tuple(
-        ServiceInfo(
-            s.uuid.lower(),
-            tuple(CharInfo(c.uuid.lower(), tuple(_prop_name(p) for p in c.properties)) for c in s.chars),
-        )
-        for s in gatt
-    )
 
 
 __all__ = [

@@ -27,14 +27,7 @@ from bleak.exc import BleakDeviceNotFoundError, BleakError, BleakGATTProtocolErr
 
 from dfu.transport.backend import BleBackend
 from profiles.gatt import CCCD
-from simulator.air import (
-    AirApi,
-    AirError,
-    AttProtocolError,
-    DeviceNotFoundError,
-    LinkInfo,
-    ScanReport,
-)
+from simulator.air_api import AirApi, AirError, AttProtocolError, DeviceNotFoundError, LinkInfo, ScanReport
 
 log = logging.getLogger(__name__)
 

@@ -60,14 +60,7 @@ from dbus_fast.annotations import (
 from dbus_fast.constants import PropertyAccess
 from dbus_fast.service import ServiceInterface, dbus_method, dbus_property
 
-from simulator.air import (
-    AirApi,
-    AirError,
-    AttProtocolError,
-    DeviceNotFoundError,
-    LinkInfo,
-    ScanReport,
-)
+from simulator.air_api import AirApi, AirError, AttProtocolError, DeviceNotFoundError, LinkInfo, ScanReport
 
 log = logging.getLogger(__name__)
 

@@ -53,30 +53,13 @@ from simulator.device import (
     ResetReason,
     ResetTarget,
 )
+from simulator.gatt import INDICATE, NOTIFY, READ, WRITE, WRITE_WITHOUT_RESPONSE, CharInfo, ServiceInfo
 from simulator.radio import RadioSchedule
 
 DEFAULT_BOOT_DELAY_S = 0.3
 """From reset to advertising: boot, MBR/bootloader start-up, SoftDevice enable (a few hundred ms)."""
 SERVICE_CHANGED_ALL = b"\x01\x00\xff\xff"
 """Service Changed value: the whole handle range 0x0001-0xFFFF."""
-
-READ = "read"
-WRITE = "write"
-WRITE_WITHOUT_RESPONSE = "write-without-response"
-NOTIFY = "notify"
-INDICATE = "indicate"
-
-
-@dataclass(frozen=True, slots=True)
-class CharDef:
-    uuid: str
-    properties: frozenset[str]
-
-
-@dataclass(frozen=True, slots=True)
-class ServiceDef:
-    uuid: str
-    chars: tuple[CharDef, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,10 +68,6 @@ class Advertisement:
     name: str
     service_uuids: tuple[str, ...]
     connectable: bool = True
-
-
-def _char(uuid: str, *props: str) -> CharDef:
-    return CharDef(uuid, frozenset(props))
 
 
 class SimPeripheral:
@@ -152,32 +131,37 @@ class SimPeripheral:
             name = self.state.settings.adv_name or self.profile.bootloader_name
         return Advertisement(self.address, name, (SECURE_DFU_SERVICE,))
 
-    def gatt(self) -> list[ServiceDef]:
-        services: list[ServiceDef] = []
+    def gatt(self) -> list[ServiceInfo]:
+        services: list[ServiceInfo] = []
         if self.state.mode is Mode.BOOTLOADER:
             services.append(
-                ServiceDef(
+                ServiceInfo.of(
                     SECURE_DFU_SERVICE,
-                    (_char(CONTROL_POINT, WRITE, NOTIFY), _char(DFU_PACKET, WRITE_WITHOUT_RESPONSE)),
+                    (
+                        CharInfo.of(CONTROL_POINT, WRITE, NOTIFY),
+                        CharInfo.of(DFU_PACKET, WRITE_WITHOUT_RESPONSE),
+                    ),
                 )
             )
         else:
             app = Application(self.profile, self.state) if self.application is None else self.application
             if app.buttonless_uuid is not None:
                 services.append(
-                    ServiceDef(SECURE_DFU_SERVICE, (_char(app.buttonless_uuid, WRITE, INDICATE),))
+                    ServiceInfo.of(SECURE_DFU_SERVICE, (CharInfo.of(app.buttonless_uuid, WRITE, INDICATE),))
                 )
             services.append(
-                ServiceDef(
+                ServiceInfo.of(
                     DEVICE_INFORMATION_SERVICE,
                     tuple(
-                        _char(uuid, READ)
+                        CharInfo.of(uuid, READ)
                         for uuid in (MANUFACTURER_NAME, MODEL_NUMBER, HARDWARE_REVISION, FIRMWARE_REVISION)
                     ),
                 )
             )
         if self.bonded_variant:
-            services.append(ServiceDef(GENERIC_ATTRIBUTE_SERVICE, (_char(SERVICE_CHANGED, INDICATE),)))
+            services.append(
+                ServiceInfo.of(GENERIC_ATTRIBUTE_SERVICE, (CharInfo.of(SERVICE_CHANGED, INDICATE),))
+            )
         return services
 
     # --- link events ---------------------------------------------------------------------------------------
@@ -304,12 +288,11 @@ class SimPeripheral:
         if char_uuid in (CONTROL_POINT, DFU_PACKET, BUTTONLESS_BONDED):
             raise AttError(AttError.INSUFFICIENT_ENCRYPTION, f"{char_uuid} needs an encrypted link")
 
-    def _find(self, char_uuid: str) -> CharDef:
-        uuid = char_uuid.lower()
+    def _find(self, char_uuid: str) -> CharInfo:
         for service in self.gatt():
-            for char in service.chars:
-                if char.uuid == uuid:
-                    return char
+            char = service.characteristic(char_uuid)
+            if char is not None:
+                return char
         raise AttError(AttError.INVALID_HANDLE, f"no characteristic {char_uuid}")
 
     def _handle(self, emissions: list[Emission], now: float) -> list[Emission]:
@@ -346,7 +329,5 @@ __all__ = [
     "DEFAULT_BOOT_DELAY_S",
     "Advertisement",
     "AttError",
-    "CharDef",
-    "ServiceDef",
     "SimPeripheral",
 ]

@@ -30,7 +30,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from simulator.air import (
+from simulator.air_api import (
     AirError,
     AttProtocolError,
     ConnectFailedError,

@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from profiles.model import bootloader_address, load_profile
-from simulator.air import Air, AirError, LinkInfo, ScanReport
+from simulator.air import Air
+from simulator.air_api import AirError, LinkInfo, ScanReport
 from simulator.faults import FaultPlan
 from simulator.remote import PROTOCOL_VERSION, error_to_json
 

@@ -1,4 +1,8 @@
-"""`nrf-dfu`: the bench command. Each command group lives in its own module and is loaded lazily."""
+"""`nrf-dfu`: the bench command. Each command group lives in its own module and is loaded lazily.
+
+The product's commands are listed here; the bench kit adds its own (`sim`, `simulate`) through the
+`ble_fota.nrf_dfu` entry points (dfu/plugins.py), so the product never imports it.
+"""
 
 from __future__ import annotations
 
@@ -6,26 +10,26 @@ import importlib
 
 import click
 
+from dfu import plugins
+
 # command name -> "module:attribute" of a click command or group
 _COMMANDS: dict[str, str] = {
     "keys": "dfu.cli.keys:keys",
     "profile": "dfu.cli.profile:profile",
     "pkg": "dfu.cli.pkg:pkg",
-    "simulate": "dfu.cli.simulate:simulate",
     "scan": "dfu.cli.update:scan",
     "update": "dfu.cli.update:update",
-    "sim": "dfu.cli.sim:sim",
 }
 
 
 class _LazyGroup(click.Group):
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted(_COMMANDS)
+        return sorted({*_COMMANDS, *plugins.names(plugins.NRF_DFU_COMMANDS)})
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         target = _COMMANDS.get(cmd_name)
         if target is None:
-            return None
+            return _plugin_command(cmd_name)
         module_name, attr = target.split(":")
         try:
             module = importlib.import_module(module_name)
@@ -36,6 +40,19 @@ class _LazyGroup(click.Group):
         command = getattr(module, attr)
         assert isinstance(command, click.Command)
         return command
+
+
+def _plugin_command(name: str) -> click.Command | None:
+    if name not in plugins.names(plugins.NRF_DFU_COMMANDS):
+        return None
+    try:
+        command = plugins.load(plugins.NRF_DFU_COMMANDS, name, what="the command")
+    except plugins.PluginMissingError as exc:
+        placeholder = plugins.placeholder(name, str(exc))
+        assert isinstance(placeholder, click.Command)
+        return placeholder
+    assert isinstance(command, click.Command)
+    return command
 
 
 @click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -12,10 +12,9 @@ Exit codes are part of the interface (scripts and the gateway's bench checks rel
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import sys
-from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ from rich.progress import (
     TextColumn,
 )
 
+from dfu import plugins
 from dfu.errors import (
     ButtonlessError,
     DfuError,
@@ -41,8 +41,8 @@ from dfu.errors import (
     PreflightError,
 )
 from dfu.package import DfuPackage
+from dfu.plugins import Rehearsal
 from dfu.protocol import ResultCode, describe_result
-from dfu.transport.backend import BleBackend
 from dfu.transport.ble import Seen, platform_backend
 from dfu.transport.ble import scan as ble_scan
 from dfu.updater import Phase, UpdateOptions, UpdateProgress, Updater, UpdateResult
@@ -55,14 +55,8 @@ EXIT_PACKAGE = 3
 EXIT_REJECTED = 4
 EXIT_LINK = 5
 
-SIM_ADDRESS_BASE = "C0:FF:EE:00:00:"
-"""Simulated peripherals sit at C0:FF:EE:00:00:10, :20, ... (each bootloader at +1)."""
 
 _T = TypeVar("_T")
-
-
-def sim_address(index: int) -> str:
-    return f"{SIM_ADDRESS_BASE}{(index + 1) * 0x10:02X}"
 
 
 def exit_code_for(exc: BaseException) -> int:
@@ -89,20 +83,16 @@ EXIT_INTERRUPTED = 130
 """Ctrl-C (128 + SIGINT), after the updates were cancelled: disconnected without abort, so resumable."""
 
 
-def run_loop(coro: Coroutine[Any, Any, _T], *, simulated: bool) -> tuple[_T, float]:
-    """Run `coro`; simulated runs use a fast-forwarded looptime loop. Returns (result, loop seconds).
+def run_loop(
+    coro: Coroutine[Any, Any, _T], *, loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None
+) -> tuple[_T, float]:
+    """Run `coro` (a rehearsal's simulated air brings its own fast-forwarded loop). Returns (result, loop
+    seconds).
 
     An `asyncio.Runner`: on Ctrl-C it cancels `coro` (every update disconnects without abort, leaving its
     peripheral resumable) before KeyboardInterrupt reaches the caller, instead of abandoning the links.
     """
-    factory: Callable[[], asyncio.AbstractEventLoop] = asyncio.new_event_loop
-    if simulated:
-        try:
-            import looptime
-        except ImportError:  # pragma: no cover - looptime ships with the test extras
-            pass
-        else:
-            factory = functools.partial(looptime.new_event_loop, start=0.0)
+    factory = loop_factory or asyncio.new_event_loop
 
     async def timed() -> tuple[_T, float]:
         start = asyncio.get_running_loop().time()
@@ -113,41 +103,15 @@ def run_loop(coro: Coroutine[Any, Any, _T], *, simulated: bool) -> tuple[_T, flo
         return runner.run(timed())
 
 
-@dataclass(slots=True)
-class SimWorld:
-    """An in-process simulated air with peripherals, and the bleak backend over it."""
-
-    air: Any
-    backend: BleBackend
-    addresses: list[str]
-
-
-def make_sim_world(
-    profiles: list[PeripheralProfile], *, addresses: list[str | None] | None = None
-) -> SimWorld:
-    """Peripherals of `profiles` on a fresh in-process air (imported lazily: product code never needs it),
-    at `addresses` where given, else at `sim_address(index)`."""
-    from simulator.air import Air
-    from simulator.bleak_backend import backend_for
-
-    air = Air()
-    placed = []
-    wanted = addresses or []
-    for index, profile in enumerate(profiles):
-        given = wanted[index] if index < len(wanted) else None
-        address = given.upper() if given else sim_address(index)
-        air.add_profile(profile, address)
-        placed.append(address)
-    return SimWorld(air, backend_for(air), placed)
-
-
-def remote_backend(socket_path: str) -> tuple[BleBackend, Callable[[], Awaitable[None]]]:
-    """A backend over `nrf-dfu sim serve` at `socket_path`, and its closer."""
-    from simulator.bleak_backend import backend_for
-    from simulator.remote import RemoteAir
-
-    remote = RemoteAir(socket_path)
-    return backend_for(remote), remote.close
+def rehearsal(**options: Any) -> Rehearsal:
+    """A simulated radio from the bench kit (entry point `ble_fota.rehearsals`: `simulator`)."""
+    try:
+        factory = plugins.load(plugins.REHEARSALS, "simulator", what="the simulated radio")
+    except plugins.PluginMissingError as exc:
+        raise click.UsageError(str(exc)) from None
+    made = factory(**options)
+    assert isinstance(made, Rehearsal)
+    return made
 
 
 def _profiles(spec: str) -> list[PeripheralProfile]:
@@ -170,19 +134,19 @@ def scan(duration: float, sim_spec: str | None, sim_socket: str | None, as_json:
     if sim_spec and sim_socket:
         raise click.UsageError("--sim and --sim-socket exclude each other")
 
+    sim = None
+    if sim_spec:
+        sim = rehearsal(profiles=_profiles(sim_spec))
+    elif sim_socket:
+        sim = rehearsal(socket=sim_socket)
+
     async def go() -> list[dict[str, Any]]:
-        closer: Callable[[], Awaitable[None]] | None = None
-        if sim_spec:
-            backend = make_sim_world(_profiles(sim_spec)).backend
-        elif sim_socket:
-            backend, closer = remote_backend(sim_socket)
-        else:
-            backend = platform_backend()
+        backend = sim.backend if sim is not None else platform_backend()
         try:
             seen = await ble_scan(backend, duration)
         finally:
-            if closer is not None:
-                await closer()
+            if sim is not None and sim.close is not None:
+                await sim.close()
         return [
             {
                 "address": s.address,
@@ -195,7 +159,7 @@ def scan(duration: float, sim_spec: str | None, sim_socket: str | None, as_json:
         ]
 
     try:
-        rows, _ = run_loop(go(), simulated=bool(sim_spec))
+        rows, _ = run_loop(go(), loop_factory=sim.loop_factory if sim is not None else None)
     except (DfuError, OSError) as exc:  # no bluetoothd, adapter off, no permission: one line, exit 5
         _fail(exc, as_json)
     console = Console()
@@ -400,18 +364,16 @@ def update(
         _fail(exc, as_json)
 
     options = UpdateOptions(prn=prn)
+    sim = None
+    if sim_profiles:
+        sim = rehearsal(profiles=sim_profiles, addresses=[t.address for t in targets])
+    elif sim_socket is not None:
+        sim = rehearsal(socket=sim_socket)
 
     async def go(
         listeners: list[Callable[[UpdateProgress], None] | None],
     ) -> list[UpdateResult | BaseException]:
-        closer: Callable[[], Awaitable[None]] | None = None
-        if sim_profiles:
-            world = make_sim_world(sim_profiles, addresses=[t.address for t in targets])
-            backend = world.backend
-        elif sim_socket is not None:
-            backend, closer = remote_backend(sim_socket)
-        else:
-            backend = platform_backend()
+        backend = sim.backend if sim is not None else platform_backend()
         try:
             updaters = [
                 Updater(
@@ -427,13 +389,13 @@ def update(
             ]
             outcomes = await asyncio.gather(*(u.run() for u in updaters), return_exceptions=True)
         finally:
-            if closer is not None:
-                await closer()
+            if sim is not None and sim.close is not None:
+                await sim.close()
         return outcomes
 
     try:
         with progress_bar(not as_json, targets) as rows:
-            outcomes, seconds = run_loop(go(rows.listeners), simulated=simulated)
+            outcomes, seconds = run_loop(go(rows.listeners), loop_factory=sim.loop_factory if sim else None)
             for index, outcome in enumerate(outcomes):
                 if isinstance(outcome, BaseException):
                     rows.failed(index)
@@ -475,4 +437,4 @@ def _fail(exc: BaseException, as_json: bool) -> Any:
     sys.exit(exit_code_for(exc))
 
 
-__all__ = ["Target", "describe_error", "exit_code_for", "make_sim_world", "run_loop", "scan", "update"]
+__all__ = ["Target", "describe_error", "exit_code_for", "run_loop", "scan", "update"]

@@ -148,7 +148,7 @@ def test_agent_config_markdown_reference_covers_every_key() -> None:
         "download.allowed_hosts",
         "state.dir",
         "ble.backend",
-        "simulator.socket",
+        "ble.options",
     ):
         assert f"`{key}`" in text
     out = subprocess.run(
@@ -288,9 +288,12 @@ def test_simulator_time_scale_is_at_most_one(
     """Above 1 the in-process air would run its boards slower than their profiles, which the client paces
     by in its own clock: every DFU overran the bootloader's flash. Such a value is a configuration error."""
     path = tmp_path / "c.toml"
-    path.write_text(good(tls, tmp_path) + f"[simulator]\ntime_scale = {scale}\n")
+    simulated = f'[ble]\nbackend = "simulator"\n[ble.options]\ntime_scale = {scale}\n'
+    path.write_text(good(tls, tmp_path) + simulated)
+    assert load_config(path).ble.options == {"time_scale": scale}  # the plugin's to judge
+    problems = check_config(path)[1]
     if ok:
-        assert load_config(path).simulator.time_scale == scale
+        assert problems == []
     else:
-        with pytest.raises(ConfigError, match=r"simulator\.time_scale"):
-            load_config(path)
+        (problem,) = problems
+        assert problem.startswith("ble.options.time_scale: ")

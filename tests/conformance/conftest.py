@@ -92,7 +92,7 @@ ca_file = "{broker.pki.ca_file}"
 dir = "{state}"
 [ble]
 backend = "simulator"
-[simulator]
+[ble.options]
 socket = "{socket}"
 """
     )

@@ -147,13 +147,14 @@ def test_ctrl_c_cancels_the_updates_and_leaves_the_peripherals_resumable(
 
     from dfu.cli import update as cli_update
     from simulator.bleak_backend import DEFAULT_CENTRAL
+    from simulator.plugin import SimRehearsal
+    from simulator.plugin import rehearsal as make_rehearsal
 
-    worlds: list[cli_update.SimWorld] = []
-    make_world = cli_update.make_sim_world
+    worlds: list[SimRehearsal] = []
     fired: list[str] = []
 
-    def capture(*args: Any, **kwargs: Any) -> cli_update.SimWorld:
-        worlds.append(make_world(*args, **kwargs))
+    def capture(**kwargs: Any) -> SimRehearsal:
+        worlds.append(make_rehearsal(**kwargs))
         return worlds[-1]
 
     class InterruptedUpdater(Updater):
@@ -169,7 +170,7 @@ def test_ctrl_c_cancels_the_updates_and_leaves_the_peripherals_resumable(
 
             super().__init__(*args, on_progress=listener, **kwargs)
 
-    monkeypatch.setattr(cli_update, "make_sim_world", capture)
+    monkeypatch.setattr(cli_update, "rehearsal", capture)
     monkeypatch.setattr(cli_update, "Updater", InterruptedUpdater)
     # asyncio.Runner takes over SIGINT only from the default handler, and leaves the default one behind:
     # whatever the test runner had is put back afterwards
@@ -184,6 +185,7 @@ def test_ctrl_c_cancels_the_updates_and_leaves_the_peripherals_resumable(
     assert json.loads(out)["exit_code"] == EXIT_INTERRUPTED
     assert len(fired) == 1
     (world,) = worlds
+    assert world.air is not None
     assert not world.air.add_central(DEFAULT_CENTRAL).links, "every link was closed"
     for app in (A, B):
         assert world.air.device_state(app)["mode"] == "bootloader", "no abort: it stays in its bootloader"

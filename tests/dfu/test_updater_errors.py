@@ -9,11 +9,11 @@ from dfu.init_packet import FwType
 from dfu.package import DfuPackage, FirmwareFile, build_package
 from dfu.preflight import preflight
 from dfu.protocol import ExtError, ResultCode
-from dfu.signing import load_private_key
 from dfu.updater import UpdateOptions, update
 from profiles.model import load_profile
+from simulator.demo_packages import demo_key
 from simulator.firmware import make_softdevice
-from tests.simulator.bootloader_driver import KEYS, Driver, signed_init
+from tests.simulator.bootloader_driver import Driver, signed_init
 from tests.support.dfu_sim import (
     APP_ADDRESS,
     OTHER_KEY,
@@ -93,7 +93,7 @@ def test_preflight_and_the_bootloader_agree_on_room_for_a_softdevice(extra: int)
             sd_req=[profile.softdevice_id],
             softdevice=FirmwareFile("sd.bin", softdevice),
             sd_id=[S140_NEW],
-            key=load_private_key(KEYS / "demo-private.pem"),
+            key=demo_key(),
         )
     )
     if extra:

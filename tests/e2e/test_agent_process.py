@@ -83,7 +83,7 @@ async def world(tmp_path: Path, size: int = 0x8000) -> AsyncIterator[World]:
                         broker,
                         tmp_path / "state",
                         peripherals=[(APP, "nrf52840-s140")],
-                        extra=f'[ble]\nbackend = "simulator"\n[simulator]\nsocket = "{sock}"\n',
+                        extra=f'[ble]\nbackend = "simulator"\n[ble.options]\nsocket = "{sock}"\n',
                     )
                     async with FakeCloud(broker) as cloud:
                         logs: list[str] = []

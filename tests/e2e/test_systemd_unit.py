@@ -18,7 +18,7 @@ def _unit_for_this_machine(tmp_path: Path) -> Path:
     """The unit with ExecStart pointing at this checkout's console script (verify checks it exists)."""
     agent = Path(sys.prefix) / "bin" / "gateway-agent"
     assert agent.exists(), "the project is not installed in this environment"
-    text = UNIT.read_text().replace("/opt/ble-fota-gateway/.venv/bin/gateway-agent", str(agent))
+    text = UNIT.read_text().replace("/opt/gateway-agent/bin/gateway-agent", str(agent))
     out = tmp_path / "gateway-agent.service"
     out.write_text(text)
     return out

@@ -16,6 +16,7 @@ from fota_service.api import create_app
 from fota_service.model import DeviceKind, Effect, FotaModel, RolloutConfig
 from fota_service.service import FotaService
 from fota_service.store import Store
+from simulator.demo_packages import app_zip as demo_app_zip
 from simulator.firmware import make_application, make_softdevice
 from tests.support.postgres import PostgresServer, running_postgres
 
@@ -34,12 +35,8 @@ class FakeClock:
 
 
 def app_zip(version: int = 3, size: int = 0x3000) -> bytes:
-    return build_package(
-        hw_version=52,
-        sd_req=[0x100],
-        application=FirmwareFile("app.bin", make_application(size, version)),
-        application_version=version,
-    )
+    """An unsigned application package (the job service does not check signatures)."""
+    return demo_app_zip(version, size, signed=False)
 
 
 def sd_app_zip() -> bytes:

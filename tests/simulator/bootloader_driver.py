@@ -11,13 +11,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric import ec
-
 from dfu.init_packet import FwType, build_init_packet
 from dfu.protocol import ObjectType, OpCode, Response, decode_response, encode_request
-from dfu.signing import load_private_key
 from profiles.model import PeripheralProfile, load_profile
 from simulator.bootloader import Bootloader
+from simulator.demo_packages import demo_key
 from simulator.device import DeviceState, Emission, Mode, Notify, Reset, ResetReason
 
 KEYS = Path(__file__).resolve().parents[2] / "profiles" / "keys"
@@ -27,10 +25,6 @@ ADDRESS = "C0:FF:EE:00:00:10"
 def kind(reset: Reset) -> tuple[str, ResetReason]:
     """What a reset is, without its timing."""
     return reset.into, reset.reason
-
-
-def demo_key() -> ec.EllipticCurvePrivateKey:
-    return load_private_key(KEYS / "demo-private.pem")
 
 
 def profile(name: str = "nrf52840-s140", **changes: Any) -> PeripheralProfile:

@@ -10,8 +10,8 @@ import pytest
 
 from profiles.gatt import BUTTONLESS_UNBONDED, CONTROL_POINT, DFU_PACKET, FIRMWARE_REVISION
 from profiles.model import load_profile
-from simulator.air import (
-    Air,
+from simulator.air import Air
+from simulator.air_api import (
     AttProtocolError,
     ConnectFailedError,
     DeviceNotFoundError,
@@ -405,7 +405,7 @@ def test_air_refuses_a_time_scale_above_one() -> None:
 
 @pytest.mark.looptime
 async def test_a_sped_up_air_still_updates_in_process() -> None:
-    """`[simulator] time_scale` below 1 (the air runs faster than the loop): the client, pacing by the
+    """`[ble.options] time_scale` below 1 (the air runs faster than the loop): the client, pacing by the
     profile in loop time, only ever waits longer than the board needs."""
     from dfu.updater import update
     from simulator.bleak_backend import backend_for

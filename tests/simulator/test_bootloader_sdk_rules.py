@@ -14,7 +14,8 @@ from dfu.init_packet import FwType, HashType, encode_init_command, firmware_hash
 from dfu.protocol import ExtError, ObjectType, OpCode, ResultCode, encode_request
 from profiles.gatt import BUTTONLESS_BONDED, CONTROL_POINT
 from profiles.model import PeripheralProfile, SdkRelease, load_profile
-from simulator.air import Air, ConnectFailedError
+from simulator.air import Air
+from simulator.air_api import ConnectFailedError
 from simulator.bootloader import Bootloader
 from simulator.device import AttError, DeviceState, Mode, Reset, ResetReason
 from simulator.firmware import make_application, make_bootloader, make_softdevice

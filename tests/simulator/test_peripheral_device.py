@@ -53,7 +53,7 @@ def enter_bootloader(dev: SimPeripheral, now: float = 1.0, name: str | None = No
 
 
 def uuids(dev: SimPeripheral) -> dict[str, set[str]]:
-    return {s.uuid: {c.uuid for c in s.chars} for s in dev.gatt()}
+    return {s.uuid: {c.uuid for c in s.characteristics} for s in dev.gatt()}
 
 
 def test_application_advertises_and_exposes_buttonless_and_device_information() -> None:

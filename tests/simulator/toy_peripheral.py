@@ -21,6 +21,7 @@ from profiles.gatt import (
 )
 from profiles.model import PeripheralProfile, bootloader_address
 from simulator.device import AttError, DeviceState, Emission, Mode, Notify, Reset, ResetReason
+from simulator.gatt import CharInfo, ServiceInfo
 
 
 @dataclass(frozen=True)
@@ -28,18 +29,6 @@ class Advertisement:
     name: str | None
     service_uuids: tuple[str, ...]
     connectable: bool = True
-
-
-@dataclass(frozen=True)
-class CharDef:
-    uuid: str
-    properties: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class ServiceDef:
-    uuid: str
-    chars: tuple[CharDef, ...]
 
 
 @dataclass
@@ -67,20 +56,20 @@ class ToyPeripheral:
             return Advertisement(self.profile.bootloader_name, (SECURE_DFU_SERVICE,), self.connectable)
         return Advertisement(self.profile.app_name, (SECURE_DFU_SERVICE,), self.connectable)
 
-    def gatt(self) -> list[ServiceDef]:
+    def gatt(self) -> list[ServiceInfo]:
         if self.state.mode is Mode.BOOTLOADER:
             return [
-                ServiceDef(
+                ServiceInfo.of(
                     SECURE_DFU_SERVICE,
                     (
-                        CharDef(CONTROL_POINT, ("write", "notify")),
-                        CharDef(DFU_PACKET, ("write-without-response",)),
+                        CharInfo.of(CONTROL_POINT, "write", "notify"),
+                        CharInfo.of(DFU_PACKET, "write-without-response"),
                     ),
                 )
             ]
         return [
-            ServiceDef(SECURE_DFU_SERVICE, (CharDef(BUTTONLESS_UNBONDED, ("write", "indicate")),)),
-            ServiceDef(DEVICE_INFORMATION_SERVICE, (CharDef(FIRMWARE_REVISION, ("read",)),)),
+            ServiceInfo.of(SECURE_DFU_SERVICE, (CharInfo.of(BUTTONLESS_UNBONDED, "write", "indicate"),)),
+            ServiceInfo.of(DEVICE_INFORMATION_SERVICE, (CharInfo.of(FIRMWARE_REVISION, "read"),)),
         ]
 
     def on_connect(self, now: float, att_mtu: int, radio: object = None, *, encrypted: bool = False) -> None:

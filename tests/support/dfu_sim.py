@@ -14,18 +14,19 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from dfu.package import DfuPackage, FirmwareFile, build_package
-from dfu.signing import generate_private_key, load_private_key
+from dfu.signing import generate_private_key
 from dfu.transport.backend import BleBackend
 from profiles.model import PeripheralProfile, load_profile
 from simulator.air import Air
 from simulator.bleak_backend import backend_for
+from simulator.demo_packages import S140, demo_key
+from simulator.demo_packages import app_zip as demo_app_zip
 from simulator.firmware import make_application, make_bootloader, make_softdevice
 
 REPO = Path(__file__).resolve().parents[2]
-DEMO_KEY = load_private_key(REPO / "profiles" / "keys" / "demo-private.pem")
+DEMO_KEY = demo_key()
 OTHER_KEY: ec.EllipticCurvePrivateKey = generate_private_key()
 
-S140 = 0x0100
 S140_NEW = 0x0123
 APP_ADDRESS = "C0:FF:EE:00:00:10"
 
@@ -38,13 +39,8 @@ def app_zip(
     sd_req: tuple[int, ...] = (S140,),
     key: ec.EllipticCurvePrivateKey | None = DEMO_KEY,
 ) -> bytes:
-    return build_package(
-        hw_version=hw_version,
-        sd_req=list(sd_req),
-        application=FirmwareFile("app.bin", make_application(size, version)),
-        application_version=version,
-        key=key,
-    )
+    """The demo recipe (simulator.demo_packages); `key=None` builds an unsigned package."""
+    return demo_app_zip(version, size, hw_version=hw_version, sd_req=sd_req, key=key, signed=key is not None)
 
 
 def app_package(version: int = 2, size: int = 0x5000, **kwargs: Any) -> DfuPackage:

@@ -15,11 +15,12 @@ from typing import Any
 
 import click
 
-from dfu.cli.update import describe_error, exit_code_for, make_sim_world, run_loop, summary_line
+from dfu.cli.update import describe_error, exit_code_for, run_loop, summary_line
 from dfu.errors import DfuError, PackageError
 from dfu.package import DfuPackage, ImageKind
 from dfu.updater import UpdateOptions, Updater, UpdateResult
 from profiles.model import PeripheralProfile, UnknownProfileError, load_profile
+from simulator.plugin import rehearsal
 
 
 def runs_package(state: dict[str, Any], package: DfuPackage) -> list[str]:
@@ -92,7 +93,7 @@ def simulate(
         report(False, describe_error(exc), None, 0.0, exit_code_for(exc))
         return
 
-    world = make_sim_world([profile])
+    world = rehearsal(profiles=[profile])
     address = world.addresses[0]
     options = UpdateOptions(prn=prn, preflight=False)
 
@@ -102,10 +103,11 @@ def simulate(
         except DfuError as exc:
             return exc
 
-    outcome, seconds = run_loop(go(), simulated=True)
+    outcome, seconds = run_loop(go(), loop_factory=world.loop_factory)
     if isinstance(outcome, DfuError):
         report(False, describe_error(outcome), None, seconds, exit_code_for(outcome))
         return
+    assert world.air is not None
     missing = runs_package(world.air.device_state(address), package)
     if missing:
         report(False, f"the peripheral does not run the new {', '.join(missing)}", outcome, seconds, 1)

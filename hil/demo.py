@@ -1,5 +1,8 @@
 """`gateway-agent demo` (`make demo`): the whole product on simulated peripherals, in under a minute.
 
+Part of the bench kit: registered as a `gateway-agent` subcommand by entry point (`ble_fota.gateway_agent`),
+so the agent a gateway installs never imports it.
+
 Every part is the shipped program started the way an operator starts it: a local Mosquitto with mutual TLS
 (certificates made for this run), `fota-service serve`, one `nrf-dfu sim serve` holding nRF52s of several
 profiles, and `gateway-agent run` with the simulator backend. The demo then does what a user of nRF Cloud
@@ -17,15 +20,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import click
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from dfu.package import FirmwareFile, build_package
-from dfu.signing import load_private_key
-from hil.fleet import DEMO_KEY_FILE, Fleet, FleetError, running_fleet
+from hil.fleet import Fleet, FleetError, running_fleet
 from profiles.model import load_profile
-from simulator.firmware import make_application
+from simulator.demo_packages import app_zip
 
 MAIN_PROFILE = "nrf52840-s140"
 EXTRA = (
@@ -62,13 +64,8 @@ def demo_bundle() -> bytes:
     sd_ids = sorted(
         {load_profile(name).board.softdevice_id for name in (MAIN_PROFILE, *(p for _, _, p in EXTRA))}
     )
-    return build_package(
-        hw_version=load_profile(MAIN_PROFILE).board.hw_version,
-        sd_req=sd_ids,
-        application=FirmwareFile("app.bin", make_application(IMAGE_BYTES, NEW_VERSION, name="demo")),
-        application_version=NEW_VERSION,
-        key=load_private_key(DEMO_KEY_FILE),
-    )
+    hw_version = load_profile(MAIN_PROFILE).board.hw_version
+    return app_zip(NEW_VERSION, IMAGE_BYTES, hw_version=hw_version, sd_req=sd_ids, name="demo")
 
 
 def _progress_table(job: dict[str, Any], executions: list[dict[str, Any]], profiles: dict[str, str]) -> Table:
@@ -193,3 +190,16 @@ def main(keep: Path | None = None) -> int:
             return 0
         console.print("[bold red]FAILED[/]: see the table above (logs kept with --keep DIR)")
         return 1
+
+
+@click.command()
+@click.option(
+    "--keep",
+    "keep",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="keep certificates, configs and every process's log in this directory",
+)
+def demo(keep: Path | None) -> None:
+    """The whole product on simulated peripherals: broker, job service, peripherals, agent, one job."""
+    raise SystemExit(main(keep))

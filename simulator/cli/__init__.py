@@ -1,0 +1,1 @@
+"""The bench kit's `nrf-dfu` subcommands (`sim`, `simulate`), registered as entry points."""
