@@ -215,10 +215,6 @@ class Store:
     def close(self) -> None:
         self.engine.dispose()
 
-    @property
-    def generation(self) -> int | None:
-        return self._generation
-
     def _create_schema(self) -> None:
         with self.engine.begin() as conn:
             if self.shared:

@@ -83,8 +83,9 @@ class PostgresServer:
         self.bindir = postgres_bindir()
         self.user = "postgres"
         self._as_server = _server_user()
-        # short: a unix socket path is limited to ~107 bytes
-        self.directory = Path(tempfile.mkdtemp(prefix="fota-pg-"))
+        # short (a unix socket path is limited to ~107 bytes), and as root under /tmp, which the `postgres`
+        # user can traverse (a TMPDIR of root's own might not be)
+        self.directory = Path(tempfile.mkdtemp(prefix="fota-pg-", dir="/tmp" if self._as_server else None))
         if self._as_server:
             os.chown(self.directory, self._as_server["user"], self._as_server["group"])
         self.data = self.directory / "data"
