@@ -148,13 +148,15 @@ def preflight(package: DfuPackage, profile: PeripheralProfile) -> PreflightRepor
                 f"{release} bootloader refuses that sd_req",
                 ExtError.SD_VERSION_FAILURE,
             )
-        if key is not None and _needs_signature(image, profile):
+        if _needs_signature(image, profile):
+            # nRF5 SDK nrf_dfu_validation.c: an unsigned init packet where `signature_required()` holds is
+            # SIGNATURE_MISSING whatever the key; without the key only the verification is left to the device
             if not init.signed or init.signature is None:
                 raise PreflightError(
                     f"{where}: not signed, and the bootloader requires a signature",
                     ExtError.SIGNATURE_MISSING,
                 )
-            if not verify_signature(init, key):
+            if key is not None and not verify_signature(init, key):
                 raise PreflightError(
                     f"{where}: signature invalid: it does not verify with {profile.name}'s bootloader key"
                 )

@@ -48,14 +48,18 @@ def app_package(version: int = 2, size: int = 0x5000, **kwargs: Any) -> DfuPacka
 
 
 def bootloader_package(
-    version: int = 2, size: int = 0x6000, *, sd_req: tuple[int, ...] = (S140,)
+    version: int = 2,
+    size: int = 0x6000,
+    *,
+    sd_req: tuple[int, ...] = (S140,),
+    key: ec.EllipticCurvePrivateKey | None = DEMO_KEY,
 ) -> DfuPackage:
     data = build_package(
         hw_version=52,
         sd_req=list(sd_req),
         bootloader=FirmwareFile("bl.bin", make_bootloader(size, version)),
         bootloader_version=version,
-        key=DEMO_KEY,
+        key=key,
     )
     return DfuPackage.from_zip(data)
 
