@@ -1,4 +1,4 @@
-"""GATT identities of Nordic Secure DFU and the services we read around it (reference §1)."""
+"""GATT identities of Nordic Secure DFU and the services we read around it (docs/secure-dfu.md, "GATT layout")."""
 
 from __future__ import annotations
 
