@@ -1,11 +1,11 @@
 """Preflight: refuse a package that cannot suit the peripheral's profile before any radio work.
 
-A bootloader only discovers most mismatches after a connection, a buttonless switch and (for a wrong hash)
-a whole transfer; a gateway updating a fleet should not spend minutes of air to learn what the profile
-already says. The checks mirror the bootloader's own order (docs/secure-dfu.md, "Validation") and carry its extended code so
-callers report the same reason either way. A profile may leave facts unknown (`None`: hardware version,
-SoftDevice, key, chip, SDK release, as `generic-nrf52` does): what it does not know is not checked, and the
-bootloader's own validation decides. Versions against what the device *currently* runs are left to the
+A bootloader only discovers most mismatches after a connection, a buttonless switch and (for a wrong hash) a
+whole transfer; a gateway updating a fleet should not spend minutes of air to learn what the profile already
+says. The checks mirror the bootloader's own order (docs/secure-dfu.md, "Validation") and carry its extended
+code so callers report the same reason either way. A profile may leave facts unknown (`None`: hardware
+version, SoftDevice, key, chip, SDK release, as `generic-nrf52` does): what it does not know is not checked,
+and the bootloader's own validation decides. Versions against what the device *currently* runs are left to the
 bootloader too: the profile does not know them.
 """
 

@@ -34,8 +34,8 @@ from tests.service.conftest import FakeClock, ServiceFactory, add_peripherals, a
 def test_ble_update_tolerates_int_or_string_in_the_fourth_element(
     payload: list[object], status: ExecutionStatus, progress: int | None, details: str
 ) -> None:
-    """docs/nrf-cloud.md "Statuses": `[PERIPHERAL_ID, JOB_ID, STATUS:int, PROGRESS:int]` when DOWNLOADING, else
-    `[PERIPHERAL_ID, JOB_ID, STATUS:int, "details"]`."""
+    """docs/nrf-cloud.md "Statuses": `[PERIPHERAL_ID, JOB_ID, STATUS:int, PROGRESS:int]` when DOWNLOADING,
+    else `[PERIPHERAL_ID, JOB_ID, STATUS:int, "details"]`."""
     update = JobUpdate.parse_ble(json.dumps(payload).encode())
     assert (update.device_id, update.job_id, update.status) == ("P", "J", status)
     assert (update.progress, update.details) == (progress, details)
@@ -72,7 +72,8 @@ def test_ble_request_shapes() -> None:
 
 
 def test_shadow_report_reads_support_and_connections() -> None:
-    """docs/nrf-cloud.md "Shadow content": `fota_v2_ble` a plain boolean (an early array form existed); statusConnections map."""
+    """docs/nrf-cloud.md "Shadow content": `fota_v2_ble` a plain boolean (an early array form existed);
+    statusConnections map."""
     doc = {
         "state": {
             "reported": {

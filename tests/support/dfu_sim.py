@@ -67,7 +67,7 @@ def bootloader_package(
 def full_package(
     *, app_version: int = 2, bl_version: int = 2, sd_fwid: int = S140_NEW, sd_size: int = 0x27000
 ) -> DfuPackage:
-    """SoftDevice + bootloader (one image) then application: the three-part update of docs/secure-dfu.md "Packages"."""
+    """SoftDevice + bootloader (one image) then application (docs/secure-dfu.md "Packages")."""
     return DfuPackage.from_zip(
         full_zip(app_version=app_version, bl_version=bl_version, sd_fwid=sd_fwid, sd_size=sd_size)
     )
