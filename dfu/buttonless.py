@@ -1,4 +1,6 @@
-"""From the application to the bootloader (buttonless DFU), and finding the bootloader again (reference §4).
+"""From the application to the bootloader (buttonless DFU), and finding the bootloader again.
+
+Facts and sources: docs/secure-dfu.md, "Buttonless entry".
 
 The two variants differ in what happens after the switch: without bonds (8EC90003) the bootloader advertises
 at the application's address + 1 under `DfuTarg` (or a name we set, so that several peripherals switching at

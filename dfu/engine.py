@@ -13,7 +13,7 @@ time, seconds), and answers with actions the I/O layer executes *in order*:
 
 Failures raise the typed errors of `dfu.errors`; `deadline` says when `on_timeout` is due. The engine never
 reads a clock and never does I/O. A new `ImageTransfer` after a disconnect or a process restart resumes
-purely from what `select` reports (reference §3): nothing needs to be stored.
+purely from what `select` reports (docs/secure-dfu.md, "Transfer procedure"): nothing needs to be stored.
 
 One control-point request is outstanding at a time (the one exception: a Create riding behind an Execute,
 whose answer may even come first and is then held); `_phase` names the response being waited for.
@@ -59,7 +59,7 @@ Transitions (phase: awaited response -> what happens next):
                                   queue full) -> INIT_BACKOFF; other results -> typed error (a rejection
                                   names its cause)
   INIT_BACKOFF   (timer)          at `deadline` on_timeout executes the init packet again -> INIT_EXECUTE
-  DATA_SELECT    select data      plan the resume (reference §3) -> DATA_PRN
+  DATA_SELECT    select data      plan the resume (docs/secure-dfu.md, "Transfer procedure") -> DATA_PRN
   DATA_PRN       set PRN N        fresh: create object 0 -> DATA_CREATE
                                   CRC ok, inside an object: continue it (no create) -> DATA_STREAM
                                   CRC ok, at an object boundary: execute it -> DATA_EXECUTE (resume quirk)

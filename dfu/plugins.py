@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any
 
+import click
+
 from dfu.transport.backend import BleBackend
 
 BACKENDS = "ble_fota.backends"
@@ -70,11 +72,21 @@ def require_extra(package: str, extra: str, modules: tuple[str, ...]) -> None:
         )
 
 
-def placeholder(name: str, message: str) -> Any:
-    """A stand-in for a registered command whose provider cannot load: listed in `--help`, and when run,
-    whatever its arguments, says in one line what to install."""
-    import click
+def command(group: str, name: str) -> click.Command | None:
+    """The command registered as `name` in `group`; when its provider cannot load, a stand-in that is listed
+    in `--help` and, run with whatever arguments, says in one line what to install. None: no such command."""
+    if name not in names(group):
+        return None
+    try:
+        found = load(group, name, what="the command")
+    except PluginMissingError as exc:
+        return _placeholder(name, str(exc))
+    if not isinstance(found, click.Command):
+        raise TypeError(f"entry point {group}:{name} is not a click command")
+    return found
 
+
+def _placeholder(name: str, message: str) -> click.Command:
     @click.command(
         name=name,
         help=f"(not installed: {BENCH_HINT})",

@@ -1,11 +1,11 @@
 """Preflight: refuse a package that cannot suit the peripheral's profile before any radio work.
 
-A bootloader only discovers most mismatches after a connection, a buttonless switch and (for a wrong hash)
-a whole transfer; a gateway updating a fleet should not spend minutes of air to learn what the profile
-already says. The checks mirror the bootloader's own order (reference §6) and carry its extended code so
-callers report the same reason either way. A profile may leave facts unknown (`None`: hardware version,
-SoftDevice, key, chip, SDK release, as `generic-nrf52` does): what it does not know is not checked, and the
-bootloader's own validation decides. Versions against what the device *currently* runs are left to the
+A bootloader only discovers most mismatches after a connection, a buttonless switch and (for a wrong hash) a
+whole transfer; a gateway updating a fleet should not spend minutes of air to learn what the profile already
+says. The checks mirror the bootloader's own order (docs/secure-dfu.md, "Validation") and carry its extended
+code so callers report the same reason either way. A profile may leave facts unknown (`None`: hardware
+version, SoftDevice, key, chip, SDK release, as `generic-nrf52` does): what it does not know is not checked,
+and the bootloader's own validation decides. Versions against what the device *currently* runs are left to the
 bootloader too: the profile does not know them.
 """
 
@@ -148,13 +148,15 @@ def preflight(package: DfuPackage, profile: PeripheralProfile) -> PreflightRepor
                 f"{release} bootloader refuses that sd_req",
                 ExtError.SD_VERSION_FAILURE,
             )
-        if key is not None and _needs_signature(image, profile):
+        if _needs_signature(image, profile):
+            # nRF5 SDK nrf_dfu_validation.c: an unsigned init packet where `signature_required()` holds is
+            # SIGNATURE_MISSING whatever the key; without the key only the verification is left to the device
             if not init.signed or init.signature is None:
                 raise PreflightError(
                     f"{where}: not signed, and the bootloader requires a signature",
                     ExtError.SIGNATURE_MISSING,
                 )
-            if not verify_signature(init, key):
+            if key is not None and not verify_signature(init, key):
                 raise PreflightError(
                     f"{where}: signature invalid: it does not verify with {profile.name}'s bootloader key"
                 )

@@ -27,14 +27,7 @@ class _Commands(click.Group):
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         command = super().get_command(ctx, cmd_name)
-        if command is not None or cmd_name not in plugins.names(plugins.GATEWAY_AGENT_COMMANDS):
-            return command
-        try:
-            loaded = plugins.load(plugins.GATEWAY_AGENT_COMMANDS, cmd_name, what="the command")
-        except plugins.PluginMissingError as exc:
-            loaded = plugins.placeholder(cmd_name, str(exc))
-        assert isinstance(loaded, click.Command)
-        return loaded
+        return command if command is not None else plugins.command(plugins.GATEWAY_AGENT_COMMANDS, cmd_name)
 
 
 @click.group(cls=_Commands)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime
 import logging
 import os
@@ -45,6 +46,7 @@ from gateway_agent.cloud.wire import (
 from gateway_agent.config import AgentConfig
 from gateway_agent.dfu_runner import DfuRunner, UpdaterRunner
 from gateway_agent.download import (
+    DOWNLOAD_RETRY,
     Downloaded,
     DownloadError,
     DownloadPolicy,
@@ -93,8 +95,8 @@ def download_policy(cfg: AgentConfig) -> DownloadPolicy:
         max_bytes=d.max_bytes,
         require_https=d.require_https,
         timeout_s=d.timeout_s,
-        attempts=d.attempts,
         ca_file=d.ca_file,
+        retry=dataclasses.replace(DOWNLOAD_RETRY, attempts=d.attempts),
     )
 
 

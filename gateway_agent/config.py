@@ -59,7 +59,7 @@ DEFAULT_FIRMWARE_TYPES: dict[int, list[ImageKindName]] = {
     4: [ImageKindName.SOFTDEVICE, ImageKindName.SOFTDEVICE_BOOTLOADER],
 }
 """FIRMWARE_TYPE → image kinds its package may hold. APP=0 is verified; BOOTLOADER=3 and SOFTDEVICE=4 come
-from an SDK comment only (reference §3), so the whole table is configurable."""
+from an SDK comment only (docs/nrf-cloud.md, "The job tuple"), so the whole table is configurable."""
 
 
 class _Section(BaseModel):

@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
-import stamina
 
+from dfu.retry import RetryPolicy
 from gateway_agent.cloud.wire import BleJob
 from gateway_agent.logs import kv
 
@@ -51,16 +51,17 @@ class _Retryable(DownloadError):
     """Worth another attempt (broken connection, 5xx, inconsistent resume)."""
 
 
+DOWNLOAD_RETRY = RetryPolicy(0.5, 15.0, jitter_s=1.0, attempts=6)
+
+
 @dataclass(frozen=True)
 class DownloadPolicy:
     allowed_hosts: tuple[str, ...]
     max_bytes: int
     require_https: bool = True
     timeout_s: float = 30.0
-    attempts: int = 6
     ca_file: Path | None = None
-    wait_initial_s: float = 0.5
-    wait_max_s: float = 15.0
+    retry: RetryPolicy = DOWNLOAD_RETRY
     max_redirects: int = 5
 
     def host_allowed(self, host: str) -> bool:
@@ -167,13 +168,7 @@ async def download_job(
                 continue
             url = policy.url(offer.file_host, path)
             try:
-                async for attempt in stamina.retry_context(
-                    on=(_Retryable, httpx.TransportError),
-                    attempts=policy.attempts,
-                    timeout=None,
-                    wait_initial=policy.wait_initial_s,
-                    wait_max=policy.wait_max_s,
-                ):
+                async for attempt in policy.retry.retrying(on=(_Retryable, httpx.TransportError)):
                     with attempt:
                         await _fetch(client, policy, url, f.path, i, budget, progress)
             except httpx.TransportError as exc:

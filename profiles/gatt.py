@@ -1,4 +1,7 @@
-"""GATT identities of Nordic Secure DFU and the services we read around it (reference §1)."""
+"""GATT identities of Nordic Secure DFU and the services we read around it.
+
+Facts and sources: docs/secure-dfu.md, "GATT layout".
+"""
 
 from __future__ import annotations
 

@@ -68,7 +68,7 @@ class DfuEntry(enum.StrEnum):
 
 
 class BootloaderAddressRule(enum.StrEnum):
-    """Where the bootloader advertises after a buttonless switch (reference §4)."""
+    """Where the bootloader advertises after a buttonless switch (docs/secure-dfu.md, "Buttonless entry")."""
 
     PLUS_ONE = "plus-one"  # no bonds: least significant byte + 1, modulo 256
     SAME = "same"  # bonded: same address

@@ -3,7 +3,7 @@
 Theory of operation
 -------------------
 `Air` is the only asyncio-aware piece of the simulator. Peripherals are sans-I/O (`SimPeripheral`, see
-docs/design.md): the air feeds them events stamped with air time and acts on the emissions they return.
+docs/architecture.md): the air feeds them events stamped with air time and acts on the emissions they return.
 The link model (`simulator.radio`) decides *when* things happen; the air waits for that moment on the loop
 (`loop.call_at`), so under looptime a test takes no wall time and a benchmark reads simulated seconds.
 

@@ -15,7 +15,7 @@ from simulator.device import DeviceState, Emission
 from simulator.gatt import CharInfo, ServiceInfo
 from simulator.radio import RadioSchedule
 
-# --- what the air needs from a peripheral (the SimPeripheral contract of docs/design.md) --------------------
+# --- what the air needs from a peripheral (the SimPeripheral contract of docs/architecture.md) ----------
 
 
 class AdvertisementLike(Protocol):

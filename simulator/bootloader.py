@@ -484,7 +484,10 @@ class Bootloader:
         return True
 
     def _validate_init(self, init: InitPacket) -> tuple[int, bool]:
-        """Reference §6, in order. Returns (image size, whether the current app must be invalidated)."""
+        """docs/secure-dfu.md "Validation", in order.
+
+        Returns (image size, whether the current app must be invalidated).
+        """
         ext = ResultCode.EXT_ERROR
         # 1. signature
         if self._signature_required(init):

@@ -9,7 +9,8 @@ public API speaks seconds (floats, asyncio loop time) and converts at the edge.
 * A *data PDU* on the air is preamble + access address + LL header + payload [+ MIC when encrypted] + CRC,
   sent at 8 µs/byte (1M PHY) or 4 µs/byte (2M PHY, with a 2-byte preamble). Every PDU is acknowledged by the
   other side (an empty PDU when it has nothing to say), with T_IFS = 150 µs between them, so one *exchange*
-  costs ``data + T_IFS + empty + T_IFS`` (reference §7: 2468 µs on 1M, 1392 µs on 2M for 251 bytes).
+  costs ``data + T_IFS + empty + T_IFS`` (docs/secure-dfu.md, "Radio": 2468 µs on 1M, 1392 µs on 2M for 251
+  bytes).
 * An ATT PDU travels in an L2CAP frame (4-byte header) that the link layer cuts into fragments of at most
   the negotiated data length (27 without DLE, up to 251 with it).
 * Connection events start at ``anchor + k * interval`` and carry exchanges back to back while the next one
@@ -196,7 +197,10 @@ class LinkModel:
 
     @property
     def ceiling_bps(self) -> float:
-        """Value bytes/s of back-to-back max-size write commands on an air that never pauses (§7)."""
+        """Value bytes/s of back-to-back max-size write commands on an air that never pauses.
+
+        docs/secure-dfu.md, "Radio".
+        """
         return self.max_write_value / to_s(self.att_airtime_us(self.att_mtu))
 
     def stream_seconds(self, nbytes: int, value_size: int | None = None) -> float:

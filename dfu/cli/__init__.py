@@ -29,7 +29,7 @@ class _LazyGroup(click.Group):
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         target = _COMMANDS.get(cmd_name)
         if target is None:
-            return _plugin_command(cmd_name)
+            return plugins.command(plugins.NRF_DFU_COMMANDS, cmd_name)
         module_name, attr = target.split(":")
         try:
             module = importlib.import_module(module_name)
@@ -40,19 +40,6 @@ class _LazyGroup(click.Group):
         command = getattr(module, attr)
         assert isinstance(command, click.Command)
         return command
-
-
-def _plugin_command(name: str) -> click.Command | None:
-    if name not in plugins.names(plugins.NRF_DFU_COMMANDS):
-        return None
-    try:
-        command = plugins.load(plugins.NRF_DFU_COMMANDS, name, what="the command")
-    except plugins.PluginMissingError as exc:
-        placeholder = plugins.placeholder(name, str(exc))
-        assert isinstance(placeholder, click.Command)
-        return placeholder
-    assert isinstance(command, click.Command)
-    return command
 
 
 @click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

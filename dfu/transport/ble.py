@@ -281,7 +281,7 @@ async def _settle_mtu(link: DfuLink, wait_s: float = 1.0) -> None:
 
 
 def has_control_point(client: BleakClient) -> bool:
-    """A device whose GATT shows the DFU control point is in bootloader mode (reference §1)."""
+    """A device whose GATT shows the DFU control point is in bootloader mode (docs/secure-dfu.md, "GATT")."""
     return client.services.get_characteristic(CONTROL_POINT) is not None
 
 

@@ -23,10 +23,11 @@ import logging
 import random
 import ssl
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import aiomqtt
 
+from dfu.retry import RetryPolicy
 from gateway_agent.cloud.wire import (
     DesiredState,
     JobTopic,
@@ -43,24 +44,6 @@ from gateway_agent.logs import kv
 from gateway_agent.outbox import next_batch
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Backoff:
-    """Capped exponential backoff with jitter (sans-I/O: the caller sleeps)."""
-
-    initial_s: float
-    max_s: float
-    rng: random.Random = field(default_factory=random.Random)
-    attempt: int = 0
-
-    def next_delay(self) -> float:
-        base = min(self.max_s, self.initial_s * (2**self.attempt))
-        self.attempt = min(self.attempt + 1, 30)
-        return float(base * (0.5 + self.rng.random() / 2))
-
-    def reset(self) -> None:
-        self.attempt = 0
 
 
 @dataclass(frozen=True)
@@ -133,7 +116,10 @@ class CloudLink:
         self._on_shadow = on_shadow
         self._on_connected = on_connected
         self._peripherals = peripherals
-        self._backoff = Backoff(settings.reconnect_min_s, settings.reconnect_max_s, rng or random.Random())
+        # a fleet that lost its broker together must not come back together: the jitter spreads the tries
+        self._backoff = RetryPolicy(
+            settings.reconnect_min_s, settings.reconnect_max_s, jitter_s=settings.reconnect_min_s
+        ).backoff(rng)
         self.outbox_wake = asyncio.Event()
         self.connected = asyncio.Event()
         self._client: aiomqtt.Client | None = None

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import trustme
 
+from dfu.retry import RetryPolicy
 from gateway_agent.cloud.wire import BleJob
 from gateway_agent.download import DownloadError, DownloadPolicy, DownloadRefused, download_job
 from tests.agent.support import FirmwareServer, firmware_server
@@ -34,9 +35,7 @@ def policy(ca_file: Path | None, **kw: object) -> DownloadPolicy:
         "allowed_hosts": ("127.0.0.1:*",),
         "max_bytes": 1 << 20,
         "ca_file": ca_file,
-        "wait_initial_s": 0.001,
-        "wait_max_s": 0.002,
-        "attempts": 4,
+        "retry": RetryPolicy(0.001, 0.002, attempts=4),
     }
     base.update(kw)
     return DownloadPolicy(**base)  # type: ignore[arg-type]

@@ -72,7 +72,7 @@ def test_app_packet_has_nrfutil_layout() -> None:
     )
     command = b"\x08\x01" + b"\x12" + bytes([len(expected_init)]) + expected_init  # op_code INIT, init
     assert data == b"\x0a" + bytes([len(command)]) + command  # Packet.command
-    assert len(data) == 69  # the size secure-dfu.md §5 quotes for an unsigned app packet
+    assert len(data) == 69  # the size docs/secure-dfu.md "Packages" quotes for an unsigned app packet
 
 
 def test_hash_is_stored_reversed_and_shown_in_normal_order() -> None:

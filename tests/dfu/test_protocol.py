@@ -157,7 +157,7 @@ def test_truncated_or_padded_success_response_is_refused(response: tuple[OpCode,
 
 
 def test_known_bytes() -> None:
-    """Fixed points from the reference (§2, §3): the codec must not drift from the wire."""
+    """Fixed points from docs/secure-dfu.md ("Control point"): the codec must not drift from the wire."""
     assert encode_request(OpCode.CREATE, type=2, size=4096) == bytes.fromhex("0102 00100000")
     assert encode_request(OpCode.SET_PRN, prn=12) == bytes.fromhex("02 0c00")
     assert encode_request(OpCode.SELECT, type=1) == bytes.fromhex("0601")

@@ -82,7 +82,7 @@ async def test_open_peripheral_tells_application_from_bootloader() -> None:
 
 async def test_request_returns_what_a_reduced_protocol_bootloader_answers() -> None:
     """A stock SDK 15.3+ BLE bootloader (NRF_DFU_PROTOCOL_REDUCED) answers a firmware-version request
-    "opcode not supported" (reference §8); the link reports the answer as it came."""
+    "opcode not supported" (docs/bootloaders.md); the link reports the answer as it came."""
     w = world(in_bootloader(S140))
     link, _ = await _bootloader_link(w)
     response = await link.request(OpCode.FIRMWARE_VERSION, image=0)

@@ -281,8 +281,8 @@ async def test_restart_after_first_image_skips_the_installed_bootloader() -> Non
     result = await update(w.backend, S140, package, address=APP_ADDRESS)
     assert [i.skipped for i in result.images] == [True, False]
     app = package.images[1]
-    # A stock BLE bootloader cannot be asked what it runs (reduced protocol, reference §8): the first image's
-    # init packet is what tells, refused with FW_VERSION_FAILURE; none of its firmware is sent.
+    # A stock BLE bootloader cannot be asked what it runs (reduced protocol, docs/bootloaders.md): the first
+    # image's init packet is what tells, refused with FW_VERSION_FAILURE; none of its firmware is sent.
     assert result.bytes_sent == len(first.init_packet) + len(app.firmware) + len(app.init_packet)
     assert _runs(w.state(), package)
 

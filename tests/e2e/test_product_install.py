@@ -1,4 +1,5 @@
-"""What a gateway installs: the wheel without extras, in a clean venv, as docs/install.md has an operator do.
+"""What a gateway installs: the wheel without extras, in a clean venv, as the README's Raspberry Pi install
+has an operator do.
 
 The product's commands work (`gateway-agent check-config` against a bluetoothd, here the bench kit's stand-in
 on a private bus; `nrf-dfu --help`), and nothing of the bench kit or the job service can be imported there:

@@ -11,6 +11,7 @@ import pytest
 from dfu.errors import PreflightError
 from dfu.init_packet import FwType
 from dfu.preflight import preflight, sd_req_accepted
+from dfu.protocol import ExtError
 from dfu.updater import update
 from profiles.model import (
     PeripheralProfile,
@@ -21,7 +22,7 @@ from profiles.model import (
     shipped_profiles,
 )
 from simulator.air import Air
-from tests.support.dfu_sim import APP_ADDRESS, REPO, app_package, world
+from tests.support.dfu_sim import APP_ADDRESS, REPO, app_package, bootloader_package, world
 
 GENERIC = "generic-nrf52"
 V15_0, V15_3, V16_0, V17_1 = SdkRelease
@@ -67,8 +68,22 @@ def test_generic_profile_preflights_only_what_the_package_tells() -> None:
     generic = load_profile(GENERIC)
     # Any hardware version or SoftDevice: only the bootloader knows what it is.
     preflight(app_package(hw_version=7, sd_req=(0x00AE,)), generic)
-    unsigned = app_package(key=None)
-    preflight(unsigned, generic)  # no key known: the bootloader checks the signature
+    # No key known: the signature is verified by the bootloader alone; an unsigned package is still refused,
+    # as a stock BLE bootloader refuses it (nRF5 SDK nrf_dfu_validation.c, signature_required()).
+    with pytest.raises(PreflightError, match="not signed") as info:
+        preflight(app_package(key=None), generic)
+    assert info.value.ext_error is ExtError.SIGNATURE_MISSING
+
+
+def test_an_unsigned_application_passes_only_where_the_bootloader_allows_it() -> None:
+    """NRF_DFU_REQUIRE_SIGNED_APP_UPDATE = 0 waives the signature for applications only; SoftDevice and
+    bootloader images always need one (nRF5 SDK nrf_dfu_validation.c, signature_required())."""
+    lenient = load_profile(GENERIC).model_copy(update={"require_signed_app": False})
+    preflight(app_package(key=None), lenient)
+    keyed = load_profile("nrf52840-s140").model_copy(update={"require_signed_app": False})
+    preflight(app_package(key=None), keyed)
+    with pytest.raises(PreflightError, match="not signed"):
+        preflight(bootloader_package(key=None), lenient)
 
 
 def test_generic_profile_cannot_be_simulated() -> None:

@@ -36,8 +36,8 @@ from tests.service.conftest import FakeClock, ServiceFactory, add_peripherals, a
 def test_ble_update_tolerates_int_or_string_in_the_fourth_element(
     payload: list[object], status: ExecutionStatus, progress: int | None, details: str
 ) -> None:
-    """Reference §3: `[PERIPHERAL_ID, JOB_ID, STATUS:int, PROGRESS:int]` when DOWNLOADING, else
-    `[PERIPHERAL_ID, JOB_ID, STATUS:int, "details"]`."""
+    """docs/nrf-cloud.md "Statuses": `[PERIPHERAL_ID, JOB_ID, STATUS:int, PROGRESS:int]` when DOWNLOADING,
+    else `[PERIPHERAL_ID, JOB_ID, STATUS:int, "details"]`."""
     update = JobUpdate.parse_ble(json.dumps(payload).encode())
     assert (update.device_id, update.job_id, update.status) == ("P", "J", status)
     assert (update.progress, update.details) == (progress, details)
@@ -64,7 +64,7 @@ def test_malformed_ble_updates_raise_payload_error(payload: bytes) -> None:
 
 
 def test_ble_request_shapes() -> None:
-    """`jobs/ble/req` `["<PERIPHERAL_ID>"]` (reference §3)."""
+    """`jobs/ble/req` `["<PERIPHERAL_ID>"]` (docs/nrf-cloud.md, "Topics")."""
     assert BleJobRequest.parse(b'["C8:2E:1A:33:44:55"]').peripheral_id == "C8:2E:1A:33:44:55"
     assert BleJobRequest.parse(b'["P", "J"]').job_id == "J"
     assert BleJobRequest.parse(b'["P", ""]').job_id is None
@@ -74,7 +74,8 @@ def test_ble_request_shapes() -> None:
 
 
 def test_shadow_report_reads_support_and_connections() -> None:
-    """Reference §2: `fota_v2_ble` a plain boolean (an early array form existed); statusConnections map."""
+    """docs/nrf-cloud.md "Shadow content": `fota_v2_ble` a plain boolean (an early array form existed);
+    statusConnections map."""
     doc = {
         "state": {
             "reported": {

@@ -379,7 +379,7 @@ def test_api_can_cancel_an_execution_so_the_job_completes() -> None:
 
 def test_execution_stats_are_exact() -> None:
     """Job "Contains the job document, target, and aggregate statistics about its contained executions."
-    (executionStats of reference §5)"""
+    (executionStats, docs/fota-service.md)"""
     model = make_model(batch_size=7)
     devices = add_fleet(model, 1, 9)
     first = run_job(model, devices)
@@ -535,7 +535,7 @@ def test_retries_of_retries_are_numbered_and_deployable() -> None:
 
 def test_request_returns_the_oldest_unfinished_execution() -> None:
     """Seed: "the device can request that a new execution notification is sent for its latest queued job
-    execution" — executions are handed to a device oldest first (reference §5: FIFO)."""
+    execution" — executions are handed to a device oldest first (docs/fota-service.md: FIFO)."""
     model = make_model()
     (device,) = add_fleet(model, 1, 1)
     model.create_job("J1", 1.0, bundle_id="b-APP", name="a", device_ids=[device], auto_apply=True)

@@ -221,7 +221,8 @@ async def test_request_answers_the_oldest_pending_execution(
     service: FotaService, broker: MosquittoBroker
 ) -> None:
     """Seed: "the device can request that a new execution notification is sent for its latest queued job
-    execution" — on `jobs/ble/req` `["<PERIPHERAL_ID>"]`, answered on `jobs/ble/rcv` (reference §3)."""
+    execution" — on `jobs/ble/req` `["<PERIPHERAL_ID>"]`, answered on `jobs/ble/rcv` (docs/nrf-cloud.md,
+    "Topics")."""
     (p,) = peripheral_ids(1)
     async with bridge_running(service, broker) as bridge, gateway(broker, "gw-2") as gw:
         await gw.report([p])
@@ -319,8 +320,8 @@ async def test_a_gateway_cannot_update_a_peripheral_it_does_not_serve(
 async def test_shadow_get_answers_prefix_and_desired_connections(
     service: FotaService, broker: MosquittoBroker
 ) -> None:
-    """Reference §1-2: the prefix is learnt from `state.desired.nrfcloud_mqtt_topic_prefix`, the wanted
-    peripherals from `state.desired.desiredConnections`; answered on both accepted topics."""
+    """docs/nrf-cloud.md "Topics": the prefix is learnt from `state.desired.nrfcloud_mqtt_topic_prefix`, the
+    wanted peripherals from `state.desired.desiredConnections`; answered on both accepted topics."""
     from fota_service.model import DeviceKind
 
     service.run(lambda m, now: m.upsert_device("gw-4", DeviceKind.IP, now, fota_v2_ble=True))
@@ -428,8 +429,8 @@ async def test_restart_mid_job_resumes_from_the_database(
 async def test_bridge_reconnects_after_a_broker_restart_and_the_job_goes_on(
     service: FotaService, broker: MosquittoBroker
 ) -> None:
-    """Reference §3: gateways ask "after (re)connecting to the broker"; the service reconnects on its own, so
-    a broker restart mid-job only costs the gateway a `jobs/ble/req`."""
+    """docs/nrf-cloud.md "Topics": gateways ask "after (re)connecting to the broker"; the service reconnects
+    on its own, so a broker restart mid-job only costs the gateway a `jobs/ble/req`."""
     peripherals = peripheral_ids(2)
     async with bridge_running(service, broker) as bridge:
         async with gateway(broker, "gw-7") as gw:

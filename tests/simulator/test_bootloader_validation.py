@@ -1,4 +1,4 @@
-"""Init packet validation on Execute (reference §6, in order) and post-validation of the image."""
+"""Init packet validation on Execute (docs/secure-dfu.md "Validation", in order) and post-validation."""
 
 from __future__ import annotations
 

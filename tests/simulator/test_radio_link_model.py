@@ -1,4 +1,4 @@
-"""The link model charges exactly the air time of reference §7, and one central's links share one air."""
+"""The link model charges the air time of docs/secure-dfu.md "Radio"; a central's links share one air."""
 
 from __future__ import annotations
 

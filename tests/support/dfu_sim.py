@@ -48,14 +48,18 @@ def app_package(version: int = 2, size: int = 0x5000, **kwargs: Any) -> DfuPacka
 
 
 def bootloader_package(
-    version: int = 2, size: int = 0x6000, *, sd_req: tuple[int, ...] = (S140,)
+    version: int = 2,
+    size: int = 0x6000,
+    *,
+    sd_req: tuple[int, ...] = (S140,),
+    key: ec.EllipticCurvePrivateKey | None = DEMO_KEY,
 ) -> DfuPackage:
     data = build_package(
         hw_version=52,
         sd_req=list(sd_req),
         bootloader=FirmwareFile("bl.bin", make_bootloader(size, version)),
         bootloader_version=version,
-        key=DEMO_KEY,
+        key=key,
     )
     return DfuPackage.from_zip(data)
 
@@ -63,7 +67,7 @@ def bootloader_package(
 def full_package(
     *, app_version: int = 2, bl_version: int = 2, sd_fwid: int = S140_NEW, sd_size: int = 0x27000
 ) -> DfuPackage:
-    """SoftDevice + bootloader (one image) then application: the three-part update of reference §5."""
+    """SoftDevice + bootloader (one image) then application (docs/secure-dfu.md "Packages")."""
     return DfuPackage.from_zip(
         full_zip(app_version=app_version, bl_version=bl_version, sd_fwid=sd_fwid, sd_size=sd_size)
     )
