@@ -3,16 +3,16 @@
 Thin: every topic and payload goes through the wire module (`gateway_agent.cloud.wire`), the same code the
 agent speaks, turned into one model command; the resulting notifications are published by a single writer
 task. A malformed or refused message is logged and dropped; nothing a device sends can stop the loop. The
-bridge reconnects with a capped backoff and keeps unpublished notifications queued across reconnects
-(gateways also re-ask with `jobs/ble/req`).
+bridge reconnects with the retry policy (dfu/retry.py; a session that subscribed starts it over) and keeps
+unpublished notifications queued across reconnects (gateways also re-ask with `jobs/ble/req`).
 
 Subscriptions: every device's job requests and updates (BLE and IP) under the prefix, and shadow gets and
 reports in all three shadow conventions (`wire.ShadowConvention`); a get is answered on the topic of the
 convention it came in. Processes sharing a PostgreSQL database subscribe as one shared-subscription group
-(`share_group`), so each device message is handled by one of them. Topics starting with `$` (the AWS
-shadow convention's) are the exception: Mosquitto 2.0 files a `$share/<group>/$...` filter under the wrong
-root and never delivers to it, so every process subscribes to them plainly and only the scheduler's leader
-handles them.
+(`share_group`), so each device message is handled by one of them. Topics starting with `$` (the AWS shadow
+convention's) are the exception: Mosquitto 2.0 files a `$share/<group>/$...` filter under the wrong root and
+never delivers to it, so every process subscribes to them plainly and only the scheduler's leader handles
+them.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from typing import Any
 
 import aiomqtt
 
+from dfu.retry import RetryPolicy
 from fota_service.errors import FotaError
 from fota_service.model import DesiredChanged, Effect, FotaModel, Notify
 from fota_service.service import FotaService
@@ -56,6 +57,9 @@ class Outgoing:
     payload: bytes
 
 
+BRIDGE_RETRY = RetryPolicy(0.5, 10.0, jitter_s=0.5)
+
+
 @dataclass(frozen=True)
 class MqttSettings:
     host: str
@@ -64,7 +68,8 @@ class MqttSettings:
     client_id: str = "fota-service"
     tls_context: ssl.SSLContext | None = None
     keepalive: int = 30
-    reconnect_max: float = 10.0
+    retry: RetryPolicy = BRIDGE_RETRY
+    """waits between connection attempts; a session that subscribed starts the count over"""
     share_group: str | None = None
     """Subscribe as `$share/<group>/<topic>`: processes sharing a database each get a share of the devices'
     messages instead of every message each."""
@@ -83,6 +88,7 @@ class MqttBridge:
         self._conventions: dict[str, ShadowConvention] = {}
         """the shadow convention each gateway last used (deltas go where it listens)"""
         self.connected = asyncio.Event()
+        self._backoff = settings.retry.backoff()
         self.handled = 0
         self.sessions = 0
         """Connections made so far (reconnects included)."""
@@ -119,7 +125,6 @@ class MqttBridge:
     # ------------------------------------------------------------------------------------ connection
     async def run(self) -> None:
         """Stay connected until cancelled."""
-        delay = 0.5
         while True:
             try:
                 await self._session()
@@ -128,9 +133,9 @@ class MqttBridge:
                 task = asyncio.current_task()
                 if task is not None and task.cancelling():
                     raise  # aiomqtt may turn our cancellation into an MqttError on the way out
-                log.warning("mqtt connection lost", extra={"error": str(exc), "retry_in": delay})
+                delay = self._backoff.next_delay()
+                log.warning("mqtt connection lost", extra={"error": str(exc), "retry_in": round(delay, 3)})
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, self.settings.reconnect_max)
             else:  # pragma: no cover - _session only returns by raising
                 return
 
@@ -143,6 +148,7 @@ class MqttBridge:
             for topic in (*job_subscriptions(p), *shadow_subscriptions(p)):
                 await client.subscribe(_shared(topic, s.share_group), qos=1)
             log.info("mqtt connected", extra={"host": s.host, "port": s.port, "prefix": p})
+            self._backoff.reset()
             self.connected.set()
             async with self._progress:
                 self.sessions += 1

@@ -13,9 +13,9 @@ from sqlalchemy import MetaData, Table, create_engine, inspect
 from fota_service import store
 from fota_service.config import ConfigError, load_config
 from fota_service.model import DeviceKind, Effect, ExecutionStatus, FotaModel, JobStatus, RolloutConfig
-from fota_service.schemas import BleJobRequest, JobUpdate, PayloadError, ShadowReport
 from fota_service.service import FotaService
 from fota_service.store import Store
+from gateway_agent.cloud.wire import JobUpdate, parse_job_request, read_report
 from tests.service.conftest import FakeClock, ServiceFactory, add_peripherals, app_zip
 
 # ------------------------------------------------------------------------------------------ payloads
@@ -31,15 +31,17 @@ from tests.service.conftest import FakeClock, ServiceFactory, add_peripherals, a
         (["P", "J", "SUCCEEDED", ""], ExecutionStatus.SUCCEEDED, None, ""),
         (["P", "J", "CANCELED", ""], ExecutionStatus.CANCELLED, None, ""),
         (["P", "J", 3], ExecutionStatus.SUCCEEDED, None, ""),
+        # a gateway answers a job whose address it could not read with an empty PERIPHERAL_ID
+        (["", "J", 2, "Job info is invalid"], ExecutionStatus.FAILED, None, "Job info is invalid"),
     ],
 )
 def test_ble_update_tolerates_int_or_string_in_the_fourth_element(
     payload: list[object], status: ExecutionStatus, progress: int | None, details: str
 ) -> None:
     """docs/nrf-cloud.md "Statuses": `[PERIPHERAL_ID, JOB_ID, STATUS:int, PROGRESS:int]` when DOWNLOADING,
-    else `[PERIPHERAL_ID, JOB_ID, STATUS:int, "details"]`."""
-    update = JobUpdate.parse_ble(json.dumps(payload).encode())
-    assert (update.device_id, update.job_id, update.status) == ("P", "J", status)
+    else `[PERIPHERAL_ID, JOB_ID, STATUS:int, "details"]`; the service reads them with the wire module."""
+    update = JobUpdate.decode(json.dumps(payload).encode())
+    assert (update.job_id, update.status) == ("J", status)
     assert (update.progress, update.details) == (progress, details)
 
 
@@ -53,51 +55,55 @@ def test_ble_update_tolerates_int_or_string_in_the_fourth_element(
         b'["P"]',
         b'["P", "J", 42, ""]',
         b'["P", "J", true, ""]',
-        b'["", "J", 3, ""]',
         b'["P", "J", 3, {}]',
         b'["P", "J", 3, "", "extra"]',
+        b'["P", "", 3, ""]',
     ],
 )
-def test_malformed_ble_updates_raise_payload_error(payload: bytes) -> None:
-    with pytest.raises(PayloadError):
-        JobUpdate.parse_ble(payload)
+def test_malformed_ble_updates_are_refused(payload: bytes) -> None:
+    with pytest.raises(ValueError):  # noqa: PT011 - the wire module's one refusal type
+        JobUpdate.decode(payload)
 
 
 def test_ble_request_shapes() -> None:
     """`jobs/ble/req` `["<PERIPHERAL_ID>"]` (docs/nrf-cloud.md, "Topics")."""
-    assert BleJobRequest.parse(b'["C8:2E:1A:33:44:55"]').peripheral_id == "C8:2E:1A:33:44:55"
-    assert BleJobRequest.parse(b'["P", "J"]').job_id == "J"
-    assert BleJobRequest.parse(b'["P", ""]').job_id is None
+    assert parse_job_request(b'["C8:2E:1A:33:44:55"]') == ("C8:2E:1A:33:44:55", None)
+    assert parse_job_request(b'["P", "J"]') == ("P", "J")
+    assert parse_job_request(b'["P", ""]') == ("P", None)
     for bad in (b"[]", b'[""]', b"[1]", b'"P"', b'["P", "J", "x"]'):
-        with pytest.raises(PayloadError):
-            BleJobRequest.parse(bad)
+        with pytest.raises(ValueError):  # noqa: PT011
+            parse_job_request(bad)
 
 
 def test_shadow_report_reads_support_and_connections() -> None:
     """docs/nrf-cloud.md "Shadow content": `fota_v2_ble` a plain boolean (an early array form existed);
-    statusConnections map."""
+    statusConnections map, a removed peripheral reported as null."""
     doc = {
         "state": {
             "reported": {
-                "device": {"serviceInfo": {"fota_v2_ble": ["APP"], "fota_v2": ["APP", "BOOT", "WHAT"]}},
+                "device": {"serviceInfo": {"fota_v2_ble": ["APP"], "fota_v2": ["APP", "BOOT"]}},
                 "statusConnections": {
                     "AA:00:00:00:00:01": {"id": "AA:00:00:00:00:01", "status": {"connected": True}},
-                    "AA:00:00:00:00:02": {"id": "AA:00:00:00:00:02", "status": {"connected": False}},
+                    "aa:00:00:00:00:02": {"id": "AA:00:00:00:00:02", "status": {"connected": False}},
                     "AA:00:00:00:00:03": None,
                 },
             }
         }
     }
-    report = ShadowReport.parse(json.dumps(doc).encode())
+    report = read_report(json.dumps(doc).encode())
     assert report.fota_v2_ble is True
-    assert report.fota_v2 == ["APP", "BOOT"]
-    assert report.connected == ["AA:00:00:00:00:01"]
-    withdrawn = ShadowReport.parse(b'{"state":{"reported":{"device":{"serviceInfo":{"fota_v2_ble":null}}}}}')
+    assert report.fota_v2 == ("APP", "BOOT")
+    assert report.connections == {
+        "AA:00:00:00:00:01": True,
+        "AA:00:00:00:00:02": False,
+        "AA:00:00:00:00:03": None,
+    }
+    withdrawn = read_report(b'{"state":{"reported":{"device":{"serviceInfo":{"fota_v2_ble":null}}}}}')
     assert withdrawn.fota_v2_ble is False
-    silent = ShadowReport.parse(b'{"state":{"reported":{"other":1}}}')
+    silent = read_report(b'{"state":{"reported":{"other":1}}}')
     assert silent.fota_v2_ble is None
-    with pytest.raises(PayloadError):
-        ShadowReport.parse(b'{"state":[]}')
+    with pytest.raises(ValueError, match="reported"):
+        read_report(b'{"state":[]}')
 
 
 # -------------------------------------------------------------------------------------------- config

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,8 +20,9 @@ from typing import Any
 import aiomqtt
 import pytest
 
+from dfu.retry import RetryPolicy
 from fota_service.model import ExecutionStatus, FotaModel, JobStatus
-from fota_service.mqtt import MqttBridge, MqttSettings
+from fota_service.mqtt import BRIDGE_RETRY, MqttBridge, MqttSettings
 from fota_service.service import FotaService
 from tests.service.conftest import ServiceFactory, add_peripherals, app_zip
 from tests.support.mosquitto import MosquittoBroker, running_broker
@@ -43,7 +45,9 @@ def broker(tmp_path: Path) -> Iterator[MosquittoBroker]:
 
 
 @contextlib.asynccontextmanager
-async def bridge_running(service: FotaService, broker: MosquittoBroker) -> AsyncIterator[MqttBridge]:
+async def bridge_running(
+    service: FotaService, broker: MosquittoBroker, retry: RetryPolicy = BRIDGE_RETRY
+) -> AsyncIterator[MqttBridge]:
     bridge = MqttBridge(
         service,
         MqttSettings(
@@ -51,6 +55,7 @@ async def bridge_running(service: FotaService, broker: MosquittoBroker) -> Async
             port=broker.port,
             topic_prefix=PREFIX,
             tls_context=broker.pki.client_ssl_context("fota-service"),
+            retry=retry,
         ),
     )
     task = asyncio.create_task(bridge.run())
@@ -383,6 +388,21 @@ async def test_ip_devices_use_jobs_req_and_rcv(service: FotaService, broker: Mos
     assert received[0][0] == job_id
     assert len(received[0]) == 5
     assert service.model.job(job_id).status is JobStatus.COMPLETED
+
+
+async def test_a_good_session_starts_the_bridge_backoff_over(
+    service: FotaService, broker: MosquittoBroker, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Three broker restarts, each after a session that subscribed: every wait is the first one (0.5 s), not
+    0.5, 1, 2 as when the delay was never reset."""
+    caplog.set_level(logging.WARNING, logger="fota_service.mqtt")
+    async with bridge_running(service, broker, RetryPolicy(0.5, 8.0)) as bridge:
+        for sessions in (2, 3, 4):
+            broker.restart()
+            async with asyncio.timeout(GUARD):
+                await bridge.wait_sessions(sessions)
+    waits = [r.retry_in for r in caplog.records if r.getMessage() == "mqtt connection lost"]  # type: ignore[attr-defined]
+    assert waits == [0.5, 0.5, 0.5]
 
 
 async def test_restart_mid_job_resumes_from_the_database(
