@@ -210,8 +210,8 @@ class DfuPackage:
         packet and its image in either order, under any names.
 
         nRF Cloud names every hosted file `.bin` (the init packet too: `appdat.bin`, `sd_bl_dat.bin`) and may
-        list the image first, so names cannot decide (docs/nrf-cloud.md, "Job files"). The bytes do: the init
-        packet is the small `dfu.Packet` protobuf with an InitCommand; when both files could be one, the
+        list the image first, so names cannot decide (docs/nrf-cloud.md, "The job tuple"). The bytes do: the
+        init packet is the small `dfu.Packet` protobuf with an InitCommand; when both files could be one, the
         packet whose SHA-256 describes the other file wins, and only then a name holding `dat` (what Nordic's
         lte-gateway looks for), then the smaller file.
         """

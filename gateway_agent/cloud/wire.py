@@ -152,7 +152,7 @@ def job_subscriptions(prefix: str) -> tuple[str, ...]:
 
 
 class ShadowConvention(enum.StrEnum):
-    """Which shadow topics a device uses. Three exist in Nordic's code (docs/nrf-cloud.md, "Shadow topics"):
+    """Which shadow topics a device uses. Three exist in Nordic's code (docs/nrf-cloud.md, "Topics"):
 
     - `aws`: sdk-nrf's original transport (NCS ≈ 1.5-1.7 `nrf_cloud_transport.c`, and docs.nrfcloud.com's MQTT
       topic table): get on `$aws/things/<id>/shadow/get`, nRF Cloud answers with a trimmed copy on

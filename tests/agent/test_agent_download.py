@@ -2,7 +2,8 @@
 Range, redirects, and changes files: resume, caps and refusals as the agent must handle them in the field.
 
 Paths are shaped as nRF Cloud serves firmware: `<tenant>/<TYPE>*<8 hex>*<version>/<file>.bin`, the init packet
-named `…dat.bin` too (Nordic's lte-gateway `src/ble/cli.c` shell examples; docs/nrf-cloud.md, "Job files").
+named `…dat.bin` too (Nordic's lte-gateway `src/ble/cli.c` shell examples; docs/nrf-cloud.md,
+"The job tuple").
 """
 
 from __future__ import annotations
