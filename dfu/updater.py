@@ -45,7 +45,7 @@ from typing import Any
 from bleak.exc import BleakError
 
 from dfu.buttonless import buttonless_characteristic, enter_bootloader, find_bootloader
-from dfu.engine import ImageTransfer, Progress
+from dfu.engine import ImageTransfer, PaceState, Progress
 from dfu.errors import DfuError, DfuLinkError, DfuProtocolError, DfuRejected, DfuResponseError
 from dfu.package import DfuPackage, ImageKind, PackageImage
 from dfu.preflight import preflight
@@ -228,6 +228,8 @@ class Updater:
         self._run = _Run()
         self._image_index = 0
         self._image_sent = 0
+        self._pace: PaceState | None = None
+        """what the last transfer learned about this board's flash: the next one starts from it"""
 
     # --- public -----------------------------------------------------------------------------------------
 
@@ -375,18 +377,23 @@ class Updater:
 
     def _new_transfer(self, link: DfuLink, image: PackageImage) -> ImageTransfer:
         prn = self.options.prn if self.options.prn is not None else self.profile.prn
+        profile = self.profile
+        sdk = profile.sdk
         return ImageTransfer(
             image.init_packet,
             image.firmware,
             packet_size=link.packet_size,
             prn=prn,
-            flash=self.profile.flash,
-            response_timeout=self.profile.timeouts.response_s,
-            saves_progress=self.profile.save_progress_in_flash,
-            flash_duty=flash_duty(self.profile),
+            flash=profile.flash,
+            response_timeout=profile.timeouts.response_s,
+            # A profile that names no SDK release cannot say how the bootloader was built: found out.
+            saves_progress=profile.save_progress_in_flash if sdk is not None else None,
+            settings_pages=(2 if sdk.settings_backup else 1) if sdk is not None else None,
+            flash_duty=flash_duty(profile),
             # nRF52832 (no partial erase): the SoftDevice runs an erase whole, holding the link meanwhile
-            erase_preempts=self.profile.chip is not None and not self.profile.chip.erases_in_slices,
-            interval_s=self.profile.link.conn_interval_ms / 1000,
+            erase_preempts=profile.chip is not None and not profile.chip.erases_in_slices,
+            interval_s=profile.link.conn_interval_ms / 1000,
+            pace=self._pace,
         )
 
     async def _send_image(self, link: DfuLink | None, image: PackageImage) -> DfuLink:
@@ -416,6 +423,7 @@ class Updater:
                 try:
                     await link.run(transfer, tracker)
                 finally:
+                    self._pace = transfer.pace
                     self._run.round_trips += link.control_writes - writes_before
                     self._run.sent_over_air += link.packet_bytes - bytes_before
                     self._run.retries += transfer.stats.retries

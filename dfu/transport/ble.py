@@ -293,7 +293,9 @@ async def disconnect_quietly(client: BleakClient) -> None:
 
 @dataclass(slots=True)
 class _Events:
-    queue: asyncio.Queue[bytes | None] = field(default_factory=asyncio.Queue)
+    """Control point notifications with the loop time each arrived at (None: the link dropped)."""
+
+    queue: asyncio.Queue[tuple[float, bytes] | None] = field(default_factory=asyncio.Queue)
     disconnected: bool = False
 
 
@@ -312,6 +314,7 @@ class DfuLink:
         self._cp: BleakGATTCharacteristic = cp
         self._pkt: BleakGATTCharacteristic = pkt
         self._acquired: AcquiredWrite | None = None
+        self._loop = asyncio.get_running_loop()
         self.control_writes = 0
         """control-point requests written: each costs at least one round trip (a connection interval)"""
         self.packet_bytes = 0
@@ -345,7 +348,9 @@ class DfuLink:
             ) from exc
 
     def _on_notify(self, _: BleakGATTCharacteristic, data: bytearray) -> None:
-        self._events.queue.put_nowait(bytes(data))
+        # Stamped on arrival: the engine dates the bootloader's flash from it, even when the driver takes the
+        # notification only after writes it was awaiting.
+        self._events.queue.put_nowait((self._loop.time(), bytes(data)))
 
     @property
     def packet_size(self) -> int:
@@ -388,16 +393,21 @@ class DfuLink:
         except (BleakError, EOFError, BrokenPipeError, OSError) as exc:
             raise DisconnectedError(f"{self.address}: write failed: {exc}") from exc
 
-    async def _next_event(self, deadline: float | None) -> bytes | None:
-        """The next notification; None at the deadline; DisconnectedError when the link drops."""
-        try:
-            async with asyncio.timeout_at(deadline):
-                data = await self._events.queue.get()
-        except TimeoutError:
-            return None
-        if data is None:
+    async def _next_event(self, deadline: float | None) -> tuple[float, bytes] | None:
+        """The next notification and when it arrived; None at the deadline; DisconnectedError when the link
+        drops."""
+        queue = self._events.queue
+        if queue.empty():
+            try:
+                async with asyncio.timeout_at(deadline):
+                    event = await queue.get()
+            except TimeoutError:
+                return None
+        else:
+            event = queue.get_nowait()
+        if event is None:
             raise DisconnectedError(f"{self.address}: link dropped")
-        return data
+        return event
 
     async def wait_disconnected(self, timeout_s: float) -> bool:
         """Wait (bounded) for the peripheral to drop the link, e.g. its reset after the last execute."""
@@ -420,11 +430,11 @@ class DfuLink:
         self.control_writes += 1
         deadline = loop.time() + self._response_timeout_s
         while True:
-            data = await self._next_event(deadline)
-            if data is None:
+            event = await self._next_event(deadline)
+            if event is None:
                 raise DfuTimeoutError(f"{self.address}: no response to {opcode.name}")
             try:
-                response = decode_response(data)
+                response = decode_response(event[1])
             except ProtocolError as exc:
                 raise DfuProtocolError(f"{self.address}: {exc}") from exc
             if response.request is opcode:
@@ -455,9 +465,11 @@ class DfuLink:
                     return action
                 else:  # pragma: no cover - a new engine action this driver does not know
                     raise DfuProtocolError(f"unknown engine action {action!r}")
-            data = await self._next_event(transfer.deadline)
-            now = loop.time()
-            actions = transfer.on_timeout(now) if data is None else transfer.on_notification(data, now)
+            event = await self._next_event(transfer.deadline)
+            if event is None:
+                actions = transfer.on_timeout(loop.time())
+            else:
+                actions = transfer.on_notification(event[1], event[0])
 
 
 __all__ = [
