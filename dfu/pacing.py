@@ -61,8 +61,8 @@ ROUNDING_S = 2e-6
 free a slot before the bootloader's does."""
 LOG_LIMIT = 256
 """Operations kept for the estimator between drains; beyond, the oldest go and the next drain only resyncs."""
-_BISECT_STEPS = 14
-"""Bisection steps over log(SCALE_MAX / SCALE_MIN): the bounds to within 0.04 %, rounded the safe way (each
+_BISECT_STEPS = 11
+"""Bisection steps over log(SCALE_MAX / SCALE_MIN): the bounds to within 0.3 %, rounded the safe way (each
 step is one pass over the log)."""
 
 
@@ -189,6 +189,7 @@ class FlashPacer:
         self.timing = timing
         self.page_size = page_size
         self.duty = duty
+        self._word_s = timing.word_write_us / 1e6 / duty  # a word's write, beside the radio
         self.scale = scale
         self.erase_preempts = erase_preempts
         self.margin = (interval_s / 2 if duty < 1 else 0.0) + ROUNDING_S
@@ -223,7 +224,7 @@ class FlashPacer:
         return pages * per_page
 
     def write_work(self, nbytes: int) -> float:
-        return self.timing.write_seconds(nbytes) / self.duty
+        return ((nbytes + 3) // 4) * self._word_s
 
     def _erase_s(self, pages: int) -> float:
         """How long the pacing assumes an erase keeps the queue busy (0: it holds the link itself)."""

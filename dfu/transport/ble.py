@@ -393,6 +393,23 @@ class DfuLink:
         except (BleakError, EOFError, BrokenPipeError, OSError) as exc:
             raise DisconnectedError(f"{self.address}: write failed: {exc}") from exc
 
+    async def _send_packets(self, packets: list[bytes]) -> None:
+        """Writes without response to the packet characteristic, in order: on an acquired socket without a
+        wake-up each (`AcquiredWrite.send_all`), else one bleak write each."""
+        if self._events.disconnected:
+            raise DisconnectedError(f"{self.address}: link dropped")
+        # Counted when handed to the radio: a write failing with the link may still have arrived.
+        self.packet_bytes += sum(map(len, packets))
+        acquired = self._acquired
+        try:
+            if acquired is not None:
+                await acquired.send_all(packets)
+                return
+            for data in packets:
+                await self.client.write_gatt_char(self._pkt, data, response=False)
+        except (BleakError, EOFError, BrokenPipeError, OSError) as exc:
+            raise DisconnectedError(f"{self.address}: write failed: {exc}") from exc
+
     async def _next_event(self, deadline: float | None) -> tuple[float, bytes] | None:
         """The next notification and when it arrived; None at the deadline; DisconnectedError when the link
         drops."""
@@ -447,14 +464,25 @@ class DfuLink:
         loop = asyncio.get_running_loop()
         actions: Sequence[object] = transfer.start(loop.time())
         while True:
-            for action in actions:
-                if isinstance(action, WritePacket):
+            count, index = len(actions), 0
+            while index < count:
+                action = actions[index]
+                index += 1
+                if type(action) is WritePacket:
                     delay = action.not_before - loop.time()
                     if delay > 0:
                         await asyncio.sleep(delay)
-                    # Counted when handed to the radio: a write failing with the link may still have arrived.
-                    self.packet_bytes += len(action.data)
-                    await self._write(self._pkt, action.data, response=False)
+                    # Every packet due by now leaves in one go: one wake-up per batch, not per packet (the
+                    # engine paced them; most of an object's are due together, queued behind its erase).
+                    now = loop.time()
+                    batch = [action.data]
+                    while index < count:
+                        following = actions[index]
+                        if type(following) is not WritePacket or following.not_before > now:
+                            break
+                        batch.append(following.data)
+                        index += 1
+                    await self._send_packets(batch)
                 elif isinstance(action, WriteControl):
                     await self._write(self._cp, action.data, response=True)
                     self.control_writes += 1
