@@ -276,12 +276,19 @@ class _Stream:
 
     end: int  # absolute firmware offset where the object ends
     chunks: list[bytes]
-    points: list[tuple[int, int]]  # (offset, crc) after each chunk
+    points: list[tuple[int, int]]  # (offset, crc) after each chunk, or after the last only (see `point`)
     next_chunk: int = 0
     counter_base: int = 0  # packets written since the PRN counter restarted, before this stream
     next_prn: int = 0  # counter value at which the next PRN is due
     checksum_sent: bool = False
     last_send: float = 0.0
+
+    def point(self, packets: int) -> tuple[int, int] | None:
+        """(offset, CRC) after this stream's first `packets` packets; None where not computed (without PRNs
+        inside the object only its end is)."""
+        if len(self.points) == len(self.chunks):
+            return self.points[packets - 1]
+        return self.points[-1] if packets == len(self.chunks) else None
 
 
 def crc32(data: bytes | memoryview, crc: int = 0) -> int:
@@ -312,7 +319,7 @@ class ImageTransfer:
         interval_s: float = 0.0,
         pace: PaceState | None = None,
         probe: bool = True,
-        batch_s: float = 0.0,
+        batch_s: float | None = None,
     ) -> None:
         """`prn` None or 0: the engine chooses (one notification per object, on its last packet).
         `flash` None: the board's flash timing is unknown: `DEFAULT_FLASH` at `UNKNOWN_FLASH_PRIOR` until
@@ -326,9 +333,9 @@ class ImageTransfer:
         `interval_s`: the connection interval (an erase split over idle spans may end one interval late).
         `pace`: what an earlier transfer to this board learned (its `pace`), instead of the prior.
         `probe`: time the flash with empty-object Executes where that helps (see "Learning the pace").
-        `batch_s`: packets not due at once leave on a grid this coarse (0: each when paced): fewer wake-ups
-        of the I/O layer, never sooner than paced. Most packets leave in one batch after their Create anyway:
-        those the queue holds behind the erase."""
+        `batch_s` (default: one connection interval): a packet held back by a full queue may wait this much
+        longer, to leave with the later ones of its object (see `_emit_packets`): one wake-up of the I/O
+        layer per connection event's worth of packets, never sooner than paced."""
         if packet_size < 1:
             raise ValueError("packet_size must be positive (negotiated ATT MTU - 3)")
         if not init_packet or not firmware:
@@ -357,7 +364,7 @@ class ImageTransfer:
         self.flash_duty = flash_duty
         self.erase_preempts = erase_preempts
         self.interval_s = interval_s
-        self.batch_s = batch_s
+        self.batch_s = interval_s if batch_s is None else batch_s
         self.probe = probe
         if pace is not None:
             prior = pace.scale
@@ -668,7 +675,6 @@ class ImageTransfer:
             erase_preempts=self.erase_preempts,
             interval_s=self.interval_s,
             scale=self._estimator.scale,
-            grid_s=self.batch_s,
         )
         if self._settings_written_at is not None:
             # Only a settings write this transfer caused for certain may teach the estimator (work modelled
@@ -850,11 +856,15 @@ class ImageTransfer:
             # off): a last write of 4+ bytes whose length is not a multiple of 4 would lose its tail in flash
             # and fail the final hash check. Alone in a packet, the 1-3 tail bytes go into one whole word.
             cuts.append(end - tail)
+        intermediate = self.prn and self.prn < len(cuts)  # PRNs inside the object: each checked
         for pos, upto in zip(cuts, [*cuts[1:], end], strict=True):
             piece = bytes(fw[pos:upto])
-            crc = zlib.crc32(piece, crc)
             chunks.append(piece)
-            points.append((upto, crc))
+            if intermediate:
+                crc = zlib.crc32(piece, crc)
+                points.append((upto, crc))
+        if not intermediate:
+            points.append((end, zlib.crc32(fw[start:end], crc)))  # only the object's end is ever reported
         base = self._counter
         next_prn = (base // self.prn + 1) * self.prn if self.prn else 0
         self._stream = _Stream(end=end, chunks=chunks, points=points, counter_base=base, next_prn=next_prn)
@@ -865,20 +875,29 @@ class ImageTransfer:
         s = self._stream
         assert s is not None
         assert self._pacer is not None
-        packet = self._pacer.packet
-        at = max(now, s.last_send)
-        actions: list[Action] = []
-        sent = 0
-        for chunk in s.chunks[s.next_chunk :]:
-            at = packet(at, len(chunk), origin=now)
-            actions.append(WritePacket(chunk, at))
-            sent += len(chunk)
+        chunks = s.chunks[s.next_chunk :]
+        sizes = [len(chunk) for chunk in chunks]
+        sent = sum(sizes)
+        times = self._pacer.packets(max(now, s.last_send), sizes)
+        # A packet held back by a full queue leaves with the later ones due within `batch_s` of it: the queue
+        # stays busy meanwhile (that is why it was held), so the flash loses nothing and the I/O layer wakes
+        # once per batch. The last packet (its PRN closes the object) is never held back.
+        horizon = self.batch_s
+        if horizon > 0:
+            batch_at = times[-1]
+            for i in range(len(times) - 1, -1, -1):
+                if times[i] <= now:
+                    break
+                if times[i] < batch_at - horizon:
+                    batch_at = times[i]
+                times[i] = batch_at
+        actions: list[Action] = [WritePacket(chunk, t) for chunk, t in zip(chunks, times, strict=True)]
         self.stats.bytes_sent += sent
         if self._object_retries:
             self.stats.bytes_resent += sent
         self._counter += len(s.chunks) - s.next_chunk
         s.next_chunk = len(s.chunks)
-        s.last_send = at
+        s.last_send = at = times[-1]
         if self.prn and self._counter % self.prn == 0:
             # The closing PRN will report the object's end: no checksum request needed.
             self.stats.round_trips += 1
@@ -914,7 +933,7 @@ class ImageTransfer:
             return self._damaged(now, f"object CRC {crc:#010x} expected {s.points[-1][1]:#010x}", lost=False)
         # An intermediate PRN: it must report exactly the point after the packet that triggered it.
         due = s.next_prn - s.counter_base  # 1-based index in this stream of the packet owing the next PRN
-        if self.prn and 1 <= due <= written and s.points[due - 1] == (offset, crc):
+        if self.prn and 1 <= due <= written and s.point(due) == (offset, crc):
             s.next_prn += self.prn
             self._confirmed = offset
             return [self._progress()]

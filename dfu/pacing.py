@@ -182,7 +182,6 @@ class FlashPacer:
         erase_preempts: bool = False,
         interval_s: float = 0.0,
         scale: float = 1.0,
-        grid_s: float = 0.0,
     ) -> None:
         if not 0 < duty <= 1:
             raise ValueError("flash duty must be in (0, 1]")
@@ -196,9 +195,6 @@ class FlashPacer:
         """an operation counts as pending this long after its fluid end: work runs only in the idle spans
         between connection events, so the real flash runs up to one event's worth behind the fluid model
         (half an interval with the SDK's 7.5 ms events every 15 ms)"""
-        self.grid_s = grid_s
-        """packets not due at once are sent on a grid this coarse after the call that schedules them (one
-        wake-up of the I/O layer per connection event's worth of packets), never earlier than modelled"""
         self._max_slack = max(0, min(timing.flash_queue_size, buffers) - 2)
         self.queue_limit = timing.flash_queue_size
         self.buffer_limit = buffers
@@ -306,31 +302,39 @@ class FlashPacer:
             del self._log[: LOG_LIMIT // 2]
             self.log_complete = False
 
-    def packet(self, earliest: float, nbytes: int, *, origin: float | None = None) -> float:
-        """Reserve flash for one packet; returns the earliest time it may be sent (>= `earliest`).
+    def packet(self, earliest: float, nbytes: int) -> float:
+        """Reserve flash for one packet; returns the earliest time it may be sent (>= `earliest`)."""
+        return self.packets(earliest, [nbytes])[0]
 
-        A packet that cannot go at `earliest` goes on `grid_s` steps counted from `origin` (default
-        `earliest`): consecutive packets then share send times, one wake-up of the I/O layer each."""
+    def packets(self, earliest: float, sizes: Sequence[int]) -> list[float]:
+        """Reserve flash for consecutive packets (one object's: the per-packet work of a transfer, kept lean);
+        returns the earliest time each may be sent, non-decreasing from `earliest`."""
         ops, held, margin = self._ops, self._held, self.margin
-        cut = earliest - margin
-        while ops and ops[0] <= cut:
-            ops.popleft()
-        while held and held[0] <= cut:
-            held.popleft()
+        queue_room = self.queue_limit - self.slack
+        buffer_room = self.buffer_limit - self.slack
+        pace, word_s, log = self._pace, self._word_s, self._log
+        times: list[float] = []
         at = earliest
-        room = self.queue_limit - self.slack
-        if len(ops) >= room:
-            at = max(at, ops[len(ops) - room] + margin)
-        room = self.buffer_limit - self.slack
-        if len(held) >= room:
-            at = max(at, held[len(held) - room] + margin)
-        if at > earliest and self.grid_s > 0:
-            base = earliest if origin is None else origin
-            at = base + math.ceil((at - base) / self.grid_s - 1e-9) * self.grid_s
-        work = self.write_work(nbytes)
-        held.append(self._queue(at, self._pace * work))
-        self._add(_Op(at, work, at, buffer=True))
-        return at
+        for nbytes in sizes:
+            cut = at - margin
+            while ops and ops[0] <= cut:
+                ops.popleft()
+            while held and held[0] <= cut:
+                held.popleft()
+            if len(ops) >= queue_room:
+                at = max(at, ops[len(ops) - queue_room] + margin)
+            if len(held) >= buffer_room:
+                at = max(at, held[len(held) - buffer_room] + margin)
+            work = ((nbytes + 3) // 4) * word_s
+            end = (max(at, ops[-1]) if ops else at) + pace * work
+            ops.append(end)
+            held.append(end)
+            log.append(_Op(at, work, at, buffer=True))
+            times.append(at)
+        if len(log) > LOG_LIMIT:
+            del log[: len(log) - LOG_LIMIT // 2]
+            self.log_complete = False
+        return times
 
     def arrived_no_earlier(self, at: float) -> None:
         """The last packet reserved reached the bootloader no earlier than `at` (its PRN came later than

@@ -165,6 +165,9 @@ class UpdateOptions:
     """False only to rehearse what the bootloader itself answers (`nrf-dfu simulate`)"""
     acquire_write: bool = True
     """on BlueZ, send packets over an AcquireWrite socket rather than one D-Bus call each"""
+    acquire_notify: bool = True
+    """on BlueZ, take control point notifications over an AcquireNotify socket rather than one D-Bus signal
+    each (StartNotify where BlueZ refuses it)"""
 
 
 @dataclass(slots=True)
@@ -320,6 +323,7 @@ class Updater:
             policy=self._policy,
             response_timeout_s=self.profile.timeouts.response_s,
             acquire_write=self.options.acquire_write,
+            acquire_notify=self.options.acquire_notify,
         )
         self._run.retries += failures
         if link is None and seen.address != self.address:
@@ -357,6 +361,7 @@ class Updater:
                 policy=self._policy,
                 response_timeout_s=self.profile.timeouts.response_s,
                 acquire_write=self.options.acquire_write,
+                acquire_notify=self.options.acquire_notify,
             )
             self._run.retries += failures
         log.info("bootloader reached address=%s bootloader=%s", self.address, link.address)

@@ -240,12 +240,15 @@ async def open_peripheral(
     policy: ConnectPolicy = ConnectPolicy(),
     response_timeout_s: float = 10.0,
     acquire_write: bool = True,
+    acquire_notify: bool = True,
 ) -> tuple[BleakClient, DfuLink | None, int]:
     """Connect to a peripheral in either mode: a DFU link when it is a bootloader, else None (the client is
     then its application's), plus the failed connect attempts. Saves a reconnect after a process restart.
 
     On BlueZ the packet characteristic is acquired (`dfu.transport.acquired`) unless `acquire_write` is
-    False: packets then go over a socket, not one D-Bus call each."""
+    False: packets then go over a socket, not one D-Bus call each; and the control point's notifications
+    come over an AcquireNotify socket unless `acquire_notify` is False (or BlueZ refuses it): not one D-Bus
+    signal each."""
     events = _Events()
 
     def disconnected(_: BleakClient) -> None:
@@ -259,14 +262,18 @@ async def open_peripheral(
         link = DfuLink(client, events, response_timeout_s=response_timeout_s)
         if is_bluez(backend):
             await _settle_mtu(link)
-        await link._subscribe()
+        await link._subscribe(acquire=is_bluez(backend) and acquire_notify)
         if is_bluez(backend) and acquire_write:
             link._acquired = await acquire_write_of(link._pkt, timeout_s=response_timeout_s)
     except BaseException:
         await disconnect_quietly(client)
         raise
     writes = "acquired socket" if link._acquired is not None else "GATT writes"
-    log.info("dfu link open address=%s packet_size=%d packets=%s", link.address, link.packet_size, writes)
+    notes = "acquired socket" if link.notify_acquired else "notifications"
+    log.info(
+        "dfu link open address=%s packet_size=%d packets=%s answers=%s",
+        link.address, link.packet_size, writes, notes,
+    )  # fmt: skip
     return client, link, failures
 
 
@@ -314,6 +321,8 @@ class DfuLink:
         self._cp: BleakGATTCharacteristic = cp
         self._pkt: BleakGATTCharacteristic = pkt
         self._acquired: AcquiredWrite | None = None
+        self.notify_acquired = False
+        """control point notifications come over an AcquireNotify socket (BlueZ), not D-Bus signals"""
         self._loop = asyncio.get_running_loop()
         self.control_writes = 0
         """control-point requests written: each costs at least one round trip (a connection interval)"""
@@ -329,18 +338,35 @@ class DfuLink:
         policy: ConnectPolicy = ConnectPolicy(),
         response_timeout_s: float = 10.0,
         acquire_write: bool = True,
+        acquire_notify: bool = True,
     ) -> tuple[DfuLink, int]:
         """Connect to a bootloader, subscribe to the control point; also returns failed connect attempts."""
         client, link, failures = await open_peripheral(
-            backend, device, policy=policy, response_timeout_s=response_timeout_s, acquire_write=acquire_write
+            backend,
+            device,
+            policy=policy,
+            response_timeout_s=response_timeout_s,
+            acquire_write=acquire_write,
+            acquire_notify=acquire_notify,
         )
         if link is None:
             await disconnect_quietly(client)
             raise DfuLinkError(f"{device.address.upper()}: not in bootloader mode (no DFU control point)")
         return link, failures
 
-    async def _subscribe(self) -> None:
+    async def _subscribe(self, *, acquire: bool = False) -> None:
+        """Control point notifications on. `acquire` (BlueZ): over an AcquireNotify socket, bleak reading it
+        (`use_start_notify` False); where BlueZ refuses that, as D-Bus signals (StartNotify)."""
         try:
+            if acquire:
+                try:
+                    await self.client.start_notify(
+                        self._cp, self._on_notify, bluez={"use_start_notify": False}
+                    )
+                    self.notify_acquired = "NotifyAcquired" in getattr(self._cp, "obj", (None, {}))[1]
+                    return
+                except BleakError as exc:
+                    log.info("AcquireNotify refused address=%s error=%s", self.address, exc)
             await self.client.start_notify(self._cp, self._on_notify)
         except BleakError as exc:
             raise DisconnectedError(

@@ -309,16 +309,6 @@ def test_pacer_scale_multiplies_every_duration() -> None:
     assert times[3] == pytest.approx(0.2 * (1 + PACE_MARGIN), abs=1e-5), "a 100 ms erase at twice the time"
 
 
-def test_pacer_batches_deferred_packets_on_a_grid() -> None:
-    timing = FlashTiming(page_erase_ms=100.0, word_write_us=40.0, flash_queue_size=4)
-    pacer = FlashPacer(timing, buffers=17, slack=0, grid_s=0.015)
-    pacer.erase(0.0, 4096)
-    times = [pacer.packet(0.0, 244, origin=0.0) for _ in range(5)]
-    assert times[:3] == [0.0, 0.0, 0.0]
-    assert times[3] == pytest.approx(0.105), "due at 0.1, sent on the 15 ms grid: never earlier than paced"
-    assert times[4] == times[3], "the next one rides in the same batch"
-
-
 def test_a_late_closing_prn_replans_the_last_write() -> None:
     """A busy link delivered the object's last packet later than paced: the flash is busy that much longer."""
     timing = FlashTiming(page_erase_ms=10.0, word_write_us=40.0, flash_queue_size=16)
