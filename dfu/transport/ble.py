@@ -425,13 +425,14 @@ class DfuLink:
         if self._events.disconnected:
             raise DisconnectedError(f"{self.address}: link dropped")
         # Counted when handed to the radio: a write failing with the link may still have arrived.
-        self.packet_bytes += sum(map(len, packets))
         acquired = self._acquired
         try:
             if acquired is not None:
+                self.packet_bytes += sum(map(len, packets))
                 await acquired.send_all(packets)
                 return
             for data in packets:
+                self.packet_bytes += len(data)
                 await self.client.write_gatt_char(self._pkt, data, response=False)
         except (BleakError, EOFError, BrokenPipeError, OSError) as exc:
             raise DisconnectedError(f"{self.address}: write failed: {exc}") from exc
