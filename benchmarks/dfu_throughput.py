@@ -457,13 +457,15 @@ async def update_with(
     assert isinstance(node, _CountingPeripheral)
     loop = asyncio.get_running_loop()
     marks: list[float] = []
-    spans: dict[int, list[float]] = {}
+    began: dict[int, float] = {}  # per image: when the updater turned to it (reconnecting first, or not)
+    streaming: dict[int, float] = {}  # per image: its first transfer event (a link to the bootloader is up)
 
     def on(event: Any) -> None:
+        if event.image_index:
+            began.setdefault(event.image_index, loop.time())
         if event.phase.value == "transferring":
             marks.append(loop.time())
-            span = spans.setdefault(event.image_index, [loop.time(), loop.time()])
-            span[1] = loop.time()
+            streaming.setdefault(event.image_index, loop.time())
 
     updater = client(backend_for(air), profile, package, address=address, on_progress=on)
     try:
@@ -478,7 +480,13 @@ async def update_with(
             "error": f"{type(exc).__name__}: {exc}",
         }
     air.close()
-    transfer = sum(end - start for start, end in spans.values())
+    # An image's report runs from when the updater turned to it to its last Execute's answer: less the
+    # reconnect that came first, if any.
+    transfer = sum(
+        max(0.0, began[i] + report.seconds - streaming.get(i, began[i]))
+        for i, report in enumerate(result.images, start=1)
+        if i in began and not report.skipped
+    )
     return {
         "completed": True,
         "transfer_s": round(transfer, 3),

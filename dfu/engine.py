@@ -757,8 +757,9 @@ class ImageTransfer:
         assert pacer is not None
         window = self._drain_window()
         if self._log_valid and pacer.log_complete:
-            low, high = pacer.bounds(after, now, window)
-            self._estimator.observe(low, high)
+            estimator = self._estimator
+            low, high = pacer.bounds(after, now, window, high=estimator.high, low=estimator.scale)
+            estimator.observe(low, high)
             pacer.scale = self.stats.pace_scale = self._estimator.scale
         self._log_valid = True
         pacer.drained(now - window)

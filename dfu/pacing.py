@@ -147,6 +147,11 @@ class FlashEstimator:
         """drains that told something"""
         self.losses = 0
 
+    @property
+    def high(self) -> float:
+        """The tightest upper bound so far (SCALE_MAX before any)."""
+        return self._high
+
     def observe(self, low: float, high: float) -> None:
         """One drain: the scale lies in [low, high] (SCALE_MIN / SCALE_MAX where it says nothing)."""
         if low <= SCALE_MIN and high >= SCALE_MAX:
@@ -354,13 +359,26 @@ class FlashPacer:
 
     # --- what the bootloader told ------------------------------------------------------------------------
 
-    def bounds(self, sent: float, answered: float, window: float) -> tuple[float, float]:
+    def bounds(
+        self, sent: float, answered: float, window: float, *, high: float = SCALE_MAX, low: float = SCALE_MIN
+    ) -> tuple[float, float]:
         """The scales consistent with a drain: an Execute sent at `sent` (handled within `window` after) was
         answered once the queue was empty, within `window` before `answered`. An Execute that found the queue
-        empty is answered at once: only a drain after its latest handling says the flash was slow."""
+        empty is answered at once: only a drain after its latest handling says the flash was slow.
+
+        `high` / `low`: what is known already; a bound that cannot tighten it is not searched for (one pass
+        over the log instead of a bisection: most drains of a steady transfer confirm the pace)."""
         log, start = self._log, self._log_start
-        low = scale_at_least(log, start, min(sent + window, answered), answered - window)
-        return low, scale_at_most(log, start, sent, answered)
+        late = min(sent + window, answered)
+        if low > SCALE_MIN and drain_time(log, start, late, low) >= answered - window:
+            lower = SCALE_MIN  # at most `low`: nothing new
+        else:
+            lower = scale_at_least(log, start, late, answered - window)
+        if lower <= high < SCALE_MAX and drain_time(log, start, sent, high) <= answered:
+            upper = SCALE_MAX  # at least `high` (and not slower than believed): nothing new
+        else:
+            upper = scale_at_most(log, start, sent, answered)
+        return lower, upper
 
     def drained(self, at: float) -> None:
         """The queue was empty at `at` (at the earliest: a drain answered within a window): forget what

@@ -194,6 +194,8 @@ class _ProgressTracker:
         self.last: Progress | None = None
 
     def __call__(self, progress: Progress) -> None:
+        if progress == self.last:
+            return  # an object's Execute confirms what its CRC already did: one event per object
         self.last = progress
         self.updater._image_sent = progress.sent
         self.updater._emit(Phase.TRANSFERRING, self.image)
