@@ -45,6 +45,7 @@ demo: setup
 
 bench: setup
 	$(VENV)/bin/python -m benchmarks.dfu_throughput
+	$(VENV)/bin/python -m benchmarks.dfu_throughput --matrix --jobs 2
 	$(VENV)/bin/python -m benchmarks.client_cpu
 
 clean:

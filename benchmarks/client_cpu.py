@@ -266,7 +266,7 @@ async def measure_bluez(
             cleanup.push_async_callback(stop_cli, bluetoothd)
             os.environ["DBUS_SYSTEM_BUS_ADDRESS"] = bus.address
             backend = platform_backend()
-            options = UpdateOptions(acquire_write=acquire)
+            options = UpdateOptions(acquire_write=acquire, acquire_notify=acquire)
             pids = (server.pid, bluetoothd.pid, bus.pid)
             others_before = [_proc_cpu_s(pid) for pid in pids]
             with _GattCounter() as counter:

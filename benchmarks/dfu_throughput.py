@@ -7,17 +7,24 @@ client's own CPU).
 
 The device bound of one image, printed component by component so it can be audited:
 
-    bound = init + max(image air, flash) + interval
+    bound = init + max(procedure air, flash) + interval + validation
     init  = 2 x interval + init packet bytes / link ceiling
-    flash = the bootloader's flash work for the image (settings page, one page erase per object, one write per
-            packet in 20-byte SoftDevice operations) run by `simulator.flash.Flash` only between connection
+    flash = the bootloader's flash work for the image (settings page, one page erase per object, one write
+            per packet in 20-byte SoftDevice operations, and a settings write after every object but the last
+            where the build saves progress in flash) run by `simulator.flash.Flash` only between connection
             events, as the SoftDevice schedules it (the same model the simulated bootloader runs)
-    link ceiling = LinkModel.stream_bps(): back-to-back writes without response on one idle connection,
-                   connection events and their length cap counted (the raw air ceiling is also printed)
+    procedure air = the image's packets back to back on one idle connection (connection events and their
+            length cap counted: LinkModel's scheduler), plus what each object boundary needs on the air
+            before the next object's first packet may leave: the closing PRN (next event), Execute (a write
+            request, answered in the next event), Create (likewise) and its answer. That is what a client
+            that checks each object's CRC before executing it (as every Nordic client does) cannot avoid;
+            `air_s` (streaming alone) is printed too.
 
-The final `interval` is the last Execute's answer. A client that keeps flash busy all the time (the next
-Create behind each Execute, packets queued behind each erase) hides every other round trip behind flash work,
-so none is counted; everything a client spends beyond that shows up as efficiency = bound / achieved below 1.
+The final `interval` is the last Execute's answer, which also waits for the bootloader's post-validation:
+`validation` = the SHA-256 of the image at `simulator.bootloader.HASH_BYTES_PER_S`. A client that keeps flash
+busy all the time (the next Create behind each Execute, packets queued behind each erase) hides every other
+round trip behind flash work, so none is counted; everything a client spends beyond that shows up as
+efficiency = bound / achieved below 1.
 The bound covers the transfer only (from the first request to the bootloader to its last execute response):
 connecting, the buttonless switch and the verification are reported apart as `overhead_s`.
 N peripherals through one central share one radio: their aggregate bound is
@@ -58,6 +65,7 @@ from dfu.signing import load_private_key
 from dfu.updater import UpdateOptions, Updater, UpdateResult
 from profiles.model import (
     SETTINGS_WRITE_BYTES,
+    FlashTiming,
     LinkPreferences,
     PeripheralProfile,
     Phy,
@@ -66,6 +74,7 @@ from profiles.model import (
 )
 from simulator.air import Air
 from simulator.bleak_backend import DEFAULT_CENTRAL, backend_for
+from simulator.bootloader import HASH_BYTES_PER_S
 from simulator.device import DeviceState
 from simulator.faults import FaultPlan
 from simulator.firmware import make_application
@@ -74,7 +83,9 @@ from simulator.peripheral import SimPeripheral
 from simulator.radio import (
     ATT_HEADER_BYTES,
     ATT_WRITE_RSP_BYTES,
+    Central,
     CentralSettings,
+    Direction,
     LinkModel,
     RadioSchedule,
     to_s,
@@ -103,11 +114,15 @@ class Bound:
     objects: int
     air_s: float
     """the image's packets back to back on an otherwise idle link"""
+    procedure_air_s: float
+    """the same with each object boundary's PRN, Execute and Create exchanges (`procedure_air_seconds`)"""
     flash_alone_s: float
     """the bootloader's flash work (settings page, page erases, 20-byte writes) if it had all the time"""
     flash_s: float
     """the same work run only between connection events, as the SoftDevice schedules it (simulator.flash)"""
     init_s: float
+    validation_s: float
+    """the last Execute's answer waits for the SHA-256 of the received image (post-validation)"""
     total_s: float
     control_air_s: float
     """air of the unavoidable control PDUs (Create + Execute per object and for the init packet)"""
@@ -122,7 +137,9 @@ class Bound:
         flash_s = flash_work_seconds(profile, model.max_write_value, image_bytes, radio)
         flash_alone = flash_work_seconds(profile, model.max_write_value, image_bytes, None)
         air = image_bytes / ceiling
+        procedure = procedure_air_seconds(model, image_bytes)
         init = 2 * interval + init_bytes / ceiling
+        validation = image_bytes / HASH_BYTES_PER_S
         return cls(
             control_air_s=(objects + 1) * _control_air_s(model),
             interval_s=interval,
@@ -130,10 +147,12 @@ class Bound:
             air_ceiling_bps=model.ceiling_bps,
             objects=objects,
             air_s=air,
+            procedure_air_s=procedure,
             flash_alone_s=flash_alone,
             flash_s=flash_s,
             init_s=init,
-            total_s=init + max(air, flash_s) + interval,
+            validation_s=validation,
+            total_s=init + max(procedure, flash_s) + interval + validation,
         )
 
 
@@ -141,7 +160,8 @@ def flash_work_seconds(
     profile: PeripheralProfile, packet: int, image_bytes: int, radio: RadioSchedule | None
 ) -> float:
     """What the simulated bootloader's flash needs for one image, run back to back from an idle span's start:
-    the init packet's settings write, then per object a page erase and one write per packet."""
+    the init packet's settings write, then per object a page erase and one write per packet, and after every
+    object but the last a settings write where the build saves progress in flash."""
     board = profile.board
     unbounded = board.flash.model_copy(update={"flash_queue_size": 1 << 30})
     flash = Flash(unbounded, 1 << 30, sliced_erase=board.chip.erases_in_slices)
@@ -149,15 +169,49 @@ def flash_work_seconds(
     if radio is not None:
         flash.set_radio(0.0, radio)
         start = to_s(radio.event_us)
-    for _ in range(2 if board.sdk.settings_backup else 1):
-        flash.erase(start, 1)
-        flash.write(start, SETTINGS_WRITE_BYTES, holds_buffer=False)
+    pages = 2 if board.sdk.settings_backup else 1
+
+    def settings() -> None:
+        for _ in range(pages):
+            flash.erase(start, 1)
+            flash.write(start, SETTINGS_WRITE_BYTES, holds_buffer=False)
+
+    settings()
     for offset in range(0, image_bytes, OBJECT_BYTES):
         size = min(OBJECT_BYTES, image_bytes - offset)
         flash.erase(start, 1)
         for at in range(0, size, packet):
             flash.write(start, min(packet, size - at))
+        if profile.save_progress_in_flash and offset + size < image_bytes:
+            settings()
     return flash.idle_at(start) - start
+
+
+def procedure_air_seconds(model: LinkModel, image_bytes: int) -> float:
+    """The image through the object procedure on one idle connection, flash aside: each object's packets back
+    to back from its Create's answer, then the closing PRN (a notification, next event), Execute (a write
+    request; its response comes in the next event), Create (likewise) and the Create's answer; LinkModel's
+    scheduler places every exchange. Starts with the first object's packets, ends with its last PRN."""
+    central = Central()
+    link = central.open("procedure", model, now=0.0, anchor=0.0)
+    p2c = Direction.PERIPHERAL_TO_CENTRAL
+    size = model.max_write_value
+    notification = model.fragments(ATT_HEADER_BYTES + 11)  # 60 03 01 offset crc
+    answer = model.fragments(ATT_HEADER_BYTES + 3)  # 60 op 01
+    response = model.fragments(ATT_WRITE_RSP_BYTES)
+    t = 0.0
+    for offset in range(0, image_bytes, OBJECT_BYTES):
+        end = min(offset + OBJECT_BYTES, image_bytes)
+        for at in range(offset, end, size):
+            t = central.transmit(link, model.write_fragments(min(size, end - at)), not_before=t)
+        t = central.transmit(link, notification, not_before=t, direction=p2c, next_event=True)
+        if end == image_bytes:
+            break
+        for request in (1, 6):  # Execute, then Create (type, size)
+            t = central.transmit(link, model.write_fragments(request), not_before=t)
+            t = central.transmit(link, response, not_before=t, direction=p2c, next_event=True)
+        t = central.transmit(link, answer, not_before=t, direction=p2c)
+    return t
 
 
 def _control_air_s(model: LinkModel) -> float:
@@ -388,19 +442,30 @@ def app_package_for(profile: PeripheralProfile, size: int = IMAGE_BYTES, version
 
 
 async def update_with(
-    profile: PeripheralProfile, package: DfuPackage, client: type[Updater]
+    profile: PeripheralProfile,
+    package: DfuPackage,
+    client: type[Updater],
+    *,
+    board: PeripheralProfile | None = None,
 ) -> dict[str, Any]:
-    """One board, one client: the transfer's time (first request to last execute), or how it failed."""
+    """One board, one client: the transfer's time (per image, first request to last execute, summed; the
+    reconnects between images are not counted), or how it failed. `board`: the simulated board when it
+    differs from what the client's `profile` says."""
     air = Air(factory=_counting_factory)
     address = "C0:FF:EE:00:02:10"
-    node = air.add_profile(profile, address)
+    node = air.add_profile(board or profile, address)
     assert isinstance(node, _CountingPeripheral)
     loop = asyncio.get_running_loop()
     marks: list[float] = []
+    began: dict[int, float] = {}  # per image: when the updater turned to it (reconnecting first, or not)
+    streaming: dict[int, float] = {}  # per image: its first transfer event (a link to the bootloader is up)
 
     def on(event: Any) -> None:
+        if event.image_index:
+            began.setdefault(event.image_index, loop.time())
         if event.phase.value == "transferring":
             marks.append(loop.time())
+            streaming.setdefault(event.image_index, loop.time())
 
     updater = client(backend_for(air), profile, package, address=address, on_progress=on)
     try:
@@ -415,7 +480,13 @@ async def update_with(
             "error": f"{type(exc).__name__}: {exc}",
         }
     air.close()
-    transfer = sum(i.seconds for i in result.images)
+    # An image's report runs from when the updater turned to it to its last Execute's answer: less the
+    # reconnect that came first, if any.
+    transfer = sum(
+        max(0.0, began[i] + report.seconds - streaming.get(i, began[i]))
+        for i, report in enumerate(result.images, start=1)
+        if i in began and not report.skipped
+    )
     return {
         "completed": True,
         "transfer_s": round(transfer, 3),
@@ -504,13 +575,252 @@ def faults_rows(package: DfuPackage) -> list[dict[str, Any]]:
     return rows
 
 
+# --- the device matrix (`--matrix`) -------------------------------------------------------------------------
+
+MATRIX_BUILDS: dict[str, tuple[str, dict[str, Any]]] = {
+    "15.3": (PROFILE, {}),
+    "17.1": ("nrf52840-s140-sdk17", {"save_progress_in_flash": True}),
+}
+"""SDK 15.3 keeping its progress in RAM; 17.1 built to save progress in flash (settings written per
+object)."""
+MATRIX_FLASH_SCALES = (0.5, 1.0, 2.0)
+MATRIX_PROFILES = ("truth", "wrong", "default")
+MATRIX_PACKAGES = ("app", "sd+bl+app")
+FIXED_STRATEGIES: dict[str, tuple[int, float]] = {
+    "PRN 0": (0, 0.0),
+    "PRN 12": (12, 0.0),
+    "pause 0.2 s": (0, 0.2),
+    "pause 0.4 s": (0, 0.4),
+    "pause 0.6 s": (0, 0.6),
+}
+"""Plain clients (`benchmarks.plain_client`): blind writes, PRN 12, and blind writes after a fixed pause
+following each Create (Android-DFU-Library's `prepareDataObjectDelay`)."""
+TARGET_VS_BOUND = 0.90
+TARGET_VS_FIXED = 0.95
+
+
+def scaled_flash(profile: PeripheralProfile, scale: float) -> PeripheralProfile:
+    """The profile with its flash timing (page erase, word write) multiplied by `scale`."""
+    flash = profile.flash or FlashTiming()
+    timing = flash.model_copy(
+        update={"page_erase_ms": flash.page_erase_ms * scale, "word_write_us": flash.word_write_us * scale}
+    )
+    return profile.model_copy(update={"flash": timing})
+
+
+def matrix_board(sdk: str, scale: float, link: str) -> PeripheralProfile:
+    """The simulated board of one matrix cell."""
+    name, changes = MATRIX_BUILDS[sdk]
+    board = load_profile(name).model_copy(update=changes)
+    return with_link(scaled_flash(board, scale), **LINK_MODELS[link])
+
+
+def claimed_flash_scale(kind: str, scale: float) -> float | None:
+    """What the client's profile says of the board's flash (relative to the shipped timing): the truth; wrong
+    by x2 (the shipped figures where the board differs from them by x2 either way, else half of them: a
+    profile claiming flash twice as fast as it is); or nothing at all (`generic-nrf52`)."""
+    if kind == "truth":
+        return scale
+    if kind == "wrong":
+        return 1.0 if scale != 1.0 else 0.5
+    return None
+
+
+def matrix_client(board: PeripheralProfile, sdk: str, kind: str, scale: float) -> PeripheralProfile:
+    claimed = claimed_flash_scale(kind, scale)
+    if claimed is None:
+        return load_profile("generic-nrf52")
+    name, changes = MATRIX_BUILDS[sdk]
+    told = scaled_flash(load_profile(name).model_copy(update=changes), claimed)
+    return told.model_copy(update={"link": board.link})
+
+
+def full_package_for(
+    profile: PeripheralProfile, app_size: int = IMAGE_BYTES, sd_size: int = 0x26000
+) -> DfuPackage:
+    """SoftDevice + bootloader (one image: a major SoftDevice update, 152 KB + 24 KB) then the application."""
+    from pathlib import Path
+
+    from simulator.firmware import make_bootloader, make_softdevice
+
+    board = profile.board
+    key = load_private_key(Path(__file__).resolve().parents[1] / "profiles" / "keys" / "demo-private.pem")
+    sd = make_softdevice(0x0123, sd_size, version=8_000_000, family=board.initial.softdevice_family)
+    data = build_package(
+        hw_version=board.hw_version,
+        sd_req=[board.softdevice_id],
+        softdevice=FirmwareFile("sd.bin", sd),
+        sd_id=[0x0123],
+        bootloader=FirmwareFile("bl.bin", make_bootloader(0x6000, 2)),
+        bootloader_version=2,
+        application=FirmwareFile("app.bin", make_application(app_size, 2)),
+        application_version=2,
+        key=key,
+    )
+    return DfuPackage.from_zip(data)
+
+
+Cell = tuple[str, str, float, str]
+"""package, SDK release, flash scale, link"""
+
+
+def matrix_cell(
+    package_kind: str, sdk: str, scale: float, link: str, size: int = IMAGE_BYTES
+) -> list[dict[str, Any]]:
+    """One board: the fixed strategies once, then this client with each kind of profile (fresh board each).
+    `size`: the application's bytes (the SoftDevice shrinks with it below the default 200 KB)."""
+    logging.getLogger().setLevel(logging.ERROR)  # worker processes start with logging unconfigured
+    board = matrix_board(sdk, scale, link)
+    if package_kind == "app":
+        package = app_package_for(board, size)
+    else:
+        package = full_package_for(board, size, 0x26000 if size >= IMAGE_BYTES else 0x4000)
+    bound = sum(Bound.of(board, len(i.firmware), len(i.init_packet)).total_s for i in package.images)
+    fixed: dict[str, float | None] = {}
+    for name, (prn, pause) in FIXED_STRATEGIES.items():
+        cls = plain_updater(prn, pause)
+        run, _ = run_simulated(lambda c=cls: update_with(board, package, c))  # type: ignore[misc]
+        fixed[name] = run["transfer_s"] if run["completed"] else None
+    done = {name: t for name, t in fixed.items() if t is not None}
+    best = min(done, key=done.__getitem__) if done else None
+    rows = []
+    for kind in MATRIX_PROFILES:
+        client = matrix_client(board, sdk, kind, scale)
+        run, _ = run_simulated(lambda c=client: update_with(c, package, Updater, board=board))  # type: ignore[misc]
+        row: dict[str, Any] = {
+            "package": package_kind,
+            "sdk": sdk,
+            "flash_scale": scale,
+            "link": link,
+            "profile": kind,
+            "profile_flash_scale": claimed_flash_scale(kind, scale),
+            "completed": run["completed"],
+            "ours_s": run.get("transfer_s"),
+            "bound_s": round(bound, 3),
+            "best_fixed_s": fixed[best] if best else None,
+            "best_fixed": best,
+            "prn12_s": fixed["PRN 12"],
+            "fixed_s": fixed,
+            "object_retries": run.get("object_retries"),
+            "lost_packets": run["lost_packets"],
+        }
+        if run["completed"]:
+            row["ours_vs_bound"] = round(bound / run["transfer_s"], 3)
+            if best:
+                row["ours_vs_best_fixed"] = round(done[best] / run["transfer_s"], 3)
+        else:
+            row["error"] = run["error"]
+        rows.append(row)
+    return rows
+
+
+def matrix_cells() -> list[Cell]:
+    return [
+        (package, sdk, scale, link)
+        for package in MATRIX_PACKAGES
+        for sdk in MATRIX_BUILDS
+        for scale in MATRIX_FLASH_SCALES
+        for link in LINK_MODELS
+    ]
+
+
+def matrix_rows(jobs: int, size: int = IMAGE_BYTES, cells: list[Cell] | None = None) -> list[dict[str, Any]]:
+    """Every cell of the matrix (or `cells`), spread over `jobs` processes (simulated time is deterministic,
+    so rows do not depend on how they are spread)."""
+    todo = matrix_cells() if cells is None else cells
+    if jobs <= 1:
+        results = [matrix_cell(*cell, size) for cell in todo]
+    else:
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(max_workers=jobs) as pool:
+            results = list(pool.map(matrix_cell, *zip(*todo, strict=True), [size] * len(todo)))
+    return [row for rows in results for row in rows]
+
+
+def matrix_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """min / median of ours/bound and ours/best fixed, and the rows under target."""
+    import statistics
+
+    vs_bound = [r["ours_vs_bound"] for r in rows if "ours_vs_bound" in r]
+    vs_fixed = [r["ours_vs_best_fixed"] for r in rows if "ours_vs_best_fixed" in r]
+    under = [
+        r
+        for r in rows
+        if not r["completed"]
+        or r.get("ours_vs_bound", 1.0) < TARGET_VS_BOUND
+        or r.get("ours_vs_best_fixed", 1.0) < TARGET_VS_FIXED
+    ]
+    return {
+        "rows": len(rows),
+        "completed": sum(r["completed"] for r in rows),
+        "ours_vs_bound_min": min(vs_bound, default=None),
+        "ours_vs_bound_median": statistics.median(vs_bound) if vs_bound else None,
+        "ours_vs_best_fixed_min": min(vs_fixed, default=None),
+        "ours_vs_best_fixed_median": statistics.median(vs_fixed) if vs_fixed else None,
+        "rows_with_a_fixed_strategy_completing": len(vs_fixed),
+        "under_target": len(under),
+    }
+
+
+def print_matrix(rows: list[dict[str, Any]]) -> None:
+    def s(value: float | None) -> str:
+        return "-" if value is None else f"{value:.2f}"
+
+    print("device matrix: simulated seconds of transfer (reconnects between images not counted)")
+    print(
+        f"{'package':<9} {'sdk':>4} {'flash':>5} {'link':<14} {'profile':<7} {'ours':>7} {'bound':>7} "
+        f"{'/bound':>6} {'best fixed':>18} {'/best':>6} {'PRN 12':>7} {'retries':>7} {'lost':>5}"
+    )
+    for r in rows:
+        best = f"{s(r['best_fixed_s'])} {r['best_fixed'] or 'none'}"
+        print(
+            f"{r['package']:<9} {r['sdk']:>4} {r['flash_scale']:>5g} {r['link']:<14} {r['profile']:<7} "
+            f"{s(r['ours_s']):>7} {s(r['bound_s']):>7} {s(r.get('ours_vs_bound')):>6} {best:>18} "
+            f"{s(r.get('ours_vs_best_fixed')):>6} {s(r['prn12_s']):>7} {r['object_retries'] or 0:>7} "
+            f"{r['lost_packets']:>5}" + ("" if r["completed"] else f"  FAILED: {r['error'][:60]}")
+        )
+    summary = matrix_summary(rows)
+    vs_bound = f"{s(summary['ours_vs_bound_min'])} median {s(summary['ours_vs_bound_median'])}"
+    vs_fixed = f"{s(summary['ours_vs_best_fixed_min'])} median {s(summary['ours_vs_best_fixed_median'])}"
+    print(
+        f"\n{summary['completed']}/{summary['rows']} rows completed; ours/bound min {vs_bound};"
+        f" ours/best fixed min {vs_fixed} ({summary['rows_with_a_fixed_strategy_completing']} rows where a"
+        f" fixed strategy completed); {summary['under_target']} rows under target"
+        f" (>= {TARGET_VS_BOUND} of the bound, >= {TARGET_VS_FIXED} of the best fixed strategy)"
+    )
+    for r in rows:
+        if (
+            not r["completed"]
+            or r.get("ours_vs_bound", 1.0) < TARGET_VS_BOUND
+            or r.get("ours_vs_best_fixed", 1.0) < TARGET_VS_FIXED
+        ):
+            print(
+                f"  under target: {r['package']} {r['sdk']} x{r['flash_scale']:g} {r['link']} {r['profile']}"
+            )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--json", action="store_true", help="one JSON document instead of tables")
     parser.add_argument("--size", type=int, default=IMAGE_BYTES, help="application size in bytes")
     parser.add_argument("-v", "--verbose", action="store_true", help="log the updater's warnings (resumes)")
+    parser.add_argument(
+        "--matrix",
+        action="store_true",
+        help="the device matrix instead (with --json: one JSON object per row, one per line)",
+    )
+    parser.add_argument("--jobs", type=int, default=2, help="processes for the matrix's cells")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.verbose else logging.ERROR, format="%(message)s")
+    if args.matrix:
+        matrix = matrix_rows(args.jobs, args.size)
+        if args.json:
+            for row in matrix:
+                print(json.dumps(row))
+        else:
+            print_matrix(matrix)
+        return 0
     package = app_package(args.size)
     rows = [link_row(name, link, package) for name, link in LINK_MODELS.items()]
     rows += [concurrency_row(n, package) for n in (1, 4, 8)]

@@ -5,10 +5,11 @@ Per data object it sends Create, streams the object's packets at once (with a pa
 every `prn` packets it waits for each before sending more: PRN 12 was the Android-DFU-Library's default until
 1.9), asks Calculate Checksum, re-creates the object when the CRC does not match (at most `MAX_ATTEMPTS`
 times in a row, as the library's SecureDfuImpl) and executes it; the next Create waits for Execute's answer.
-No pause after Create (the library's `prepareDataObjectDelay` is 0 unless the app sets it; its own example
-suggests 300 ms for SDK 15/16 bootloaders), no waiting out a busy flash: a Create answered INVALID_OBJECT ends
-the transfer. Not modelled: the library's current fallback when bytes were lost (continue the object from the
-reported offset and switch to PRN 1), which trades speed for completion.
+No pause after Create unless `pause_s` is set (the library's `prepareDataObjectDelay` is 0 unless the app
+sets it; its own example suggests 300 ms for SDK 15/16 bootloaders: `plain_updater(prn, pause_s)` waits that
+long after each data Create is answered before streaming the object), no waiting out a busy flash: a Create
+answered INVALID_OBJECT ends the transfer. Not modelled: the library's current fallback when bytes were lost
+(continue the object from the reported offset and switch to PRN 1), which trades speed for completion.
 """
 
 from __future__ import annotations
@@ -38,11 +39,15 @@ TIMEOUT_S = 10.0
 class PlainTransfer:
     """One image the plain way; see the module docstring."""
 
-    def __init__(self, init_packet: bytes, firmware: bytes, *, packet_size: int, prn: int) -> None:
+    def __init__(
+        self, init_packet: bytes, firmware: bytes, *, packet_size: int, prn: int, pause_s: float = 0.0
+    ) -> None:
         self.init_packet = init_packet
         self.firmware = firmware
         self.packet_size = packet_size
         self.prn = prn
+        self.pause_s = pause_s
+        self._paused = False
         self.stats = TransferStats(bytes_total=len(firmware), prn=prn)
         self.deadline: float | None = None
         self._awaiting: OpCode | None = None
@@ -55,13 +60,19 @@ class PlainTransfer:
 
     # --- the Transfer surface ----------------------------------------------------------------------------
 
+    pace = None
+    """learns nothing about the board (the updater asks every transfer)"""
+
     def start(self, now: float) -> Sequence[object]:
         return self._request(now, OpCode.SELECT, type=ObjectType.COMMAND)
 
     def on_timeout(self, now: float) -> Sequence[object]:
-        if self.deadline is not None and now >= self.deadline - 1e-6:
-            raise DfuTimeoutError(f"plain client: no answer while waiting for {self._awaiting}")
-        return []
+        if self.deadline is None or now < self.deadline - 1e-6:
+            return []
+        if self._paused:
+            self._paused = False
+            return self._stream(now)
+        raise DfuTimeoutError(f"plain client: no answer while waiting for {self._awaiting}")
 
     def on_notification(self, data: bytes, now: float) -> Sequence[object]:
         r = decode_response(bytes(data))
@@ -93,6 +104,10 @@ class PlainTransfer:
         if op is OpCode.SET_PRN:
             return self._create(now)
         if op is OpCode.CREATE:
+            if self.pause_s > 0:
+                self._paused, self._awaiting = True, None
+                self.deadline = now + self.pause_s
+                return []
             return self._stream(now)
         if op is OpCode.CALC_CHECKSUM:
             assert r.payload is not None
@@ -182,15 +197,21 @@ class PlainUpdater(Updater):
     """The product's updater (buttonless entry, reconnects, verification) with the plain transfer."""
 
     plain_prn = 0
+    pause_s = 0.0
 
     def _new_transfer(self, link: DfuLink, image: PackageImage) -> ImageTransfer:
         return PlainTransfer(  # type: ignore[return-value]  # the same Transfer surface
-            image.init_packet, image.firmware, packet_size=link.packet_size, prn=self.plain_prn
+            image.init_packet,
+            image.firmware,
+            packet_size=link.packet_size,
+            prn=self.plain_prn,
+            pause_s=self.pause_s,
         )
 
 
-def plain_updater(prn: int) -> type[PlainUpdater]:
-    return type(f"PlainUpdaterPrn{prn}", (PlainUpdater,), {"plain_prn": prn})
+def plain_updater(prn: int, pause_s: float = 0.0) -> type[PlainUpdater]:
+    name = f"PlainUpdaterPrn{prn}" + (f"Pause{round(pause_s * 1000)}ms" if pause_s else "")
+    return type(name, (PlainUpdater,), {"plain_prn": prn, "pause_s": pause_s})
 
 
 __all__ = ["MAX_ATTEMPTS", "PlainTransfer", "PlainUpdater", "plain_updater"]

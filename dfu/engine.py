@@ -32,20 +32,31 @@ notification lands on each object's last packet and carries its CRC for free: no
 object (only a shorter last object or a continued one needs `Calculate checksum`); (2) paces packets with a
 model of the flash queue (`dfu.pacing.FlashPacer`) so none is dropped, sending each at the moment a queue
 slot frees; (3) sends the next Create right behind each Execute (the bootloader handles requests in order)
-when the modelled flash queue has room for its erase; (4) never waits where the protocol does not require
-it. Execute is only ever sent after the object's CRC matched: executing a damaged object would commit it.
+when the modelled flash queue has room for its erase, and streams the next object as soon as that Create is
+answered (not the last object, nor where Execute is followed by a settings write); (4) never waits where the
+protocol does not require it. Execute is only ever sent after the object's CRC matched: executing a damaged
+object would commit it.
 
-Dating Create's page erase. The bootloader queued it when it handled Create: at or before its answer
-reached us. The engine dates it back by half the quickest plain round trip (Select / Set PRN: answers wait
-for a connection event at least as long as requests do), never before the Create was sent, and never before
-flash went idle after the previous object. With `probe_erase_lag` (default) it then probes, like TCP's slow
-start, a quarter of that delay further back per intact object (up to twice it): on links whose answers wait
-longer than requests (e.g. behind an ATT write response) this recovers ~10 % of throughput; the first
-damaged object ends the probing for the rest of the transfer, so a probe costs at most one object, and a
-damaged object is always detected (CRC) and re-sent, never executed. `probe_erase_lag=False` keeps the
-schedule provably drop-free against the flash model (tests/dfu/test_engine_pacing.py). A board whose flash
-timing is unknown (`flash=None`) is paced against `CONSERVATIVE_FLASH` with PRN back-pressure: a PRN every
-quarter object, and never more than two PRN intervals of packets beyond the last confirmed one.
+Learning the pace (closed loop). The profile's flash timing is a first guess (`flash=None`: the datasheet's,
+at twice the time); the pace itself comes from the bootloader's answers (`dfu.pacing.FlashEstimator`):
+* every data Execute is answered once fstorage is idle: its answer dates a drain of the queue, which bounds
+  how fast the flash worked through what the engine queued;
+* on a fresh transfer an Execute with no object pending (a *probe*: executing an empty object succeeds in
+  every SDK release and changes nothing) is sent before the first Create: it is answered once the init
+  packet's settings write is done, so the pace is known before any data is at risk;
+* where the build is unknown (`saves_progress=None`), a second probe right after the first object's answer
+  tells whether a settings write follows every Execute (NRF_DFU_SAVE_PROGRESS_IN_FLASH): one that waits
+  for idle flash then, one answered at once not;
+* an object that lost packets (a PRN at the wrong offset, or the zeroed one of a write the full queue
+  refused) slows the pace by `LOSS_STEP` and is created again from its start: a loss costs the rest of its
+  object. After `max_object_retries` such objects in a row, `ObjectRetriesError` says what each attempt saw.
+A corrupted object (all bytes arrived, wrong CRC) is re-sent without slowing down: the flash is not to blame.
+The learned pace is passed to the next transfer to the same board (`pace`).
+
+Dating Create's page erase. The bootloader queued it when it handled Create: at or before its answer reached
+us. The pacing dates it back by half the quickest plain round trip (Select / Set PRN: answers wait for a
+connection event at least as long as requests do), never before the Create was sent; the estimator takes
+the earliest time (the Create's), so a drain it cannot explain makes the flash look slower, never faster.
 
 Transitions (phase: awaited response -> what happens next):
 
@@ -60,7 +71,8 @@ Transitions (phase: awaited response -> what happens next):
                                   names its cause)
   INIT_BACKOFF   (timer)          at `deadline` on_timeout executes the init packet again -> INIT_EXECUTE
   DATA_SELECT    select data      plan the resume (docs/secure-dfu.md, "Transfer procedure") -> DATA_PRN
-  DATA_PRN       set PRN N        fresh: create object 0 -> DATA_CREATE
+  DATA_PRN       set PRN N        fresh: probe (the init's settings write) -> DATA_PROBE, or create object 0
+                                  -> DATA_CREATE
                                   CRC ok, inside an object: continue it (no create) -> DATA_STREAM
                                   CRC ok, at an object boundary: execute it -> DATA_EXECUTE (resume quirk)
                                   CRC mismatch: re-create the current object -> DATA_CREATE (+ rewind check)
@@ -69,7 +81,9 @@ Transitions (phase: awaited response -> what happens next):
   DATA_STREAM    PRN / checksum   object end verified -> DATA_EXECUTE; damaged -> DATA_CREATE (retry)
   DATA_EXECUTE   execute          success (or OPERATION_NOT_PERMITTED on a resume boundary) ->
                                   next object: DATA_CREATE (the Create rides behind the Execute when the
-                                  flash queue has room: pipelined); last: DONE (ImageComplete)
+                                  flash queue has room: pipelined), or DATA_PROBE first when it is unknown
+                                  whether Execute writes the settings page; last: DONE (ImageComplete)
+  DATA_PROBE     execute          (empty object) learn from the drain -> DATA_CREATE (the current object)
   DATA_BACKOFF   (timer)          flash queue full (modelled, or Create answered INVALID_OBJECT): at
                                   `deadline` on_timeout sends the Create -> DATA_CREATE
 
@@ -90,6 +104,7 @@ from __future__ import annotations
 import enum
 import math
 import zlib
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
@@ -99,9 +114,10 @@ from dfu.errors import (
     DfuProtocolError,
     DfuRejected,
     DfuTimeoutError,
+    ObjectRetriesError,
     response_error,
 )
-from dfu.pacing import SETTINGS_WRITE_OPS, FlashPacer
+from dfu.pacing import FlashEstimator, FlashPacer
 from dfu.protocol import (
     ObjectType,
     OpCode,
@@ -120,16 +136,22 @@ DEADLINE_TOLERANCE_S = 1e-6
 """How early `on_timeout` may be called and still act. An event loop runs a timer once it is within its
 clock's resolution; on a fast-forwarded clock (looptime's steps are 1 µs) time does not move on by itself, so
 a call declined as a float hair early would be repeated at the same instant forever."""
-CONSERVATIVE_FLASH = FlashTiming(page_erase_ms=120.0, word_write_us=60.0, flash_queue_size=4)
-"""Pacing for a board whose flash timing is unknown (slower than any nRF52 datasheet figure)."""
+DEFAULT_FLASH = FlashTiming(page_erase_ms=85.0, word_write_us=41.0, flash_queue_size=16)
+"""Nominal timing for a board whose profile has none: the nRF52840 product specification's maxima
+(t_ERASEPAGE 85 ms, t_WRITE 41 us per word) and the SDK's fstorage queue (NRF_FSTORAGE_SD_QUEUE_SIZE 16 in
+every secure bootloader sdk_config.h, 15.0-17.1). Its pace is learned like any other's (`dfu.pacing`)."""
+UNKNOWN_FLASH_PRIOR = 2.0
+"""Scale on `DEFAULT_FLASH` until the board's own answers say more: twice the datasheet maxima."""
+DRAIN_MARGIN_S = 0.002
+"""Beyond one connection interval: how much before a drain's answer arrived the queue may have emptied
+(the notification's own air time and the host's delivery)."""
 MAX_PRN = 0xFFFF
 WORD = 4
 """nRF52 flash is programmed in 32-bit words."""
-SHARED_FLASH_SLACK = 2
-"""Queue slots kept free when flash shares time with the radio: a write call may land a whole idle span later
-than the fluid model says (an erase's own error is charged in time, `dfu.pacing`)."""
-LAG_PROBE_STEP = 0.25
-LAG_PROBE_MAX = 2.0
+PACING_SLACK = 0
+"""Queue slots the pacing keeps free. None: the learned pace is an upper bound of the board's, and the
+idle-span lag of flash beside the radio is charged in time (`FlashPacer.margin`); a slot kept free costs a
+write's worth of backlog when the next object's Create arrives."""
 _RESPONSE = OpCode.RESPONSE.value
 _CHECKSUM = OpCode.CALC_CHECKSUM.value
 _PLAIN = (OpCode.SELECT, OpCode.SET_PRN)
@@ -185,6 +207,22 @@ class TransferStats:
     """requests repeated because the bootloader's flash queue was full (see "Busy flash")"""
     stale_answers: int = 0
     """deferred Execute answers meant for an earlier link, ignored"""
+    overruns: int = 0
+    """objects that lost packets (the flash queue was full): each made the pacing slower"""
+    probes: int = 0
+    """Execute requests of an empty object sent to time the flash (see "Learning the pace")"""
+    pace_scale: float = 1.0
+    """the learned flash pace when the transfer ended, relative to the nominal timing"""
+
+
+@dataclass(frozen=True, slots=True)
+class PaceState:
+    """What one transfer learned about the board, for the next transfer to the same board to start from."""
+
+    scale: float
+    saves_progress: bool | None = None
+    """whether a data Execute is followed by a settings write (NRF_DFU_SAVE_PROGRESS_IN_FLASH); None: not
+    known"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,6 +247,7 @@ class Phase(enum.Enum):
     DATA_REWIND = "data-rewind"
     DATA_STREAM = "data-stream"
     DATA_EXECUTE = "data-execute"
+    DATA_PROBE = "data-probe"
     DATA_BACKOFF = "data-backoff"
     DONE = "done"
     FAILED = "failed"
@@ -227,6 +266,7 @@ AWAITS: dict[Phase, OpCode] = {
     Phase.DATA_REWIND: OpCode.CALC_CHECKSUM,
     Phase.DATA_STREAM: OpCode.CALC_CHECKSUM,
     Phase.DATA_EXECUTE: OpCode.EXECUTE,
+    Phase.DATA_PROBE: OpCode.EXECUTE,
 }
 
 
@@ -236,13 +276,19 @@ class _Stream:
 
     end: int  # absolute firmware offset where the object ends
     chunks: list[bytes]
-    points: list[tuple[int, int]]  # (offset, crc) after each chunk
+    points: list[tuple[int, int]]  # (offset, crc) after each chunk, or after the last only (see `point`)
     next_chunk: int = 0
     counter_base: int = 0  # packets written since the PRN counter restarted, before this stream
     next_prn: int = 0  # counter value at which the next PRN is due
     checksum_sent: bool = False
     last_send: float = 0.0
-    acked: int = 0  # chunks confirmed by a PRN
+
+    def point(self, packets: int) -> tuple[int, int] | None:
+        """(offset, CRC) after this stream's first `packets` packets; None where not computed (without PRNs
+        inside the object only its end is)."""
+        if len(self.points) == len(self.chunks):
+            return self.points[packets - 1]
+        return self.points[-1] if packets == len(self.chunks) else None
 
 
 def crc32(data: bytes | memoryview, crc: int = 0) -> int:
@@ -266,20 +312,30 @@ class ImageTransfer:
         page_size: int = 4096,
         pacing_slack: int | None = None,
         pipeline: bool = True,
-        probe_erase_lag: bool = True,
-        saves_progress: bool = False,
+        saves_progress: bool | None = False,
+        settings_pages: int | None = None,
         flash_duty: float = 1.0,
         erase_preempts: bool = False,
         interval_s: float = 0.0,
+        pace: PaceState | None = None,
+        probe: bool = True,
+        batch_s: float | None = None,
     ) -> None:
         """`prn` None or 0: the engine chooses (one notification per object, on its last packet).
-        `flash` None: the board's flash timing is unknown; conservative pacing and PRN back-pressure.
+        `flash` None: the board's flash timing is unknown: `DEFAULT_FLASH` at `UNKNOWN_FLASH_PRIOR` until
+        learned. Either way the pace is learned from the bootloader's answers ("Learning the pace").
         `saves_progress`: the bootloader writes its settings page after every data Execute but the last
-        (NRF_DFU_SAVE_PROGRESS_IN_FLASH): four flash operations the pacing must leave room for.
-        `flash_duty`: the share of time flash gets beside the radio (`dfu.pacing`); below 1 the pacing keeps
-        `SHARED_FLASH_SLACK` queue slots free for operations that land a whole idle span later.
+        (NRF_DFU_SAVE_PROGRESS_IN_FLASH); None: unknown, found out by a probe after the first object.
+        `settings_pages`: pages per settings write (2 from SDK 15.3 on: page + backup; 1 in 15.0); None:
+        unknown, told by the init packet limit Select command reports (256 in 15.0, 512 from 15.3).
+        `flash_duty`: the share of time flash gets beside the radio (`dfu.pacing`).
         `erase_preempts`: the chip has no partial erase, so a page erase runs whole (`dfu.pacing`).
-        `interval_s`: the connection interval (an erase split over idle spans may end one interval late)."""
+        `interval_s`: the connection interval (an erase split over idle spans may end one interval late).
+        `pace`: what an earlier transfer to this board learned (its `pace`), instead of the prior.
+        `probe`: time the flash with empty-object Executes where that helps (see "Learning the pace").
+        `batch_s` (default: one connection interval): a packet held back by a full queue may wait this much
+        longer, to leave with the later ones of its object (see `_emit_packets`): one wake-up of the I/O
+        layer per connection event's worth of packets, never sooner than paced."""
         if packet_size < 1:
             raise ValueError("packet_size must be positive (negotiated ATT MTU - 3)")
         if not init_packet or not firmware:
@@ -294,7 +350,7 @@ class ImageTransfer:
         self.packet_size = packet_size - packet_size % WORD if packet_size > WORD else packet_size
         self.requested_prn = prn or None
         self.flash_known = flash is not None
-        self.flash = flash if flash is not None else CONSERVATIVE_FLASH
+        self.flash = flash if flash is not None else DEFAULT_FLASH
         self.page_size = page_size
         self.max_object_retries = max_object_retries
         self.response_timeout = response_timeout
@@ -302,12 +358,22 @@ class ImageTransfer:
         self._slack = pacing_slack
         self.pipeline = pipeline
         self.saves_progress = saves_progress
+        self.settings_pages = settings_pages
         if not 0 < flash_duty <= 1:
             raise ValueError("flash_duty must be in (0, 1]")
         self.flash_duty = flash_duty
         self.erase_preempts = erase_preempts
         self.interval_s = interval_s
-        self.stats = TransferStats(bytes_total=len(self.firmware))
+        self.batch_s = interval_s if batch_s is None else batch_s
+        self.probe = probe
+        if pace is not None:
+            prior = pace.scale
+            if saves_progress is None:
+                self.saves_progress = pace.saves_progress
+        else:
+            prior = 1.0 if self.flash_known else UNKNOWN_FLASH_PRIOR
+        self._estimator = FlashEstimator(prior)
+        self.stats = TransferStats(bytes_total=len(self.firmware), pace_scale=prior)
         self.deadline: float | None = None
         """loop time at which `on_timeout` is due; None when nothing is awaited"""
         self._phase = Phase.IDLE
@@ -317,7 +383,6 @@ class ImageTransfer:
         self.max_size = 0
         self.prn = 0
         self._pacer: FlashPacer | None = None
-        self._window: int | None = None  # packets beyond the last PRN-confirmed one (back-pressure)
         self._counter = 0  # packets written since the bootloader's PRN counter restarted
         self._object = 0  # index of the current data object
         self._object_retries = 0
@@ -333,11 +398,18 @@ class ImageTransfer:
         self._after_backoff: Callable[[float], list[Action]] | None = None  # what on_timeout sends then
         self._plain_sent: float | None = None
         self._one_way: float | None = None  # estimated notification delay (half the quickest round trip)
-        self._idle_since = 0.0  # estimated time flash went idle, from the last Execute data answer
         self._create_sent = 0.0
-        self._lag_factor = 1.0  # multiple of the one-way delay by which Create's erase is dated back
-        self._probing = probe_erase_lag
+        self._init_sent = 0.0
         self._settings_written_at: float | None = None  # init Execute queued settings-page flash writes
+        self._init_limit = 512
+        self._fresh_init = False  # this transfer wrote and executed the init packet (its settings certain)
+        self._executes: deque[float] = deque()  # send times of data Executes whose answer is awaited
+        self._log_valid = False  # the pacer's log holds all the flash work since its start (no loss since)
+        self._after_probe: Callable[[float], list[Action]] | None = None
+        self._probe_sent = 0.0
+        self._probe_kind = ""  # "pace": time the init's settings write; "settings": does Execute write them?
+        self._settings_unknown_since: float | None = None  # a settings write assumed (not certain) then
+        self._seen: list[str] = []  # what each attempt of the current object ended with
         # CRC of the confirmed prefix, kept so starting a stream needs no CRC over the whole image.
         self._confirmed_crc_offset = 0
         self._confirmed_crc = 0
@@ -351,6 +423,11 @@ class ImageTransfer:
     @property
     def done(self) -> bool:
         return self._phase is Phase.DONE
+
+    @property
+    def pace(self) -> PaceState:
+        """What this transfer learned about the board's flash (pass it to the next transfer to this board)."""
+        return PaceState(self._estimator.scale, self.saves_progress)
 
     def start(self, now: float) -> list[Action]:
         """Begin: select the command object to learn whether the init packet is already there."""
@@ -372,15 +449,23 @@ class ImageTransfer:
             if not response.ok:
                 raise self._refused(response)
             self.stats.objects += 1
+            self._drained(now)
             return []
         if self._create_pending and response.request is OpCode.CREATE and self._early_create is None:
             # The Create riding behind Execute was answered first: Execute answers only once flash is idle,
             # and that Create's erase keeps it busy. Execute passed its size check (a refusal is answered at
             # once, ahead of the Create), so the object is executed: stream the next one now and take
             # Execute's answer when it comes. Not with saved progress: the settings write queued then must
-            # find room the pacing cannot foresee.
+            # find room the pacing cannot foresee. Not for the last object either: once its data is in, an
+            # earlier Execute still waiting for idle flash would run the image's post-validation and reset
+            # the device (nrf_dfu_req_handler.c compares the image offset, not the object's), leaving the
+            # last Execute unanswered.
             self._early_create = response
-            if response.ok and not self.saves_progress:
+            if not response.ok:
+                return []
+            self._erase_queued(now)  # the drain Execute waits for comes after this erase
+            _, next_end = self._object_bounds(self._object + 1)
+            if self.saves_progress is False and next_end < len(self.firmware):
                 self._late_executes += 1
                 self._tolerate_not_permitted = False
                 return self._object_executed(now)
@@ -448,6 +533,8 @@ class ImageTransfer:
     def _request(self, phase: Phase, now: float, opcode: OpCode, **params: int) -> list[Action]:
         if opcode in _PLAIN:
             self._plain_sent = now
+        elif opcode is OpCode.EXECUTE and phase in (Phase.DATA_EXECUTE, Phase.DATA_PROBE):
+            self._executes.append(now)
         self._phase = phase
         self.deadline = now + self.response_timeout
         self.stats.round_trips += 1
@@ -464,6 +551,7 @@ class ImageTransfer:
     def _on_init_select(self, r: Response, now: float) -> list[Action]:
         if not r.ok or r.payload is None:
             raise self._refused(r)
+        self._init_limit = r.payload["max_size"]
         if len(self.init_packet) > r.payload["max_size"]:
             # Create would answer INSUFFICIENT_RESOURCES every time: this package never fits this bootloader.
             raise self._fail(DfuRejected(OpCode.CREATE, ResultCode.INSUFFICIENT_RESOURCES))
@@ -512,11 +600,14 @@ class ImageTransfer:
         self._busy = 0
         if r.ok:
             self._settings_written_at = now
+            # A fresh start's flash is idle (a new link's may still be busy with an earlier link's work).
+            self._fresh_init = self._log_valid = not self._init_existing
         elif not (self._init_existing and r.result is ResultCode.OPERATION_NOT_PERMITTED):
             raise self._refused(r)
         return self._request(Phase.DATA_SELECT, now, OpCode.SELECT, type=ObjectType.DATA)
 
     def _execute(self, now: float) -> list[Action]:
+        self._init_sent = now
         return self._request(Phase.INIT_EXECUTE, now, OpCode.EXECUTE)
 
     def _flash_busy(
@@ -545,7 +636,7 @@ class ImageTransfer:
             self._confirmed_crc_offset, self._confirmed_crc = offset, crc32(self._fw[:offset])
             intact = crc == self._confirmed_crc
         if offset == 0:
-            self._resume = self._create_when_room
+            self._resume = self._start_fresh
         elif intact:
             self.stats.resumed_from = self._confirmed = offset
             self._object = (offset - 1) // max_size if offset % max_size == 0 else offset // max_size
@@ -574,12 +665,7 @@ class ImageTransfer:
 
     def _setup_pacing(self) -> None:
         buffers = self.flash.buffers_for(self.packet_size + 3, self.max_size)
-        if self._slack is not None:
-            slack = self._slack
-        elif self.flash_duty < 1:
-            slack = SHARED_FLASH_SLACK
-        else:
-            slack = 0 if self.flash_known else 1
+        slack = PACING_SLACK if self._slack is None else self._slack
         self._pacer = FlashPacer(
             self.flash,
             buffers=buffers,
@@ -588,19 +674,29 @@ class ImageTransfer:
             duty=self.flash_duty,
             erase_preempts=self.erase_preempts,
             interval_s=self.interval_s,
+            scale=self._estimator.scale,
         )
         if self._settings_written_at is not None:
-            self._pacer.settings_write(self._settings_written_at)
+            # Only a settings write this transfer caused for certain may teach the estimator (work modelled
+            # that never ran would make the flash look faster than it is).
+            self._pacer.settings_write(
+                self._settings_written_at,
+                pages=self._settings_pages,
+                earliest=self._init_sent,
+                logged=self._fresh_init,
+            )
+
+    @property
+    def _settings_pages(self) -> int:
+        """Pages per settings write: page + backup from SDK 15.3 on, the page alone in 15.0
+        (nrf_dfu_settings.c); unknown release: 15.0's init packet limit of 256 (nrf_dfu_types.h) tells it."""
+        if self.settings_pages is not None:
+            return self.settings_pages
+        return 1 if self._init_limit <= 256 else 2
 
     def _choose_prn(self) -> int:
         per_object = math.ceil(self.max_size / self.packet_size)
-        if self.requested_prn is not None:
-            prn = self.requested_prn
-        elif self.flash_known:
-            prn = per_object  # the closing PRN of each object carries its CRC
-        else:
-            prn = max(1, math.ceil(per_object / 4))
-            self._window = 2 * prn  # back-pressure: the flash may be slower than modelled
+        prn = self.requested_prn if self.requested_prn is not None else per_object
         return min(prn, MAX_PRN)
 
     def _on_data_prn(self, r: Response, now: float) -> list[Action]:
@@ -610,6 +706,63 @@ class ImageTransfer:
         assert self._resume is not None
         resume, self._resume = self._resume, None
         return resume(now)
+
+    # --- learning the pace ---------------------------------------------------------------------------------
+
+    def _start_fresh(self, now: float) -> list[Action]:
+        """No data yet: time the init packet's settings write with an empty-object Execute, then create."""
+        if self.probe and self._fresh_init:
+            return self._probe_flash(now, "pace", self._create_when_room)
+        return self._create_when_room(now)
+
+    def _probe_flash(self, now: float, kind: str, then: Callable[[float], list[Action]]) -> list[Action]:
+        """Execute with no object pending: executing an empty object succeeds in every release, and like any
+        data Execute it is answered once fstorage is idle (nrf_dfu_req_handler.c 15.0-17.1); its settings
+        write, where the build saves progress, is skipped as identical (nrf_dfu_settings.c)."""
+        self._probe_kind, self._after_probe, self._probe_sent = kind, then, now
+        self.stats.probes += 1
+        return self._request(Phase.DATA_PROBE, now, OpCode.EXECUTE)
+
+    def _on_data_probe(self, r: Response, now: float) -> list[Action]:
+        then, self._after_probe = self._after_probe, None
+        assert then is not None
+        if r.ok:
+            if self._probe_kind == "settings":
+                self._settings_verdict(now)
+            self._drained(now)
+        elif self._executes:
+            self._executes.popleft()  # refused at once (a build that does not execute empty objects)
+        return then(now)
+
+    def _settings_verdict(self, now: float) -> None:
+        """The empty Execute sent right after the first object's answer waited for idle flash: a build that
+        saves progress in flash was writing its settings then, one that does not had nothing queued."""
+        assert self._pacer is not None
+        waited = now - self._probe_sent
+        saves = waited > 3 * self._drain_window()
+        self.saves_progress = saves
+        if saves and self._settings_unknown_since is not None:
+            self._pacer.settings_write(self._settings_unknown_since, pages=self._settings_pages, queued=False)
+        self._settings_unknown_since = None
+
+    def _drain_window(self) -> float:
+        """How long before a drain's answer arrived the queue may have emptied: the answer waits for the next
+        connection event (one interval; a plain round trip measures it when no interval is known)."""
+        return max(self.interval_s, 2 * (self._one_way or 0.0)) + DRAIN_MARGIN_S
+
+    def _drained(self, now: float) -> None:
+        """A data Execute was answered: fstorage emptied within one connection event before `now`."""
+        after = self._executes.popleft() if self._executes else now
+        pacer = self._pacer
+        assert pacer is not None
+        window = self._drain_window()
+        if self._log_valid and pacer.log_complete:
+            estimator = self._estimator
+            low, high = pacer.bounds(after, now, window, high=estimator.high, low=estimator.scale)
+            estimator.observe(low, high)
+            pacer.scale = self.stats.pace_scale = self._estimator.scale
+        self._log_valid = True
+        pacer.drained(now - window)
 
     # --- data: objects -------------------------------------------------------------------------------------
 
@@ -624,28 +777,32 @@ class ImageTransfer:
         self._create_sent = now
         return self._request(phase, now, OpCode.CREATE, type=ObjectType.DATA, size=end - start)
 
-    def _on_data_create(self, r: Response, now: float) -> list[Action]:
+    def _on_data_create(self, r: Response, now: float, *, erase_known: bool = False) -> list[Action]:
         assert self._pacer is not None
         if r.result is ResultCode.INVALID_OBJECT:
             # fstorage could not queue the page erase: ask again once the modelled flash is idle, and no
             # sooner than one erase from now (the model cannot see work left from before a reconnect).
-            until = max(self._pacer.idle_at, now + self.flash.erase_seconds)
+            until = max(self._pacer.idle_at, now + self._pacer.erase_wait)
             return self._flash_busy(r, now, Phase.DATA_BACKOFF, until, self._create)
         self._busy = 0
         if not r.ok:
             raise self._refused(r)
         start, end = self._object_bounds(self._object)
-        # The bootloader queued the erase when it handled Create: before its answer reached us, and not
-        # before flash went idle after the previous object. Dated back by the link's one-way delay, unless
-        # an object already arrived damaged (then: conservatively, at the answer).
-        # How far back is probed: each intact object allows a quarter more, a damaged one stops the probing.
-        lag = (self._one_way or 0.0) * self._lag_factor
-        lag = min(lag, now - self._create_sent)  # Create cannot have been handled before it was sent
-        self._pacer.erase(max(now - lag, self._idle_since), end - start)
+        if not erase_known:
+            self._erase_queued(now)
         self._counter = 0  # Create restarts the PRN counter
         if self._rewind_to is not None:
             return self._request(Phase.DATA_REWIND, now, OpCode.CALC_CHECKSUM)
         return self._stream_from(now, start, end)
+
+    def _erase_queued(self, now: float) -> None:
+        """Create data was answered at `now`: the bootloader queued the object's erase when it handled the
+        Create, before its answer reached us (dated back by the link's one-way delay), and not before the
+        Create was sent (what the estimator assumes)."""
+        assert self._pacer is not None
+        start, end = self._object_bounds(self._object + 1 if self._create_pending else self._object)
+        handled = max(now - (self._one_way or 0.0), self._create_sent)
+        self._pacer.erase(handled, end - start, earliest=self._create_sent)
 
     def _backoff(
         self,
@@ -700,11 +857,15 @@ class ImageTransfer:
             # off): a last write of 4+ bytes whose length is not a multiple of 4 would lose its tail in flash
             # and fail the final hash check. Alone in a packet, the 1-3 tail bytes go into one whole word.
             cuts.append(end - tail)
+        intermediate = self.prn and self.prn < len(cuts)  # PRNs inside the object: each checked
         for pos, upto in zip(cuts, [*cuts[1:], end], strict=True):
             piece = bytes(fw[pos:upto])
-            crc = zlib.crc32(piece, crc)
             chunks.append(piece)
-            points.append((upto, crc))
+            if intermediate:
+                crc = zlib.crc32(piece, crc)
+                points.append((upto, crc))
+        if not intermediate:
+            points.append((end, zlib.crc32(fw[start:end], crc)))  # only the object's end is ever reported
         base = self._counter
         next_prn = (base // self.prn + 1) * self.prn if self.prn else 0
         self._stream = _Stream(end=end, chunks=chunks, points=points, counter_base=base, next_prn=next_prn)
@@ -715,33 +876,37 @@ class ImageTransfer:
         s = self._stream
         assert s is not None
         assert self._pacer is not None
-        limit = len(s.chunks)
-        if self._window is not None:
-            limit = min(limit, s.acked + self._window)
-        actions: list[Action] = []
-        pacer = self._pacer
-        at = max(now, s.last_send)
-        sent = 0
-        for chunk in s.chunks[s.next_chunk : limit]:
-            at = pacer.packet(at, len(chunk))
-            actions.append(WritePacket(chunk, at))
-            sent += len(chunk)
+        chunks = s.chunks[s.next_chunk :]
+        sizes = [len(chunk) for chunk in chunks]
+        sent = sum(sizes)
+        times = self._pacer.packets(max(now, s.last_send), sizes)
+        # A packet held back by a full queue leaves with the later ones due within `batch_s` of it: the queue
+        # stays busy meanwhile (that is why it was held), so the flash loses nothing and the I/O layer wakes
+        # once per batch. The last packet (its PRN closes the object) is never held back.
+        horizon = self.batch_s
+        if horizon > 0:
+            batch_at = times[-1]
+            for i in range(len(times) - 1, -1, -1):
+                if times[i] <= now:
+                    break
+                if times[i] < batch_at - horizon:
+                    batch_at = times[i]
+                times[i] = batch_at
+        actions: list[Action] = [WritePacket(chunk, t) for chunk, t in zip(chunks, times, strict=True)]
         self.stats.bytes_sent += sent
         if self._object_retries:
             self.stats.bytes_resent += sent
-        self._counter += limit - s.next_chunk
-        s.next_chunk = limit
-        s.last_send = at
-        if s.next_chunk == len(s.chunks) and self.prn and self._counter % self.prn == 0:
+        self._counter += len(s.chunks) - s.next_chunk
+        s.next_chunk = len(s.chunks)
+        s.last_send = at = times[-1]
+        if self.prn and self._counter % self.prn == 0:
             # The closing PRN will report the object's end: no checksum request needed.
             self.stats.round_trips += 1
             self.deadline = at + max(self.prn_timeout, 4 * (self._one_way or 0.0))  # slow links
-        elif s.next_chunk == len(s.chunks):
+        else:
             s.checksum_sent = True
             actions += self._request(Phase.DATA_STREAM, now, OpCode.CALC_CHECKSUM)
             self.deadline = at + self.response_timeout
-        else:
-            self.deadline = at + self.response_timeout  # back-pressure: a PRN must come
         return actions
 
     def _on_checksum_like(self, data: bytes, now: float) -> list[Action]:
@@ -755,24 +920,27 @@ class ImageTransfer:
         assert s is not None
         r = self._decode(data)
         if not r.ok or r.payload is None:
-            return self._damaged(now, f"a packet write failed: {r.describe()}")
+            return self._damaged(now, f"a packet write failed: {r.describe()}", lost=True)
         offset, crc = r.payload["offset"], r.payload["crc"]
         written = self._counter - s.counter_base  # chunks of this stream written so far
+        if written == len(s.chunks):
+            # The closing PRN left the bootloader within one connection event of the last packet's arrival.
+            assert self._pacer is not None
+            self._pacer.arrived_no_earlier(now - self._drain_window())
         if offset == s.end:
             if crc == s.points[-1][1]:
                 return self._verified(now)
-            return self._damaged(now, f"object CRC {crc:#010x} expected {s.points[-1][1]:#010x}")
+            # Every byte arrived but not as sent: corruption, not the flash queue.
+            return self._damaged(now, f"object CRC {crc:#010x} expected {s.points[-1][1]:#010x}", lost=False)
         # An intermediate PRN: it must report exactly the point after the packet that triggered it.
         due = s.next_prn - s.counter_base  # 1-based index in this stream of the packet owing the next PRN
-        if self.prn and 1 <= due <= written and s.points[due - 1] == (offset, crc):
+        if self.prn and 1 <= due <= written and s.point(due) == (offset, crc):
             s.next_prn += self.prn
-            s.acked = due
             self._confirmed = offset
-            actions: list[Action] = [self._progress()]
-            if self._window is not None and s.next_chunk < len(s.chunks):
-                actions += self._emit_packets(now)
-            return actions
-        return self._damaged(now, f"bootloader at offset {offset}, CRC {crc:#010x}: a packet was lost")
+            return [self._progress()]
+        return self._damaged(
+            now, f"bootloader at offset {offset}, CRC {crc:#010x}: a packet was lost", lost=True
+        )
 
     def _verified(self, now: float) -> list[Action]:
         s = self._stream
@@ -781,38 +949,45 @@ class ImageTransfer:
         self._confirmed_crc_offset, self._confirmed_crc = s.end, s.points[-1][1]
         self._stream = None
         self._tolerate_not_permitted = False
-        if self._probing and not self._object_retries:
-            self._lag_factor = min(self._lag_factor + LAG_PROBE_STEP, LAG_PROBE_MAX)
+        self._seen.clear()
         actions: list[Action] = [self._progress(), *self._request(Phase.DATA_EXECUTE, now, OpCode.EXECUTE)]
         pacer = self._pacer
         assert pacer is not None
-        # Behind this Execute the bootloader queues its settings write when it saves progress in flash.
-        settings_ops = SETTINGS_WRITE_OPS if self.saves_progress else 0
         room = pacer.queue_limit - 1
-        if self.pipeline and s.end < len(self.firmware) and max(pacer.pending(now), settings_ops) < room:
+        if (
+            self.pipeline
+            and s.end < len(self.firmware)
+            and self.saves_progress is False
+            and pacer.pending(now) < room
+        ):
             # The next Create rides right behind Execute: the bootloader handles them in order, so it creates
             # the next object once this one is executed; had Execute failed, its error (answered first) ends
-            # the transfer before the Create's answer is looked at. Saves a round trip per object.
+            # the transfer before the Create's answer is looked at. Saves a round trip per object. Not where
+            # Execute is followed by a settings write (or may be: the probe must come first): its answer waits
+            # for idle flash, the next object's packets for its answer, and an erase queued ahead of the
+            # answer would only delay them; sent after the answer, the Create's erase and those packets queue
+            # behind the settings write instead.
             self._create_pending = True
             actions += self._create(now, phase=Phase.DATA_EXECUTE, index=self._object + 1)
         return actions
 
-    def _damaged(self, now: float, why: str) -> list[Action]:
-        """The object lost or mangled packets: re-create it from its start (bounded)."""
+    def _damaged(self, now: float, why: str, *, lost: bool) -> list[Action]:
+        """The object lost or mangled packets: re-create it from its start (bounded). Lost packets mean the
+        flash queue overflowed: the pacing slows down (`FlashEstimator.overrun`)."""
         self._stream = None
         self._object_retries += 1
         self.stats.retries += 1
         start, _ = self._object_bounds(self._object)
-        if self._object_retries > self.max_object_retries:
-            raise self._fail(
-                ChecksumMismatchError(
-                    f"data object {self._object} (offset {start}) arrived damaged"
-                    f" {self._object_retries} times; last: {why}"
-                )
-            )
         assert self._pacer is not None
-        self._pacer.widen()
-        self._lag_factor, self._probing = 1.0, False
+        if lost:
+            self.stats.overruns += 1
+            self._estimator.overrun()
+            self._pacer.rescale(self._estimator.scale)
+            self.stats.pace_scale = self._estimator.scale
+            self._log_valid = False  # the log now holds writes that never happened
+        self._seen.append(f"{why} (pace {self._estimator.scale:.2f})")
+        if self._object_retries > self.max_object_retries:
+            raise self._fail(ObjectRetriesError(self._object, start, self._object_retries, list(self._seen)))
         self._confirmed = start
         return self._create_when_room(now)
 
@@ -824,11 +999,21 @@ class ImageTransfer:
         self._tolerate_not_permitted = False
         assert self._pacer is not None
         _, end = self._object_bounds(self._object)
-        if r.ok:  # Execute data is answered once flash is idle (a refusal is answered at once)
-            self._pacer.idle()
-            self._idle_since = now - (self._one_way or 0.0)
-            if self.saves_progress and end < len(self.firmware):
-                self._pacer.settings_write(now)  # queued as it answered: dated at the answer, to err late
+        if r.ok and end >= len(self.firmware):
+            self._executes.clear()  # the last answer also waits for the image's post-validation: not a drain
+        elif r.ok:  # Execute data is answered once flash is idle (a refusal is answered at once)
+            self._drained(now)
+            if self.saves_progress is not False and end < len(self.firmware):
+                # Queued as it answered (`on_data_obj_execute_request_sched`): within one event before now.
+                # Unknown whether this build saves progress: paced as if it did, learned from only once known.
+                since = now - self._drain_window()
+                self._pacer.settings_write(
+                    now, pages=self._settings_pages, earliest=since, logged=self.saves_progress is True
+                )
+                if self.saves_progress is None:
+                    self._settings_unknown_since = since
+        elif self._executes:
+            self._executes.popleft()
         return self._object_executed(now)
 
     def _object_executed(self, now: float) -> list[Action]:
@@ -840,6 +1025,7 @@ class ImageTransfer:
         if end >= len(self.firmware):
             self._phase = Phase.DONE
             self.deadline = None
+            self.stats.pace_scale = self._estimator.scale
             return [self._progress(), ImageComplete(self.stats)]
         self._object += 1
         self._object_retries = 0
@@ -849,8 +1035,10 @@ class ImageTransfer:
             self.deadline = now + self.response_timeout
             early, self._early_create = self._early_create, None
             if early is not None:
-                return [self._progress(), *self._on_data_create(early, now)]
+                return [self._progress(), *self._on_data_create(early, now, erase_known=True)]
             return [self._progress()]
+        if self.saves_progress is None and self.probe:
+            return [self._progress(), *self._probe_flash(now, "settings", self._create_when_room)]
         return [self._progress(), *self._create_when_room(now)]
 
     _HANDLERS: ClassVar[dict[Phase, Callable[[ImageTransfer, Response, float], list[Action]]]] = {
@@ -864,15 +1052,17 @@ class ImageTransfer:
         Phase.DATA_CREATE: _on_data_create,
         Phase.DATA_REWIND: _on_data_rewind,
         Phase.DATA_EXECUTE: _on_data_execute,
+        Phase.DATA_PROBE: _on_data_probe,
     }
 
 
 __all__ = [
     "AWAITS",
-    "CONSERVATIVE_FLASH",
+    "DEFAULT_FLASH",
     "Action",
     "ImageComplete",
     "ImageTransfer",
+    "PaceState",
     "Phase",
     "Progress",
     "TransferStats",

@@ -76,6 +76,20 @@ class ChecksumMismatchError(DfuLinkError):
     """An object kept arriving corrupted after every allowed retry."""
 
 
+class ObjectRetriesError(ChecksumMismatchError):
+    """A data object arrived damaged on every allowed attempt: what the bootloader reported each time, and
+    how fast the pacing then assumed the flash to be (1.0: the profile's timing)."""
+
+    def __init__(self, index: int, offset: int, attempts: int, seen: list[str]) -> None:
+        self.index = index
+        self.offset = offset
+        self.attempts = attempts
+        self.seen = seen
+        super().__init__(
+            f"data object {index} (offset {offset}) arrived damaged {attempts} times: " + "; ".join(seen)
+        )
+
+
 class ButtonlessError(DfuError):
     def __init__(self, result: ButtonlessResult) -> None:
         self.result = result

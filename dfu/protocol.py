@@ -175,6 +175,7 @@ _REQUEST_SIZE: dict[OpCode, int] = {
     op: fmt.sizeof() for op, fmt in REQUEST_PARAMS.items() if op is not OpCode.WRITE
 }
 _RESPONSE_SIZE: dict[OpCode, int] = {op: fmt.sizeof() for op, fmt in RESPONSE_PAYLOADS.items()}
+_EMPTY_SUCCESS: dict[int, OpCode] = {op.value: op for op, size in _RESPONSE_SIZE.items() if size == 0}
 
 
 class ProtocolError(ValueError):
@@ -208,7 +209,24 @@ def _clean(container: Any) -> dict[str, Any]:
     return {k: v for k, v in dict(container).items() if not k.startswith("_")}
 
 
+_FAST_REQUESTS: dict[OpCode, tuple[struct.Struct, tuple[str, ...]]] = {
+    OpCode.CREATE: (struct.Struct("<BI"), ("type", "size")),
+    OpCode.SET_PRN: (struct.Struct("<H"), ("prn",)),
+    OpCode.SELECT: (struct.Struct("<B"), ("type",)),
+}
+"""Requests every transfer sends, packed without construct (the same layout as `REQUEST_PARAMS`)."""
+
+
 def encode_request(opcode: OpCode, **params: Any) -> bytes:
+    # The requests of every object build without construct (Execute, Create, Checksum): see decode_response.
+    if not params and _REQUEST_SIZE.get(opcode) == 0:
+        return bytes((opcode,))
+    fast = _FAST_REQUESTS.get(opcode)
+    if fast is not None and params.keys() == set(fast[1]):
+        try:
+            return bytes((opcode,)) + fast[0].pack(*(params[name] for name in fast[1]))
+        except struct.error as exc:
+            raise ProtocolError(f"cannot encode {opcode.name} with {params!r}: {exc}") from exc
     try:
         body: bytes = _codec(opcode, request=True).build(params)
         return bytes([opcode]) + body
@@ -259,7 +277,27 @@ def encode_response(
         raise ProtocolError(f"cannot encode a response to 0x{request:02X} with {payload!r}: {exc}") from exc
 
 
+_CHECKSUM_PAYLOAD = struct.Struct("<II")
+_RESPONSE_BYTE = OpCode.RESPONSE.value
+_SUCCESS = ResultCode.SUCCESS.value
+_CHECKSUM = OpCode.CALC_CHECKSUM.value
+_SELECT = OpCode.SELECT.value
+_SELECT_PAYLOAD = struct.Struct("<III")
+
+
 def decode_response(data: bytes) -> Response:
+    # The messages of every object (a PRN or checksum answer, an empty success) parse without construct:
+    # one notification per connection event is the gateway's steady load.
+    if len(data) == 11 and data[0] == _RESPONSE_BYTE and data[1] == _CHECKSUM and data[2] == _SUCCESS:
+        offset, crc = _CHECKSUM_PAYLOAD.unpack_from(data, 3)
+        return Response(OpCode.CALC_CHECKSUM, ResultCode.SUCCESS, None, {"offset": offset, "crc": crc})
+    if len(data) == 3 and data[0] == _RESPONSE_BYTE and data[2] == _SUCCESS and data[1] in _EMPTY_SUCCESS:
+        return Response(_EMPTY_SUCCESS[data[1]], ResultCode.SUCCESS, None, {})
+    if len(data) == 15 and data[0] == _RESPONSE_BYTE and data[1] == _SELECT and data[2] == _SUCCESS:
+        max_size, offset, crc = _SELECT_PAYLOAD.unpack_from(data, 3)
+        return Response(
+            OpCode.SELECT, ResultCode.SUCCESS, None, {"max_size": max_size, "offset": offset, "crc": crc}
+        )
     if len(data) < _RESPONSE_HEADER_SIZE:
         raise ProtocolError(f"not a DFU response: {data.hex()}")
     try:

@@ -45,7 +45,7 @@ from typing import Any
 from bleak.exc import BleakError
 
 from dfu.buttonless import buttonless_characteristic, enter_bootloader, find_bootloader
-from dfu.engine import ImageTransfer, Progress
+from dfu.engine import ImageTransfer, PaceState, Progress
 from dfu.errors import DfuError, DfuLinkError, DfuProtocolError, DfuRejected, DfuResponseError
 from dfu.package import DfuPackage, ImageKind, PackageImage
 from dfu.preflight import preflight
@@ -165,6 +165,9 @@ class UpdateOptions:
     """False only to rehearse what the bootloader itself answers (`nrf-dfu simulate`)"""
     acquire_write: bool = True
     """on BlueZ, send packets over an AcquireWrite socket rather than one D-Bus call each"""
+    acquire_notify: bool = True
+    """on BlueZ, take control point notifications over an AcquireNotify socket rather than one D-Bus signal
+    each (StartNotify where BlueZ refuses it)"""
 
 
 @dataclass(slots=True)
@@ -191,6 +194,8 @@ class _ProgressTracker:
         self.last: Progress | None = None
 
     def __call__(self, progress: Progress) -> None:
+        if progress == self.last:
+            return  # an object's Execute confirms what its CRC already did: one event per object
         self.last = progress
         self.updater._image_sent = progress.sent
         self.updater._emit(Phase.TRANSFERRING, self.image)
@@ -228,6 +233,8 @@ class Updater:
         self._run = _Run()
         self._image_index = 0
         self._image_sent = 0
+        self._pace: PaceState | None = None
+        """what the last transfer learned about this board's flash: the next one starts from it"""
 
     # --- public -----------------------------------------------------------------------------------------
 
@@ -318,6 +325,7 @@ class Updater:
             policy=self._policy,
             response_timeout_s=self.profile.timeouts.response_s,
             acquire_write=self.options.acquire_write,
+            acquire_notify=self.options.acquire_notify,
         )
         self._run.retries += failures
         if link is None and seen.address != self.address:
@@ -355,6 +363,7 @@ class Updater:
                 policy=self._policy,
                 response_timeout_s=self.profile.timeouts.response_s,
                 acquire_write=self.options.acquire_write,
+                acquire_notify=self.options.acquire_notify,
             )
             self._run.retries += failures
         log.info("bootloader reached address=%s bootloader=%s", self.address, link.address)
@@ -375,18 +384,23 @@ class Updater:
 
     def _new_transfer(self, link: DfuLink, image: PackageImage) -> ImageTransfer:
         prn = self.options.prn if self.options.prn is not None else self.profile.prn
+        profile = self.profile
+        sdk = profile.sdk
         return ImageTransfer(
             image.init_packet,
             image.firmware,
             packet_size=link.packet_size,
             prn=prn,
-            flash=self.profile.flash,
-            response_timeout=self.profile.timeouts.response_s,
-            saves_progress=self.profile.save_progress_in_flash,
-            flash_duty=flash_duty(self.profile),
+            flash=profile.flash,
+            response_timeout=profile.timeouts.response_s,
+            # A profile that names no SDK release cannot say how the bootloader was built: found out.
+            saves_progress=profile.save_progress_in_flash if sdk is not None else None,
+            settings_pages=(2 if sdk.settings_backup else 1) if sdk is not None else None,
+            flash_duty=flash_duty(profile),
             # nRF52832 (no partial erase): the SoftDevice runs an erase whole, holding the link meanwhile
-            erase_preempts=self.profile.chip is not None and not self.profile.chip.erases_in_slices,
-            interval_s=self.profile.link.conn_interval_ms / 1000,
+            erase_preempts=profile.chip is not None and not profile.chip.erases_in_slices,
+            interval_s=profile.link.conn_interval_ms / 1000,
+            pace=self._pace,
         )
 
     async def _send_image(self, link: DfuLink | None, image: PackageImage) -> DfuLink:
@@ -416,6 +430,7 @@ class Updater:
                 try:
                     await link.run(transfer, tracker)
                 finally:
+                    self._pace = transfer.pace
                     self._run.round_trips += link.control_writes - writes_before
                     self._run.sent_over_air += link.packet_bytes - bytes_before
                     self._run.retries += transfer.stats.retries

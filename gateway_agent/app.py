@@ -405,7 +405,8 @@ class Agent:
         if self._runner is None:
             from dfu.updater import UpdateOptions
 
-            options = UpdateOptions(acquire_write=self.cfg.dfu.acquire_write)
+            dfu = self.cfg.dfu
+            options = UpdateOptions(acquire_write=dfu.acquire_write, acquire_notify=dfu.acquire_notify)
             self._runner = UpdaterRunner(self.backend(), options)
         return self._runner
 

@@ -159,6 +159,11 @@ class DfuSection(_Section):
         True,
         description="on BlueZ, send DFU packets over an AcquireWrite socket (false: one D-Bus call each)",
     )
+    acquire_notify: bool = Field(
+        True,
+        description="on BlueZ, take the DFU control point's answers over an AcquireNotify socket (false: one "
+        "D-Bus signal each; also where BlueZ refuses it)",
+    )
     queue_per_peripheral: int = Field(
         4,
         ge=1,

@@ -33,8 +33,12 @@ What it models of bluetoothd (BlueZ 5.66 behaviour, as bleak sees it):
 * A link drop removes the GATT objects (a cold cache); bluetoothd with ``Cache=always`` keeps them and only
   clears ServicesResolved and Connected. bleak handles both; only the first is exercised here.
 
-Not modelled: pairing and bonds (``Pair`` answers NotSupported), AcquireNotify, BR/EDR, advertisement
-monitors (passive scanning), device expiry after a scan.
+* ``AcquireNotify`` (characteristics that notify): a SOCK_SEQPACKET socket on which bluetoothd writes each
+  notification as one datagram instead of a ``Value`` PropertiesChanged; ``NotifyAcquired`` tells it, the
+  client closing its end (or the link dropping) releases it and stops the notifications.
+
+Not modelled: pairing and bonds (``Pair`` answers NotSupported), BR/EDR, advertisement monitors (passive
+scanning), device expiry after a scan.
 """
 
 import asyncio
@@ -384,6 +388,8 @@ class Characteristic(ServiceInterface):
         self.write_acquired = False
         self._acquired: socket.socket | None = None
         self._theirs: socket.socket | None = None
+        self.notify_acquired = False
+        self._notify_sock: socket.socket | None = None
 
     def _link_id(self) -> str:
         link = self._device.link
@@ -496,6 +502,62 @@ class Characteristic(ServiceInterface):
             self.emit_properties_changed({"WriteAcquired": False})
 
     @dbus_method()
+    async def AcquireNotify(self, options: DBusDict) -> Annotated[tuple[int, int], DBusSignature("hq")]:
+        """A socket on which every notification arrives as one datagram (BlueZ's `notify_io`): no D-Bus
+        signal per notification. Notifications only (BlueZ refuses it for indications)."""
+        link_id = self._link_id()
+        if "notify" not in self._flags:
+            raise DBusError(_ERR + "NotSupported", "Operation is not supported")
+        if self._daemon.refuse_acquire or self.notifying or self.notify_acquired:
+            raise DBusError(_ERR + "NotPermitted", "Notify acquired" if self.notify_acquired else "Busy")
+        link = self._device.link
+        assert link is not None
+        try:
+            await self._daemon.air.subscribe(link_id, self.uuid, notify=True, indicate=False)
+        except AttProtocolError as exc:
+            raise _att_error(exc) from exc
+        except AirError as exc:
+            raise _link_error(exc) from exc
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        ours.setblocking(False)
+        self._notify_sock = ours
+        loop = asyncio.get_running_loop()
+        loop.add_reader(ours.fileno(), self._on_notify_sock_readable)  # EOF: the client let go
+        loop.call_later(ACQUIRED_FD_HANDOFF_S, theirs.close)  # dbus-fast sends it with the reply first
+        self.notify_acquired = True
+        self.emit_properties_changed({"NotifyAcquired": True})
+        return theirs.fileno(), link.att_mtu
+
+    def _on_notify_sock_readable(self) -> None:
+        sock = self._notify_sock
+        if sock is None:
+            return
+        try:
+            data = sock.recv(BLUEZ_SOCKET_READ)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self.release_notify()
+
+    def release_notify(self) -> None:
+        sock, self._notify_sock = self._notify_sock, None
+        if sock is not None:
+            with contextlib.suppress(ValueError, OSError, RuntimeError):
+                asyncio.get_running_loop().remove_reader(sock.fileno())
+            sock.close()
+        if self.notify_acquired:
+            self.notify_acquired = False
+            self.emit_properties_changed({"NotifyAcquired": False})
+            link = self._device.link
+            if link is not None and self._device.connected:
+                task = asyncio.get_running_loop().create_task(
+                    self._daemon.air.subscribe(link.link_id, self.uuid, notify=False, indicate=False)
+                )
+                task.add_done_callback(lambda t: t.cancelled() or t.exception())
+
+    @dbus_method()
     async def StartNotify(self) -> None:
         notify, indicate = "notify" in self._flags, "indicate" in self._flags
         if not (notify or indicate):
@@ -550,8 +612,18 @@ class Characteristic(ServiceInterface):
     def WriteAcquired(self) -> DBusBool:
         return self.write_acquired
 
+    @dbus_property(access=PropertyAccess.READ)
+    def NotifyAcquired(self) -> DBusBool:
+        return self.notify_acquired
+
     def notified(self, payload: bytes) -> None:
         self.value = payload
+        sock = self._notify_sock
+        if sock is not None:
+            with contextlib.suppress(BlockingIOError, OSError):  # a client not reading loses them (BlueZ too)
+                sock.send(payload)
+                self._daemon.acquired_notifications[self.uuid] += 1
+            return
         self.emit_properties_changed({"Value": payload})
 
     def mtu_exchanged(self, mtu: int) -> None:
@@ -596,7 +668,7 @@ class _LinkEvents:
 
     def on_notify(self, char_uuid: str, payload: bytes) -> None:
         char = self._device.gatt.chars.get(char_uuid.lower())
-        if char is not None and char.notifying:
+        if char is not None and (char.notifying or char.notify_acquired):
             char.notified(payload)
 
     def on_disconnect(self, reason: str) -> None:
@@ -617,6 +689,8 @@ class FakeBluetoothd:
         self.dbus_writes: Counter[str] = Counter()
         """WriteValue calls per characteristic UUID (all links; for tests and benchmarks)"""
         self.acquired_writes: Counter[str] = Counter()
+        self.acquired_notifications: Counter[str] = Counter()
+        """notifications written to an AcquireNotify socket, per characteristic UUID"""
         """datagrams read from acquired sockets, per characteristic UUID"""
         self.acquired_read_delay_s = 0.0
         """seconds between two datagrams read from an acquired socket (a busy bluetoothd main loop): D-Bus
@@ -647,6 +721,7 @@ class FakeBluetoothd:
         for device in self.devices.values():
             for char in device.gatt.chars.values():
                 char.release_write()
+                char.release_notify()
         for task in list(self._tasks):
             task.cancel()
         if self._scan_id is not None:
@@ -772,6 +847,7 @@ class FakeBluetoothd:
         device.writes.clear()
         for char in device.gatt.chars.values():
             char.release_write()
+            char.release_notify()
         if device.services_resolved:
             device.set(services_resolved=False)
         self._unexport_gatt(device)

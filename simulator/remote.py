@@ -94,6 +94,7 @@ class RemoteAir:
         self._scans: dict[str, ScanCallback] = {}
         self._links: dict[str, LinkEvents] = {}
         self._closed = False
+        self._posted: list[bytes] = []  # requests nobody awaits, written together (see `_post`)
 
     async def __aenter__(self) -> RemoteAir:
         await self.open()
@@ -142,10 +143,28 @@ class RemoteAir:
         if self._writer is not None:
             self._writer.transport.abort()
 
+    def _post(self, op: str, **args: Any) -> None:
+        """A request whose answer nobody awaits (a write without response: the air queues it as a controller
+        would): the server sends no answer (`noreply`), and the requests posted in one turn of the event loop
+        go out in one socket write. The gateway then wakes neither per request nor per answer; a link that
+        failed meanwhile shows as its disconnect event."""
+        if self._writer is None:
+            raise NotConnectedError("not connected to the simulator")
+        line = json.dumps({"id": 0, "op": op, "args": args, "noreply": True}, separators=(",", ":"))
+        if not self._posted:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._posted.append(line.encode() + b"\n")
+
+    def _flush(self) -> None:
+        posted, self._posted = self._posted, []
+        if posted and self._writer is not None:
+            self._writer.write(b"".join(posted))
+
     async def _call(self, op: str, **args: Any) -> Any:
         if self._writer is None:
             await self.open()
         assert self._writer is not None
+        self._flush()  # what was posted before goes first
         request_id = next(self._ids)
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = fut
@@ -228,6 +247,9 @@ class RemoteAir:
             await self._call("disconnect", link_id=link_id)
 
     async def write(self, link_id: str, char_uuid: str, data: bytes, *, with_response: bool) -> None:
+        if not with_response:  # queued on the air in order; not awaited (see `_post`)
+            self._post("write", link_id=link_id, char=char_uuid, data=data.hex(), with_response=False)
+            return
         await self._call(
             "write", link_id=link_id, char=char_uuid, data=data.hex(), with_response=with_response
         )

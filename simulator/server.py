@@ -168,12 +168,13 @@ class SimServer:
                     request_id = int(request["id"])
                     op = str(request["op"])
                     args = dict(request.get("args") or {})
+                    noreply = bool(request.get("noreply"))
                 except (ValueError, KeyError, TypeError) as exc:
                     session.send(
                         {"id": -1, "error": {"type": "RemoteError", "message": f"bad request: {exc}"}}
                     )
                     continue
-                task = asyncio.create_task(self._serve(session, request_id, op, args))
+                task = asyncio.create_task(self._serve(session, request_id, op, args, noreply=noreply))
                 session.tasks.add(task)
                 task.add_done_callback(session.tasks.discard)
         except (OSError, ConnectionError, asyncio.IncompleteReadError) as exc:
@@ -186,13 +187,21 @@ class SimServer:
             self.air.drop_owner(session)
             writer.close()
 
-    async def _serve(self, session: _Session, request_id: int, op: str, args: dict[str, Any]) -> None:
+    async def _serve(
+        self, session: _Session, request_id: int, op: str, args: dict[str, Any], *, noreply: bool = False
+    ) -> None:
+        """Run one request; answer it unless the client posted it without waiting (`noreply`: a write
+        without response, whose failure the client learns from the link's disconnect event)."""
         try:
             result = await self._dispatch(session, op, args)
         except (AirError, ConfigError, ValueError, KeyError, TypeError, LookupError) as exc:
+            if noreply:
+                log.debug("posted request failed", extra={"op": op, "error": str(exc)})
+                return
             session.send({"id": request_id, "error": error_to_json(exc)})
         else:
-            session.send({"id": request_id, "ok": result})
+            if not noreply:
+                session.send({"id": request_id, "ok": result})
 
     async def _dispatch(self, session: _Session, op: str, a: dict[str, Any]) -> Any:
         air = self.air

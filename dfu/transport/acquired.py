@@ -22,6 +22,7 @@ import logging
 import os
 import socket
 import termios
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,6 +55,19 @@ class AcquiredWrite:
     async def send(self, data: bytes) -> None:
         """One Write Command; waits only if the socket's buffer is full (bluetoothd not reading)."""
         await asyncio.get_running_loop().sock_sendall(self.sock, data)
+
+    async def send_all(self, packets: Sequence[bytes]) -> None:
+        """Write Commands in order, one `send()` each and no wake-up of the event loop in between; waits only
+        once the socket is full (bluetoothd reading behind), for the rest in order."""
+        sock = self.sock
+        for index, data in enumerate(packets):
+            try:
+                sock.send(data)  # a datagram goes whole or not at all (SOCK_SEQPACKET)
+            except BlockingIOError:
+                loop = asyncio.get_running_loop()
+                for rest in packets[index:]:
+                    await loop.sock_sendall(sock, rest)
+                return
 
     def unread(self) -> int:
         """Bytes sent that bluetoothd has not read yet."""

@@ -240,12 +240,15 @@ async def open_peripheral(
     policy: ConnectPolicy = ConnectPolicy(),
     response_timeout_s: float = 10.0,
     acquire_write: bool = True,
+    acquire_notify: bool = True,
 ) -> tuple[BleakClient, DfuLink | None, int]:
     """Connect to a peripheral in either mode: a DFU link when it is a bootloader, else None (the client is
     then its application's), plus the failed connect attempts. Saves a reconnect after a process restart.
 
     On BlueZ the packet characteristic is acquired (`dfu.transport.acquired`) unless `acquire_write` is
-    False: packets then go over a socket, not one D-Bus call each."""
+    False: packets then go over a socket, not one D-Bus call each; and the control point's notifications
+    come over an AcquireNotify socket unless `acquire_notify` is False (or BlueZ refuses it): not one D-Bus
+    signal each."""
     events = _Events()
 
     def disconnected(_: BleakClient) -> None:
@@ -259,14 +262,18 @@ async def open_peripheral(
         link = DfuLink(client, events, response_timeout_s=response_timeout_s)
         if is_bluez(backend):
             await _settle_mtu(link)
-        await link._subscribe()
+        await link._subscribe(acquire=is_bluez(backend) and acquire_notify)
         if is_bluez(backend) and acquire_write:
             link._acquired = await acquire_write_of(link._pkt, timeout_s=response_timeout_s)
     except BaseException:
         await disconnect_quietly(client)
         raise
     writes = "acquired socket" if link._acquired is not None else "GATT writes"
-    log.info("dfu link open address=%s packet_size=%d packets=%s", link.address, link.packet_size, writes)
+    notes = "acquired socket" if link.notify_acquired else "notifications"
+    log.info(
+        "dfu link open address=%s packet_size=%d packets=%s answers=%s",
+        link.address, link.packet_size, writes, notes,
+    )  # fmt: skip
     return client, link, failures
 
 
@@ -293,7 +300,9 @@ async def disconnect_quietly(client: BleakClient) -> None:
 
 @dataclass(slots=True)
 class _Events:
-    queue: asyncio.Queue[bytes | None] = field(default_factory=asyncio.Queue)
+    """Control point notifications with the loop time each arrived at (None: the link dropped)."""
+
+    queue: asyncio.Queue[tuple[float, bytes] | None] = field(default_factory=asyncio.Queue)
     disconnected: bool = False
 
 
@@ -312,6 +321,9 @@ class DfuLink:
         self._cp: BleakGATTCharacteristic = cp
         self._pkt: BleakGATTCharacteristic = pkt
         self._acquired: AcquiredWrite | None = None
+        self.notify_acquired = False
+        """control point notifications come over an AcquireNotify socket (BlueZ), not D-Bus signals"""
+        self._loop = asyncio.get_running_loop()
         self.control_writes = 0
         """control-point requests written: each costs at least one round trip (a connection interval)"""
         self.packet_bytes = 0
@@ -326,18 +338,35 @@ class DfuLink:
         policy: ConnectPolicy = ConnectPolicy(),
         response_timeout_s: float = 10.0,
         acquire_write: bool = True,
+        acquire_notify: bool = True,
     ) -> tuple[DfuLink, int]:
         """Connect to a bootloader, subscribe to the control point; also returns failed connect attempts."""
         client, link, failures = await open_peripheral(
-            backend, device, policy=policy, response_timeout_s=response_timeout_s, acquire_write=acquire_write
+            backend,
+            device,
+            policy=policy,
+            response_timeout_s=response_timeout_s,
+            acquire_write=acquire_write,
+            acquire_notify=acquire_notify,
         )
         if link is None:
             await disconnect_quietly(client)
             raise DfuLinkError(f"{device.address.upper()}: not in bootloader mode (no DFU control point)")
         return link, failures
 
-    async def _subscribe(self) -> None:
+    async def _subscribe(self, *, acquire: bool = False) -> None:
+        """Control point notifications on. `acquire` (BlueZ): over an AcquireNotify socket, bleak reading it
+        (`use_start_notify` False); where BlueZ refuses that, as D-Bus signals (StartNotify)."""
         try:
+            if acquire:
+                try:
+                    await self.client.start_notify(
+                        self._cp, self._on_notify, bluez={"use_start_notify": False}
+                    )
+                    self.notify_acquired = "NotifyAcquired" in getattr(self._cp, "obj", (None, {}))[1]
+                    return
+                except BleakError as exc:
+                    log.info("AcquireNotify refused address=%s error=%s", self.address, exc)
             await self.client.start_notify(self._cp, self._on_notify)
         except BleakError as exc:
             raise DisconnectedError(
@@ -345,7 +374,9 @@ class DfuLink:
             ) from exc
 
     def _on_notify(self, _: BleakGATTCharacteristic, data: bytearray) -> None:
-        self._events.queue.put_nowait(bytes(data))
+        # Stamped on arrival: the engine dates the bootloader's flash from it, even when the driver takes the
+        # notification only after writes it was awaiting.
+        self._events.queue.put_nowait((self._loop.time(), bytes(data)))
 
     @property
     def packet_size(self) -> int:
@@ -388,16 +419,39 @@ class DfuLink:
         except (BleakError, EOFError, BrokenPipeError, OSError) as exc:
             raise DisconnectedError(f"{self.address}: write failed: {exc}") from exc
 
-    async def _next_event(self, deadline: float | None) -> bytes | None:
-        """The next notification; None at the deadline; DisconnectedError when the link drops."""
-        try:
-            async with asyncio.timeout_at(deadline):
-                data = await self._events.queue.get()
-        except TimeoutError:
-            return None
-        if data is None:
+    async def _send_packets(self, packets: list[bytes]) -> None:
+        """Writes without response to the packet characteristic, in order: on an acquired socket without a
+        wake-up each (`AcquiredWrite.send_all`), else one bleak write each."""
+        if self._events.disconnected:
             raise DisconnectedError(f"{self.address}: link dropped")
-        return data
+        # Counted when handed to the radio: a write failing with the link may still have arrived.
+        acquired = self._acquired
+        try:
+            if acquired is not None:
+                self.packet_bytes += sum(map(len, packets))
+                await acquired.send_all(packets)
+                return
+            for data in packets:
+                self.packet_bytes += len(data)
+                await self.client.write_gatt_char(self._pkt, data, response=False)
+        except (BleakError, EOFError, BrokenPipeError, OSError) as exc:
+            raise DisconnectedError(f"{self.address}: write failed: {exc}") from exc
+
+    async def _next_event(self, deadline: float | None) -> tuple[float, bytes] | None:
+        """The next notification and when it arrived; None at the deadline; DisconnectedError when the link
+        drops."""
+        queue = self._events.queue
+        if queue.empty():
+            try:
+                async with asyncio.timeout_at(deadline):
+                    event = await queue.get()
+            except TimeoutError:
+                return None
+        else:
+            event = queue.get_nowait()
+        if event is None:
+            raise DisconnectedError(f"{self.address}: link dropped")
+        return event
 
     async def wait_disconnected(self, timeout_s: float) -> bool:
         """Wait (bounded) for the peripheral to drop the link, e.g. its reset after the last execute."""
@@ -420,11 +474,11 @@ class DfuLink:
         self.control_writes += 1
         deadline = loop.time() + self._response_timeout_s
         while True:
-            data = await self._next_event(deadline)
-            if data is None:
+            event = await self._next_event(deadline)
+            if event is None:
                 raise DfuTimeoutError(f"{self.address}: no response to {opcode.name}")
             try:
-                response = decode_response(data)
+                response = decode_response(event[1])
             except ProtocolError as exc:
                 raise DfuProtocolError(f"{self.address}: {exc}") from exc
             if response.request is opcode:
@@ -437,14 +491,25 @@ class DfuLink:
         loop = asyncio.get_running_loop()
         actions: Sequence[object] = transfer.start(loop.time())
         while True:
-            for action in actions:
-                if isinstance(action, WritePacket):
+            count, index = len(actions), 0
+            while index < count:
+                action = actions[index]
+                index += 1
+                if type(action) is WritePacket:
                     delay = action.not_before - loop.time()
                     if delay > 0:
                         await asyncio.sleep(delay)
-                    # Counted when handed to the radio: a write failing with the link may still have arrived.
-                    self.packet_bytes += len(action.data)
-                    await self._write(self._pkt, action.data, response=False)
+                    # Every packet due by now leaves in one go: one wake-up per batch, not per packet (the
+                    # engine paced them; most of an object's are due together, queued behind its erase).
+                    now = loop.time()
+                    batch = [action.data]
+                    while index < count:
+                        following = actions[index]
+                        if type(following) is not WritePacket or following.not_before > now:
+                            break
+                        batch.append(following.data)
+                        index += 1
+                    await self._send_packets(batch)
                 elif isinstance(action, WriteControl):
                     await self._write(self._cp, action.data, response=True)
                     self.control_writes += 1
@@ -455,9 +520,11 @@ class DfuLink:
                     return action
                 else:  # pragma: no cover - a new engine action this driver does not know
                     raise DfuProtocolError(f"unknown engine action {action!r}")
-            data = await self._next_event(transfer.deadline)
-            now = loop.time()
-            actions = transfer.on_timeout(now) if data is None else transfer.on_notification(data, now)
+            event = await self._next_event(transfer.deadline)
+            if event is None:
+                actions = transfer.on_timeout(loop.time())
+            else:
+                actions = transfer.on_notification(event[1], event[0])
 
 
 __all__ = [

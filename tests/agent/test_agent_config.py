@@ -193,13 +193,16 @@ def test_agent_passes_acquire_write_to_every_update(
     assert isinstance(default, UpdaterRunner)
     assert default.options is not None
     assert default.options.acquire_write is True
+    assert default.options.acquire_notify is True
     monkeypatch.setenv("GATEWAY_AGENT__DFU__ACQUIRE_WRITE", "false")
+    monkeypatch.setenv("GATEWAY_AGENT__DFU__ACQUIRE_NOTIFY", "false")
     agent = Agent(load_config(path), backend=backend)
     off = agent.runner()
     agent.journal.close()
     assert isinstance(off, UpdaterRunner)
     assert off.options is not None
     assert off.options.acquire_write is False
+    assert off.options.acquire_notify is False
 
 
 def test_agent_check_config_refuses_the_demo_key_on_a_real_radio(

@@ -44,10 +44,13 @@ async def test_update_over_bleaks_bluez_backend(
         assert result.retries == 0, "packets on the socket and requests on D-Bus stayed in order"
         state = await stack.remote.device_state(APP)
         acquired, dbus = stack.bluetoothd.acquired_writes, stack.bluetoothd.dbus_writes
+        notified = stack.bluetoothd.acquired_notifications
     assert state["mode"] == "app"
     assert state["app"]["version"] == 2
     # BlueZ published the exchanged MTU after the GATT objects: the transport waited for it
-    assert "packet_size=244 packets=acquired socket" in caplog.text
+    assert "packet_size=244 packets=acquired socket answers=acquired socket" in caplog.text
+    # every answer of the transfer came over the AcquireNotify socket: no D-Bus signal each
+    assert notified[CONTROL_POINT] >= 4 * 3 + 5, "init, then per object at least its PRN, Create and Execute"
     (image,) = package.images
     assert acquired[DFU_PACKET] == -(-len(image.firmware) // 244) + -(-len(image.init_packet) // 244)
     assert dbus[DFU_PACKET] == 0, "no packet went as a D-Bus call"
@@ -65,7 +68,8 @@ async def test_packets_as_gatt_writes_where_bluez_does_not_acquire(
         assert result.firmware_revision == "2"
         acquired, dbus = stack.bluetoothd.acquired_writes, stack.bluetoothd.dbus_writes
     assert "AcquireWrite refused" in caplog.text
-    assert "packets=GATT writes" in caplog.text
+    assert "AcquireNotify refused" in caplog.text
+    assert "packets=GATT writes answers=notifications" in caplog.text
     assert acquired[DFU_PACKET] == 0
     assert dbus[DFU_PACKET] > 16 * 1024 // 244
 

@@ -58,7 +58,9 @@ def packets(actions: list[Action]) -> list[bytes]:
 
 
 def new(**kw: Any) -> ImageTransfer:
+    """An engine for exact conversations: no timing probe (tests/dfu/test_engine_pacing.py has those)."""
     kw.setdefault("flash", FLASH)
+    kw.setdefault("probe", False)
     return ImageTransfer(INIT, FW, packet_size=PS, **kw)
 
 
@@ -383,7 +385,8 @@ def test_create_refused_for_busy_flash_backs_off_then_retries() -> None:
     t.on_notification(ok(OpCode.SET_PRN), 0.0)
     assert t.on_notification(fail(OpCode.CREATE, ResultCode.INVALID_OBJECT), 1.0) == []
     assert t.phase is Phase.DATA_BACKOFF
-    assert t.deadline == pytest.approx(1.0 + FLASH.erase_seconds), "one page erase frees a queue slot"
+    # One page erase (paced with its small margin) frees a queue slot.
+    assert t.deadline == pytest.approx(1.0 + FLASH.erase_seconds, abs=0.005)
     assert t.on_timeout(t.deadline) == [req(OpCode.CREATE, type=ObjectType.DATA, size=64)]
     assert t.stats.busy_waits == 1
     assert packets(t.on_notification(ok(OpCode.CREATE), 1.2))[0] == FW[:20]
@@ -559,14 +562,37 @@ def test_packets_are_whole_words_and_an_odd_tail_travels_alone() -> None:
     """fstorage writes whole words per 20-byte chunk with its checks off (nrf_fstorage_sd.c): a last write
     whose length is not a multiple of 4 would lose its tail; 1-3 bytes alone go into one word intact."""
     fw = bytes(range(70))  # 70 % 4 == 2
-    t = ImageTransfer(INIT, fw, packet_size=23, flash=FLASH)  # 23 -> 20-byte packets
+    t = ImageTransfer(INIT, fw, packet_size=23, flash=FLASH, probe=False)  # 23 -> 20-byte packets
     through_init(t)
     actions = t.on_notification(ok(OpCode.SET_PRN), 0.0)
     actions = t.on_notification(ok(OpCode.CREATE), 0.0)
     assert [len(p) for p in packets(actions)] == [20, 20, 20, 4]
     t.on_notification(ok(OpCode.CALC_CHECKSUM, offset=64, crc=crc(fw[:64])), 1.0)
+    t.on_notification(ok(OpCode.EXECUTE), 1.1)
     actions = t.on_notification(ok(OpCode.CREATE), 1.1)
     assert [len(p) for p in packets(actions)] == [4, 2]
+
+
+def test_the_last_object_waits_for_the_execute_before_it() -> None:
+    """A Create answered ahead of its Execute streams the next object at once, except the last: with all data
+    in, an Execute still waiting for idle flash would run the post-validation itself (nrf_dfu_req_handler.c
+    compares the image offset), the device would reset, and the last Execute would never be answered."""
+    t = new()
+    through_init(t)
+    t.on_notification(ok(OpCode.SET_PRN), 0.0)
+    t.on_notification(ok(OpCode.CREATE), 0.0)
+    t.on_notification(ok(OpCode.CALC_CHECKSUM, offset=64, crc=crc(FW[:64])), 1.0)
+    assert packets(t.on_notification(ok(OpCode.CREATE), 1.1)) == [
+        FW[64:84],
+        FW[84:104],
+        FW[104:124],
+        FW[124:128],
+    ]
+    t.on_notification(ok(OpCode.CALC_CHECKSUM, offset=128, crc=crc(FW[:128])), 2.0)
+    assert t.on_notification(ok(OpCode.CREATE), 2.1) == [], "the last object: not before Execute's answer"
+    t.on_notification(ok(OpCode.EXECUTE), 2.2)  # object 0's, late
+    actions = t.on_notification(ok(OpCode.EXECUTE), 2.3)  # object 1's: now the last object streams
+    assert packets(actions) == [FW[128:148], FW[148:150]]
 
 
 def test_failed_execute_ends_transfer_even_with_a_create_behind_it() -> None:

@@ -309,3 +309,24 @@ def test_response_opcode_must_be_a_byte(opcode: int) -> None:
 def test_mistyped_request_parameters_are_protocol_errors(opcode: OpCode, params: dict[str, object]) -> None:
     with pytest.raises(ProtocolError, match=opcode.name):
         encode_request(opcode, **params)
+
+
+@given(requests())
+def test_fast_request_encoding_matches_the_construct_definitions(
+    request: tuple[OpCode, dict[str, Any]],
+) -> None:
+    """The requests of every transfer are packed without construct: byte for byte what `REQUEST_PARAMS`
+    builds."""
+    opcode, params = request
+    assert encode_request(opcode, **params) == bytes([opcode]) + REQUEST_PARAMS[opcode].build(params)
+
+
+@given(success_responses())
+def test_fast_response_decoding_matches_the_construct_definitions(
+    response: tuple[OpCode, dict[str, Any]],
+) -> None:
+    opcode, payload = response
+    data = bytes([OpCode.RESPONSE, opcode, ResultCode.SUCCESS]) + RESPONSE_PAYLOADS[opcode].build(payload)
+    decoded = decode_response(data)
+    assert decoded.payload == payload
+    assert (decoded.request, decoded.result) == (opcode, ResultCode.SUCCESS)

@@ -60,3 +60,41 @@ def test_bound_comes_from_the_flash_model_sharing_time_with_the_radio() -> None:
     bound = dfu_throughput.Bound.of(load_profile("nrf52840-s140"), 100 * 1024, 141)
     assert bound.flash_s > 1.8 * bound.flash_alone_s, "7.5 ms events in a 15 ms interval: half the time"
     assert bound.total_s >= bound.flash_s
+
+
+def test_device_matrix_rows_complete_and_carry_numbers() -> None:
+    """The device matrix (`--matrix`) on a few cells with a small image: every row completes, every figure is
+    a number, the fixed strategies ran on the same board (timings are the benchmark's to print, not ours)."""
+    cells = [("app", "15.3", 2.0, "2M PHY + DLE"), ("sd+bl+app", "17.1", 0.5, "1M PHY, no DLE")]
+    rows = dfu_throughput.matrix_rows(jobs=1, size=12 * 1024, cells=cells)
+    assert [(r["package"], r["sdk"], r["flash_scale"], r["link"], r["profile"]) for r in rows] == [
+        (*cell, profile) for cell in cells for profile in ("truth", "wrong", "default")
+    ]
+    for row in rows:
+        assert row["completed"], row
+        for key in ("ours_s", "bound_s", "ours_vs_bound"):
+            assert isinstance(row[key], float), (key, row)
+            assert row[key] > 0, (key, row)
+        assert isinstance(row["object_retries"], int)
+        assert isinstance(row["lost_packets"], int)
+        assert set(row["fixed_s"]) == set(dfu_throughput.FIXED_STRATEGIES)
+        completed = {k: v for k, v in row["fixed_s"].items() if v is not None}
+        assert all(isinstance(v, float) and v > 0 for v in completed.values())
+        assert row["best_fixed_s"] == (min(completed.values()) if completed else None)
+        assert row["prn12_s"] == row["fixed_s"]["PRN 12"]
+        assert row["bound_s"] <= row["ours_s"] * 1.001, "nothing beats the device bound"
+    assert [r["profile_flash_scale"] for r in rows[:3]] == [2.0, 1.0, None], "truth, wrong by x2, unknown"
+    summary = dfu_throughput.matrix_summary(rows)
+    assert summary["completed"] == summary["rows"] == 6
+
+
+def test_device_matrix_json_is_one_object_per_row(capsys: pytest.CaptureFixture[str]) -> None:
+    cells = [("app", "17.1", 1.0, "1M PHY + DLE")]
+    rows = dfu_throughput.matrix_rows(jobs=1, size=8 * 1024, cells=cells)
+    dfu_throughput.print_matrix(rows)
+    out = capsys.readouterr().out
+    assert "3/3 rows completed" in out
+    keys = {"package", "sdk", "flash_scale", "link", "profile", "completed", "ours_s", "bound_s"}
+    keys |= {"best_fixed_s", "prn12_s", "object_retries", "lost_packets"}
+    for row in rows:
+        assert keys <= set(json.loads(json.dumps(row)))

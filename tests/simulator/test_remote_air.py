@@ -121,6 +121,8 @@ async def _kill_and_resume(socket_path: Path) -> None:
     await cp.request(OpCode.CREATE, type=ObjectType.DATA, size=4096)
     await asyncio.sleep(0.4)  # loop time: let the page erase finish, as Nordic's clients do
     await cp.stream(data)
+    # Writes without response are posted, not awaited (RemoteAir._post): a checksum answered says they are in.
+    await cp.request(OpCode.CALC_CHECKSUM)
     first.abort()  # kill -9: no disconnect, the socket just closes
     await first.close()
     await asyncio.sleep(1)
