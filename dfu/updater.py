@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import enum
 import logging
 from collections.abc import Callable
@@ -50,6 +51,7 @@ from dfu.errors import DfuError, DfuLinkError, DfuProtocolError, DfuRejected, Df
 from dfu.package import DfuPackage, ImageKind, PackageImage
 from dfu.preflight import preflight
 from dfu.protocol import ExtError, OpCode
+from dfu.retry import RetryPolicy
 from dfu.transport.backend import BleBackend
 from dfu.transport.ble import (
     ConnectPolicy,
@@ -145,6 +147,9 @@ class UpdateResult:
         return self.bytes / self.seconds if self.seconds > 0 else 0.0
 
 
+UPDATE_RETRY = RetryPolicy(0.25, 4.0)
+
+
 @dataclass(frozen=True, slots=True)
 class UpdateOptions:
     """Knobs of one update; defaults come from the profile where it has an opinion."""
@@ -153,8 +158,8 @@ class UpdateOptions:
     """packet receipt notification interval; None = the profile's"""
     max_resumes: int = 8
     """link failures in a row without progress (no link resumed a data object further), per image"""
-    backoff_initial_s: float = 0.25
-    backoff_max_s: float = 4.0
+    retry: RetryPolicy = UPDATE_RETRY
+    """the waits before trying again: between connect attempts and after a link failure (no jitter)"""
     connect_attempts: int = 3
     bootloader_name: str | None = None
     """advertising name for an unbonded bootloader (`02 len name`), to find it among others by name"""
@@ -226,9 +231,7 @@ class Updater:
         self.on_progress = on_progress
         self._policy = ConnectPolicy(
             timeout_s=profile.timeouts.connect_s,
-            attempts=self.options.connect_attempts,
-            backoff_initial_s=self.options.backoff_initial_s,
-            backoff_max_s=self.options.backoff_max_s,
+            retry=dataclasses.replace(self.options.retry, attempts=self.options.connect_attempts),
         )
         self._run = _Run()
         self._image_index = 0
@@ -461,7 +464,7 @@ class Updater:
                 self._run.resumes += 1
                 if failures > self.options.max_resumes:
                     raise _as_link_error(exc, self.address) from exc
-                delay = min(self.options.backoff_max_s, self.options.backoff_initial_s * 2 ** (failures - 1))
+                delay = self.options.retry.delay(failures - 1)
                 log.warning(
                     "link failure address=%s kind=%s sent=%d attempt=%d backoff=%.2f error=%s",
                     self.address, image.kind.value, self._image_sent, failures, delay, exc,

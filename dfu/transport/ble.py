@@ -26,7 +26,6 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-import stamina
 from bleak import BleakClient, BleakScanner
 from bleak.backends.characteristic import BleakGATTCharacteristic
 from bleak.backends.device import BLEDevice
@@ -36,6 +35,7 @@ from bleak.exc import BleakError
 from dfu.engine import ImageComplete, Progress, WriteControl, WritePacket
 from dfu.errors import DeviceNotFoundError, DfuLinkError, DfuProtocolError, DfuTimeoutError, DisconnectedError
 from dfu.protocol import OpCode, ProtocolError, Response, decode_response, encode_request
+from dfu.retry import RetryPolicy
 from dfu.transport.acquired import AcquiredWrite
 from dfu.transport.acquired import acquire_write as acquire_write_of
 from dfu.transport.availability import unavailable
@@ -76,14 +76,19 @@ class Transfer(Protocol):
 ProgressCallback = Callable[[Progress], None]
 
 
+CONNECT_RETRY = RetryPolicy(0.25, 2.0, attempts=3)
+
+
 @dataclass(frozen=True, slots=True)
 class ConnectPolicy:
-    """Bounds of one connect: per attempt timeout, attempts, backoff (deterministic: no jitter)."""
+    """Bounds of one connect: per attempt timeout, attempts and waits (deterministic: no jitter)."""
 
     timeout_s: float = 10.0
-    attempts: int = 3
-    backoff_initial_s: float = 0.25
-    backoff_max_s: float = 2.0
+    retry: RetryPolicy = CONNECT_RETRY
+
+    @property
+    def attempts(self) -> int:
+        return self.retry.attempts or 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,14 +186,7 @@ async def connect(
         return await _connect_bluez(backend, device, policy, on_disconnect), 0
     failures = 0
     try:
-        async for attempt in stamina.retry_context(
-            on=_RETRYABLE,
-            attempts=policy.attempts,
-            timeout=None,
-            wait_initial=policy.backoff_initial_s,
-            wait_max=policy.backoff_max_s,
-            wait_jitter=0.0,
-        ):
+        async for attempt in policy.retry.retrying(on=_RETRYABLE):
             with attempt:
                 client = BleakClient(
                     device,

@@ -8,6 +8,7 @@ import pytest
 
 from dfu.errors import DeviceNotFoundError, DfuLinkError, DisconnectedError
 from dfu.protocol import OpCode, ResultCode
+from dfu.retry import RetryPolicy
 from dfu.transport.backend import BleBackend
 from dfu.transport.ble import ConnectPolicy, DfuLink, connect, find, is_bluez, open_peripheral, scan
 from profiles.model import load_profile
@@ -57,7 +58,9 @@ async def test_packet_size_is_the_negotiated_mtu_minus_3() -> None:
 async def test_connect_retries_refused_attempts() -> None:
     w = world(S140, faults=FaultPlan(refuse_connections=2))
     seen = await find(w.backend, lambda s: s.address == APP_ADDRESS, timeout_s=5, what="app")
-    client, failures = await connect(w.backend, seen.device, policy=ConnectPolicy(attempts=3))
+    client, failures = await connect(
+        w.backend, seen.device, policy=ConnectPolicy(retry=RetryPolicy(0.25, 2.0, attempts=3))
+    )
     assert failures == 2
     assert client.is_connected
     await client.disconnect()
@@ -67,7 +70,7 @@ async def test_connect_gives_up_after_its_attempts() -> None:
     w = world(S140, faults=FaultPlan(refuse_connections=-1))
     seen = await find(w.backend, lambda s: s.address == APP_ADDRESS, timeout_s=5, what="app")
     with pytest.raises(DfuLinkError, match="cannot connect after 2 attempts"):
-        await connect(w.backend, seen.device, policy=ConnectPolicy(attempts=2))
+        await connect(w.backend, seen.device, policy=ConnectPolicy(retry=RetryPolicy(0.25, 2.0, attempts=2)))
 
 
 async def test_open_peripheral_tells_application_from_bootloader() -> None:
