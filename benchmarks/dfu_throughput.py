@@ -60,8 +60,7 @@ import looptime
 
 from benchmarks.plain_client import plain_updater
 from dfu.errors import DfuError
-from dfu.package import DfuPackage, FirmwareFile, build_package
-from dfu.signing import load_private_key
+from dfu.package import DfuPackage
 from dfu.updater import UpdateOptions, Updater, UpdateResult
 from profiles.model import (
     SETTINGS_WRITE_BYTES,
@@ -75,9 +74,9 @@ from profiles.model import (
 from simulator.air import Air
 from simulator.bleak_backend import DEFAULT_CENTRAL, backend_for
 from simulator.bootloader import HASH_BYTES_PER_S
+from simulator.demo_packages import app_zip, app_zip_for, full_zip
 from simulator.device import DeviceState
 from simulator.faults import FaultPlan
-from simulator.firmware import make_application
 from simulator.flash import Flash
 from simulator.peripheral import SimPeripheral
 from simulator.radio import (
@@ -241,17 +240,7 @@ class Row:
 
 
 def app_package(size: int = IMAGE_BYTES, version: int = 2) -> DfuPackage:
-    from pathlib import Path
-
-    key = load_private_key(Path(__file__).resolve().parents[1] / "profiles" / "keys" / "demo-private.pem")
-    data = build_package(
-        hw_version=52,
-        sd_req=[0x0100],
-        application=FirmwareFile("app.bin", make_application(size, version)),
-        application_version=version,
-        key=key,
-    )
-    return DfuPackage.from_zip(data)
+    return DfuPackage.from_zip(app_zip(version, size))
 
 
 def with_link(profile: PeripheralProfile, **link: Any) -> PeripheralProfile:
@@ -427,18 +416,7 @@ def _counting_factory(profile: PeripheralProfile, state: dict[str, Any], now: fl
 
 def app_package_for(profile: PeripheralProfile, size: int = IMAGE_BYTES, version: int = 2) -> DfuPackage:
     """An application package this board accepts: its hardware version and SoftDevice, the demo key."""
-    from pathlib import Path
-
-    board = profile.board
-    key = load_private_key(Path(__file__).resolve().parents[1] / "profiles" / "keys" / "demo-private.pem")
-    data = build_package(
-        hw_version=board.hw_version,
-        sd_req=[board.softdevice_id],
-        application=FirmwareFile("app.bin", make_application(size, version)),
-        application_version=version,
-        key=key,
-    )
-    return DfuPackage.from_zip(data)
+    return DfuPackage.from_zip(app_zip_for(profile, version, size))
 
 
 async def update_with(
@@ -639,23 +617,15 @@ def full_package_for(
     profile: PeripheralProfile, app_size: int = IMAGE_BYTES, sd_size: int = 0x26000
 ) -> DfuPackage:
     """SoftDevice + bootloader (one image: a major SoftDevice update, 152 KB + 24 KB) then the application."""
-    from pathlib import Path
-
-    from simulator.firmware import make_bootloader, make_softdevice
-
     board = profile.board
-    key = load_private_key(Path(__file__).resolve().parents[1] / "profiles" / "keys" / "demo-private.pem")
-    sd = make_softdevice(0x0123, sd_size, version=8_000_000, family=board.initial.softdevice_family)
-    data = build_package(
+    data = full_zip(
         hw_version=board.hw_version,
         sd_req=[board.softdevice_id],
-        softdevice=FirmwareFile("sd.bin", sd),
-        sd_id=[0x0123],
-        bootloader=FirmwareFile("bl.bin", make_bootloader(0x6000, 2)),
-        bootloader_version=2,
-        application=FirmwareFile("app.bin", make_application(app_size, 2)),
-        application_version=2,
-        key=key,
+        sd_fwid=0x0123,
+        sd_size=sd_size,
+        sd_version=8_000_000,
+        sd_family=board.initial.softdevice_family,
+        app_size=app_size,
     )
     return DfuPackage.from_zip(data)
 

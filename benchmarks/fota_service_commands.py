@@ -1,7 +1,7 @@
 """Benchmark: what one job-service command costs on each database, and what sharing one costs.
 
 Real databases: a SQLite file, and a throw-away PostgreSQL server over its unix socket
-(tests/support/postgres.py). One 1,000-peripheral job is rolled out; then execution updates (DOWNLOADING,
+(hil/postgres.py). One 1,000-peripheral job is rolled out; then execution updates (DOWNLOADING,
 each touching an execution and its job) are timed through `FotaService.run`, as the MQTT bridge runs them:
 
 - SQLite, one process;
@@ -25,12 +25,11 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from dfu.package import FirmwareFile, build_package
 from fota_service.model import DeviceKind, Effect, ExecutionStatus, FotaModel
 from fota_service.service import FotaService
 from fota_service.store import Store
-from simulator.firmware import make_application
-from tests.support.postgres import running_postgres
+from hil.postgres import running_postgres
+from simulator.demo_packages import app_zip
 
 PERIPHERALS = 1000
 
@@ -41,14 +40,7 @@ def service(url: str) -> FotaService:
 
 def rolled_out_job(first: FotaService) -> list[str]:
     """A gateway, 1,000 peripherals and one job on them, applied; the peripherals of its first batch."""
-    bundle = first.upload_bundle(
-        build_package(
-            hw_version=52,
-            sd_req=[0x100],
-            application=FirmwareFile("app.bin", make_application(0x1000, 2)),
-            application_version=2,
-        )
-    )
+    bundle = first.upload_bundle(app_zip(2, 0x1000))
     peripherals = [f"P{i:04d}" for i in range(PERIPHERALS)]
 
     def fleet(model: FotaModel, now: float) -> list[Effect]:

@@ -9,7 +9,7 @@ notifications, completion.
 
     .venv/bin/python -m benchmarks.fota_service_rollout [--gateways 40] [--per-gateway 25] [--postgres]
 
-`--postgres`: the service on a throw-away PostgreSQL server (tests/support/postgres.py) instead of SQLite.
+`--postgres`: the service on a throw-away PostgreSQL server (hil/postgres.py) instead of SQLite.
 
 Prints wall time from job creation to the last update handled, the service process's CPU time over that
 interval (from /proc), updates per second, and the time to the first notification.

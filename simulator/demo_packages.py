@@ -16,8 +16,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from dfu.package import DfuPackage, FirmwareFile, build_package
 from dfu.signing import load_private_key
-from profiles.model import load_profile
-from simulator.firmware import make_application
+from profiles.model import PeripheralProfile, load_profile
+from simulator.firmware import make_application, make_bootloader, make_softdevice
 
 DEMO_KEY_FILE = Path(str(resources.files("profiles") / "keys" / "demo-private.pem"))
 S140 = 0x0100
@@ -51,12 +51,46 @@ def app_zip(
 
 
 def app_zip_for(
-    profile: str, version: int = 2, size: int = 0x1000, *, key: ec.EllipticCurvePrivateKey | None = None
+    profile: str | PeripheralProfile,
+    version: int = 2,
+    size: int = 0x1000,
+    *,
+    key: ec.EllipticCurvePrivateKey | None = None,
 ) -> bytes:
-    """An application package the shipped profile's simulated bootloader accepts: its hardware version and
-    its SoftDevice's FWID as sd_req."""
-    board = load_profile(profile).board
+    """An application package the profile's simulated bootloader accepts: its hardware version and its
+    SoftDevice's FWID as sd_req."""
+    board = (load_profile(profile) if isinstance(profile, str) else profile).board
     return app_zip(version, size, hw_version=board.hw_version, sd_req=[board.softdevice_id], key=key)
+
+
+def full_zip(
+    *,
+    hw_version: int = 52,
+    sd_req: Sequence[int] = (S140,),
+    sd_fwid: int,
+    sd_size: int = 0x26000,
+    sd_version: int = 0,
+    sd_family: int = 0,
+    bl_version: int = 2,
+    app_version: int = 2,
+    app_size: int = 0x5000,
+    key: ec.EllipticCurvePrivateKey | None = None,
+) -> bytes:
+    """SoftDevice + bootloader (one image, 24 KB of bootloader) then the application, as nrfutil packs a
+    three-part update; signed with the demo key unless `key` names another."""
+    return build_package(
+        hw_version=hw_version,
+        sd_req=list(sd_req),
+        softdevice=FirmwareFile(
+            "sd.bin", make_softdevice(sd_fwid, sd_size, version=sd_version, family=sd_family)
+        ),
+        sd_id=[sd_fwid],
+        bootloader=FirmwareFile("bl.bin", make_bootloader(0x6000, bl_version)),
+        bootloader_version=bl_version,
+        application=FirmwareFile("app.bin", make_application(app_size, app_version)),
+        application_version=app_version,
+        key=key or demo_key(),
+    )
 
 
 def app_package(
