@@ -22,8 +22,6 @@ import asyncio
 import contextlib
 import os
 import secrets
-import signal
-import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator
@@ -46,6 +44,8 @@ from gateway_agent.cloud.wire import (
     parse_ble_job,
     reported_state,
 )
+from hil.processes import fota_service, running_process
+from hil.service_config import service_config
 from simulator.firmware import make_application
 from tests.support.mosquitto import MosquittoBroker, free_port, running_broker
 from tests.support.postgres import running_postgres
@@ -109,59 +109,20 @@ class Gateway:
 async def service_process(
     workdir: Path, broker: MosquittoBroker, port: int, db_url: str
 ) -> AsyncIterator[int]:
-    client = broker.pki.client("fota-service")
-    config = workdir / "fota.toml"
-    config.write_text(
-        f"""
-[service]
-tenant = "bench"
-token = "{TOKEN}"
-db_url = "{db_url}"
-[http]
-host = "127.0.0.1"
-port = {port}
-[mqtt]
-host = "{broker.host}"
-port = {broker.port}
-ca_file = "{broker.pki.ca_file}"
-cert_file = "{client.cert_file}"
-key_file = "{client.key_file}"
-topic_prefix = "{PREFIX}"
-[rollout]
-batch_size = 25
-max_gateways = 100
-"""
+    """The service, once its MQTT bridge has subscribed; yields its pid (for its CPU time)."""
+    config = service_config(
+        workdir / "fota.toml",
+        tenant="bench",
+        token=TOKEN,
+        db_url=db_url,
+        port=port,
+        broker=broker,
+        topic_prefix=PREFIX,
+        rollout={"batch_size": 25, "max_gateways": 100},
     )
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "fota_service",
-        "serve",
-        "--config",
-        str(config),
-        "--log-level",
-        "info",
-        stderr=asyncio.subprocess.PIPE,
-    )
-    assert proc.stderr is not None
-    drain: asyncio.Task[None] | None = None
-    try:
-        async with asyncio.timeout(30):  # ready once subscribed: the service logs "mqtt connected"
-            while b"mqtt connected" not in (line := await proc.stderr.readline()):
-                if not line:
-                    raise RuntimeError("fota-service exited during start")
-        drain = asyncio.create_task(_drain(proc.stderr))
-        yield proc.pid
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        await proc.wait()
-        if drain is not None:
-            drain.cancel()
-
-
-async def _drain(stream: asyncio.StreamReader) -> None:
-    while await stream.readline():
-        pass
+    service = fota_service(config, workdir / "fota-service.log", "--log-level", "info")
+    async with running_process(service, "mqtt connected", within=30):
+        yield service.pid
 
 
 async def bench(gateways: int, per_gateway: int, postgres: bool = False) -> dict[str, float]:

@@ -22,15 +22,16 @@ from pathlib import Path
 from hil.gateway_config import gateway_config
 from hil.processes import (
     AGENT_MAIN,
-    SERVICE_MAIN,
     SIM_MAIN,
     FleetError,
     Managed,
+    fota_service,
     python_command,
     stop_all,
     wait_for,
 )
 from hil.service_client import ServiceClient
+from hil.service_config import service_config
 from hil.sim_air import SimAir, start_sim
 from hil.wiretap import WireEvent, WireObserver, observing, rollout_waves
 from simulator.demo_packages import app_zip_for
@@ -135,39 +136,18 @@ async def running_fleet(
             token = secrets.token_hex(32)  # a throw-away bench service: a fresh token each run
             http_port = free_port()
             prefix = f"prod/{tenant}/"
-            service_cert = pki.client("fota-service")
-            config = directory / "fota-service.toml"
-            config.write_text(
-                "\n".join(
-                    [
-                        "[service]",
-                        f'tenant = "{tenant}"',
-                        f'token = "{token}"',
-                        f'db_url = "sqlite:///{directory / "fota.db"}"',
-                        "[http]",
-                        'host = "127.0.0.1"',
-                        f"port = {http_port}",
-                        f'tls_cert = "{pki.server_cert}"',
-                        f'tls_key = "{pki.server_key}"',
-                        "[mqtt]",
-                        'host = "127.0.0.1"',
-                        f"port = {broker.port}",
-                        f'ca_file = "{pki.ca_file}"',
-                        f'cert_file = "{service_cert.cert_file}"',
-                        f'key_file = "{service_cert.key_file}"',
-                        f'topic_prefix = "{prefix}"',
-                        "[rollout]",
-                        f"batch_size = {batch_size}",
-                        f"batch_interval = {batch_interval}",
-                        "",
-                    ]
-                )
+            config = service_config(
+                directory / "fota-service.toml",
+                tenant=tenant,
+                token=token,
+                db_url=f"sqlite:///{directory / 'fota.db'}",
+                port=http_port,
+                tls=(pki.server_cert, pki.server_key),
+                broker=broker,
+                topic_prefix=prefix,
+                rollout={"batch_size": batch_size, "batch_interval": batch_interval},
             )
-            service = Managed(
-                "fota-service",
-                python_command(SERVICE_MAIN, "serve", "--config", str(config)),
-                directory / "fota-service.log",
-            )
+            service = fota_service(config, directory / "fota-service.log")
             service.start()
             started.append(service)
             for air in airs:

@@ -15,15 +15,18 @@ import ssl
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import aiomqtt
 import trustme
 
 from dfu.package import DfuPackage
 from gateway_agent.cloud.wire import ExecutionStatus, JobUpdate
 from tests.support.dfu_sim import app_zip
 from tests.support.mosquitto import MosquittoBroker, Pki
+from tests.support.mqtt_peer import MqttPeer
+
+if TYPE_CHECKING:
+    from gateway_agent.app import Agent
 
 PREFIX = "test/T1/"
 GATEWAY = "gw-test-1"
@@ -183,6 +186,17 @@ def persistent_broker(directory: Path) -> Iterator[MosquittoBroker]:
         broker.stop()
 
 
+async def broker_outage(broker: MosquittoBroker, cloud: FakeCloud, agent: Agent) -> None:
+    """The cloud leaves, the broker stops, and this returns once the agent has counted the lost link (its
+    own signal, no timer); `broker.start()` and `cloud.connect()` end the outage."""
+    await cloud.disconnect()
+    await asyncio.to_thread(broker.stop)
+    failures = agent.link.failures
+    while agent.link.failures == failures:
+        agent.link.failure.clear()
+        await agent.link.failure.wait()
+
+
 @dataclass(frozen=True)
 class Bundle:
     """An application update as nRF Cloud hosts it: the init packet and the image, both named `.bin`, the
@@ -211,7 +225,7 @@ def job_tuple(peripheral: str, job_id: str, host: str, stem: str, size: int, fw_
     return json.dumps([peripheral, job_id, fw_type, size, host, f"{stem}.bin {stem}dat.bin"]).encode()
 
 
-class FakeCloud:
+class FakeCloud(MqttPeer):
     """The cloud's side of the MQTT conversation, through the same broker: answers jobs/ble/req from a
     queue of pending jobs and collects every jobs/ble/update in arrival order."""
 
@@ -223,81 +237,32 @@ class FakeCloud:
         *,
         persistent: bool = False,
     ) -> None:
-        self.broker = broker
-        self.persistent = persistent
+        super().__init__(broker, "cloud", clean_session=not persistent)
         self.base = f"{prefix}{gateway}/jobs/ble"
         self.pending: dict[str, bytes] = {}
         """peripheral -> job tuple sent when the gateway asks"""
         self.updates: list[JobUpdate] = []
         self.requests: list[str] = []
         self.shadow_reports: list[dict[str, Any]] = []
-        self.changed = asyncio.Event()
-        self._client: aiomqtt.Client | None = None
-        self._task: asyncio.Task[None] | None = None
         self.gateway = gateway
 
-    async def __aenter__(self) -> FakeCloud:
-        await self.connect()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.disconnect()
-
-    async def connect(self) -> None:
-        ctx = self.broker.pki.client_ssl_context("cloud")
-        self._client = aiomqtt.Client(
-            self.broker.host,
-            self.broker.port,
-            identifier="cloud",
-            tls_context=ctx,
-            clean_session=not self.persistent,
-        )
-        await self._client.__aenter__()
-        await self._client.subscribe(f"{self.base}/update", qos=1)
-        await self._client.subscribe(f"{self.base}/req", qos=1)
-        await self._client.subscribe(f"$aws/things/{self.gateway}/shadow/#", qos=1)
-        self._task = asyncio.create_task(self._loop())
-
-    async def disconnect(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
-                await self._task
-        if self._client is not None:
-            with contextlib.suppress(Exception):
-                await self._client.__aexit__(None, None, None)
-        self._client = None
+    def subscriptions(self) -> list[str]:
+        return [f"{self.base}/update", f"{self.base}/req", f"$aws/things/{self.gateway}/shadow/#"]
 
     async def send_job(self, payload: bytes) -> None:
-        assert self._client is not None
-        await self._client.publish(f"{self.base}/rcv", payload, qos=1)
+        await self.publish(f"{self.base}/rcv", payload)
 
-    async def publish(self, topic: str, payload: bytes) -> None:
-        assert self._client is not None
-        await self._client.publish(topic, payload, qos=1)
-
-    async def _loop(self) -> None:
-        assert self._client is not None
-        async for message in self._client.messages:
-            topic = str(message.topic)
-            payload = message.payload if isinstance(message.payload, bytes) else b""
-            if topic.endswith("/jobs/ble/update"):
-                self.updates.append(JobUpdate.decode(payload))
-            elif topic.endswith("/jobs/ble/req"):
-                (peripheral,) = json.loads(payload)
-                self.requests.append(peripheral)
-                job = self.pending.get(peripheral)
-                if job is not None:
-                    await self._client.publish(f"{self.base}/rcv", job, qos=1)
-            elif topic.endswith("/shadow/update") and payload:
-                self.shadow_reports.append(json.loads(payload))
-            self.changed.set()
-
-    async def wait_for(self, predicate: Any, what: str = "condition") -> None:
-        """Wait (no timer: the suite's timeout bounds it) until predicate() holds."""
-        while not predicate():
-            self.changed.clear()
-            await self.changed.wait()
+    async def handle(self, topic: str, payload: bytes) -> None:
+        if topic.endswith("/jobs/ble/update"):
+            self.updates.append(JobUpdate.decode(payload))
+        elif topic.endswith("/jobs/ble/req"):
+            (peripheral,) = json.loads(payload)
+            self.requests.append(peripheral)
+            job = self.pending.get(peripheral)
+            if job is not None:
+                await self.send_job(job)
+        elif topic.endswith("/shadow/update") and payload:
+            self.shadow_reports.append(json.loads(payload))
 
     def statuses(self, job_id: str) -> list[JobUpdate]:
         return [u for u in self.updates if u.job_id == job_id]

@@ -27,6 +27,7 @@ from tests.agent.support import (
     FakeCloud,
     app_bundle,
     assert_honest_sequence,
+    broker_outage,
     firmware_server,
     job_tuple,
     persistent_broker,
@@ -190,12 +191,7 @@ async def test_agent_delivers_every_status_in_order_across_a_broker_restart(tmp_
             stop = asyncio.Event()
             task = asyncio.create_task(agent.run(stop))
             await runner.started.wait()
-            await cloud.disconnect()
-            await asyncio.to_thread(broker.stop)
-            failures = agent.link.failures
-            while agent.link.failures == failures:
-                agent.link.failure.clear()
-                await agent.link.failure.wait()
+            await broker_outage(broker, cloud, agent)
             runner.gates[A].set()  # the DFU finishes while the broker is away: SUCCEEDED waits in the outbox
             await runner.finished.wait()  # the agent fed the outcome to its core in the same step
             assert not agent.jobs.active
@@ -205,6 +201,7 @@ async def test_agent_delivers_every_status_in_order_across_a_broker_restart(tmp_
             await cloud.wait_for(lambda: cloud.terminal("job-r"))
             stop.set()
             await task
+            await cloud.disconnect()  # before the broker goes: no dangling client to warn at collection
     updates = cloud.statuses("job-r")
     assert_honest_sequence(updates)
     assert queued >= 2  # in-progress updates and the terminal one were held back, then all delivered

@@ -6,22 +6,19 @@ JSON. Nothing here uses the agent's wire module, so the agent is checked against
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 from typing import Any
 
-import aiomqtt
-
 from tests.conformance import nordic
 from tests.support.mosquitto import MosquittoBroker
+from tests.support.mqtt_peer import MqttPeer
 
 
-class NordicCloud:
+class NordicCloud(MqttPeer):
     def __init__(
         self, broker: MosquittoBroker, gateway: str, convention: str, prefix: str, connections: list[Any]
     ) -> None:
-        self.broker = broker
+        super().__init__(broker, f"cloud-{gateway}")
         self.gateway = gateway
         self.convention = convention
         self.prefix = prefix
@@ -34,45 +31,21 @@ class NordicCloud:
         self.reports: list[dict[str, Any]] = []
         self.gateway_messages: list[dict[str, Any]] = []
         self.gets = 0
-        self.changed = asyncio.Event()
-        self._client: aiomqtt.Client | None = None
-        self._task: asyncio.Task[None] | None = None
 
     def topic(self, which: str) -> str | None:
         return nordic.shadow_topic(self.convention, which, self.gateway, self.prefix)
 
-    async def __aenter__(self) -> NordicCloud:
-        self._client = aiomqtt.Client(
-            self.broker.host,
-            self.broker.port,
-            identifier=f"cloud-{self.gateway}",
-            tls_context=self.broker.pki.client_ssl_context(f"cloud-{self.gateway}"),
-        )
-        await self._client.__aenter__()
-        for topic in (
-            self.topic("get"),
-            self.topic("update"),
+    def subscriptions(self) -> list[str]:
+        get, update = self.topic("get"), self.topic("update")
+        assert get is not None
+        assert update is not None
+        return [
+            get,
+            update,
             nordic.job_topic(self.prefix, self.gateway, "req"),
             nordic.job_topic(self.prefix, self.gateway, "update"),
             f"{self.prefix}gateways/{self.gateway}/g2c",
-        ):
-            assert topic is not None
-            await self._client.subscribe(topic, qos=1)
-        self._task = asyncio.create_task(self._loop())
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
-                await self._task
-        if self._client is not None:
-            with contextlib.suppress(Exception):
-                await self._client.__aexit__(None, None, None)
-
-    async def publish(self, topic: str, payload: bytes) -> None:
-        assert self._client is not None
-        await self._client.publish(topic, payload, qos=1)
+        ]
 
     async def send_job(self, payload: bytes) -> None:
         """An unsolicited `jobs/ble/rcv` (the cloud pushes a job when it is applied)."""
@@ -89,35 +62,24 @@ class NordicCloud:
             return nordic.aws_accepted(self.prefix, self.gateway, self.connections)
         return nordic.trimmed_accepted(self.prefix, self.gateway, self.connections)
 
-    async def _loop(self) -> None:
-        assert self._client is not None
-        async for message in self._client.messages:
-            topic = str(message.topic)
-            payload = message.payload if isinstance(message.payload, bytes) else b""
-            if topic == self.topic("get"):
-                self.gets += 1
-                accepted = self.topic("accepted")
-                assert accepted is not None
-                await self.publish(accepted, self._accepted())
-            elif topic == self.topic("update"):
-                self.reports.append(json.loads(payload))
-            elif topic == nordic.job_topic(self.prefix, self.gateway, "req"):
-                (peripheral,) = json.loads(payload)
-                self.requests.append(peripheral)
-                job = self.pending.get(peripheral)
-                if job is not None:
-                    await self.send_job(job)
-            elif topic == nordic.job_topic(self.prefix, self.gateway, "update"):
-                self.updates.append(json.loads(payload))
-            elif topic.endswith("/g2c"):
-                self.gateway_messages.append(json.loads(payload))
-            self.changed.set()
-
-    async def wait_for(self, predicate: Any) -> None:
-        """Until predicate() holds (no timer: the suite's timeout bounds it)."""
-        while not predicate():
-            self.changed.clear()
-            await self.changed.wait()
+    async def handle(self, topic: str, payload: bytes) -> None:
+        if topic == self.topic("get"):
+            self.gets += 1
+            accepted = self.topic("accepted")
+            assert accepted is not None
+            await self.publish(accepted, self._accepted())
+        elif topic == self.topic("update"):
+            self.reports.append(json.loads(payload))
+        elif topic == nordic.job_topic(self.prefix, self.gateway, "req"):
+            (peripheral,) = json.loads(payload)
+            self.requests.append(peripheral)
+            job = self.pending.get(peripheral)
+            if job is not None:
+                await self.send_job(job)
+        elif topic == nordic.job_topic(self.prefix, self.gateway, "update"):
+            self.updates.append(json.loads(payload))
+        elif topic.endswith("/g2c"):
+            self.gateway_messages.append(json.loads(payload))
 
     def statuses(self, job_id: str) -> list[list[Any]]:
         return [u for u in self.updates if u[1] == job_id]

@@ -102,19 +102,24 @@ def test_softdevice_only_round_trip() -> None:
     assert image.init.sd_size == len(SD_IMAGE)
 
 
-def test_softdevice_bootloader_application_in_send_order() -> None:
+def _sd_app_zip(*, bootloader: bool, signed: bool = False) -> bytes:
+    """The SoftDevice (installing S140 where 0xCA runs) and application v7, with or without bootloader v3."""
     files = _files()
-    data = build_package(
+    return build_package(
         hw_version=52,
         sd_req=[0xCA],
         sd_id=[S140_FWID],
         softdevice=files["sd"],
-        bootloader=files["bl"],
-        bootloader_version=3,
+        bootloader=files["bl"] if bootloader else None,
+        bootloader_version=3 if bootloader else None,
         application=files["app"],
         application_version=7,
-        key=KEY,
+        key=KEY if signed else None,
     )
+
+
+def test_softdevice_bootloader_application_in_send_order() -> None:
+    data = _sd_app_zip(bootloader=True, signed=True)
     package = DfuPackage.from_zip(data)
     assert [image.kind for image in package.images] == [
         ImageKind.SOFTDEVICE_BOOTLOADER,
@@ -138,16 +143,7 @@ def test_softdevice_bootloader_application_in_send_order() -> None:
 
 
 def test_softdevice_application_without_bootloader() -> None:
-    files = _files()
-    data = build_package(
-        hw_version=52,
-        sd_req=[0xCA],
-        sd_id=[S140_FWID],
-        softdevice=files["sd"],
-        application=files["app"],
-        application_version=7,
-    )
-    kinds = [image.kind for image in DfuPackage.from_zip(data).images]
+    kinds = [image.kind for image in DfuPackage.from_zip(_sd_app_zip(bootloader=False)).images]
     assert kinds == [ImageKind.SOFTDEVICE, ImageKind.APPLICATION]
 
 

@@ -10,7 +10,6 @@ the application is sent.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -19,14 +18,14 @@ from click.testing import CliRunner
 
 from dfu.cli import main
 from dfu.errors import DfuRejected
-from dfu.package import DfuPackage, FirmwareFile, ImageKind, build_package
+from dfu.package import DfuPackage, FirmwareFile, build_package
 from dfu.protocol import OpCode, ResultCode
-from dfu.updater import Phase, UpdateOptions, UpdateProgress, Updater, update
+from dfu.updater import Phase, UpdateOptions, Updater, update
 from profiles.model import PeripheralProfile, SdkRelease, load_profile, shipped_profiles
 from simulator.bootloader import FULL_PROTOCOL_ONLY, Bootloader
 from simulator.device import Notify
 from simulator.firmware import make_application, make_bootloader, make_softdevice
-from tests.support.dfu_sim import APP_ADDRESS, DEMO_KEY, world
+from tests.support.dfu_sim import APP_ADDRESS, DEMO_KEY, cancel_when, runs, world
 
 pytestmark = pytest.mark.looptime
 
@@ -58,25 +57,9 @@ def full_package(profile: PeripheralProfile, *, major: bool = True) -> DfuPackag
 
 async def _interrupt_after_first_image(updater: Updater) -> None:
     """Cancel the update as soon as the second image is reached (the first is installed by then)."""
-    reached = asyncio.Event()
-
-    def on(event: UpdateProgress) -> None:
-        if event.image_index == 2 and event.phase in (Phase.RECONNECTING, Phase.TRANSFERRING):
-            reached.set()
-
-    updater.on_progress = on
-    task = asyncio.create_task(updater.run())
-    await reached.wait()
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
-
-
-def _runs_app(state: dict[str, Any], package: DfuPackage) -> bool:
-    image = package.image(ImageKind.APPLICATION)
-    assert image is not None
-    app = state["app"]
-    return app is not None and app["sha256"] == hashlib.sha256(image.firmware).hexdigest()
+    await cancel_when(
+        updater, lambda e: e.image_index == 2 and e.phase in (Phase.RECONNECTING, Phase.TRANSFERRING)
+    )
 
 
 @pytest.mark.parametrize("name", SIMULATED)
@@ -93,7 +76,7 @@ async def test_interrupted_sd_bl_app_update_finishes_when_run_again(name: str) -
 
     result = await update(w.backend, profile, package, address=APP_ADDRESS)
     assert [i.skipped for i in result.images] == [True, False], "passed over, then sent"
-    assert _runs_app(w.state(), package)
+    assert runs(w.state(), package)
     assert w.state()["mode"] == "app"
     assert result.firmware_revision == "2"
 
@@ -107,7 +90,7 @@ async def test_interrupted_update_finishes_for_a_client_that_knows_nothing_of_th
     await _interrupt_after_first_image(Updater(w.backend, generic, package, address=APP_ADDRESS))
     result = await update(w.backend, generic, package, address=APP_ADDRESS)
     assert [i.skipped for i in result.images] == [True, False]
-    assert _runs_app(w.state(), package)
+    assert runs(w.state(), package)
 
 
 async def test_after_a_minor_softdevice_update_the_application_follows_within_the_continuation() -> None:
@@ -118,7 +101,7 @@ async def test_after_a_minor_softdevice_update_the_application_follows_within_th
     package = full_package(profile, major=False)
     result = await update(w.backend, profile, package, address=APP_ADDRESS)
     assert [i.skipped for i in result.images] == [False, False]
-    assert _runs_app(w.state(), package)
+    assert runs(w.state(), package)
 
 
 async def test_interrupted_after_a_minor_softdevice_update_the_old_app_runs_until_run_again() -> None:
@@ -132,7 +115,7 @@ async def test_interrupted_after_a_minor_softdevice_update_the_old_app_runs_unti
     assert state["app"]["version"] == 1
     result = await update(w.backend, profile, package, address=APP_ADDRESS)
     assert [i.skipped for i in result.images] == [True, False]
-    assert _runs_app(w.state(), package)
+    assert runs(w.state(), package)
 
 
 async def test_an_application_refused_as_a_downgrade_fails_the_update() -> None:

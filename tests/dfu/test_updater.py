@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import itertools
 
 import pytest
@@ -18,8 +17,10 @@ from tests.support.dfu_sim import (
     S140_NEW,
     app_package,
     bootloader_package,
+    cancel_when,
     full_package,
     in_bootloader,
+    runs,
     world,
 )
 
@@ -27,14 +28,6 @@ pytestmark = pytest.mark.looptime
 
 S140 = load_profile("nrf52840-s140")
 SDK17 = load_profile("nrf52840-s140-sdk17")
-
-
-def _runs(state: dict[str, object], package: DfuPackage, kind: ImageKind = ImageKind.APPLICATION) -> bool:
-    image = package.image(kind)
-    assert image is not None
-    app = state["app"]
-    assert isinstance(app, dict)
-    return bool(app["sha256"] == hashlib.sha256(image.firmware).hexdigest())
 
 
 async def test_application_update_unbonded() -> None:
@@ -45,7 +38,7 @@ async def test_application_update_unbonded() -> None:
     state = w.state()
     assert state["mode"] == "app"
     assert state["app"]["version"] == 2
-    assert _runs(state, package)
+    assert runs(state, package)
     assert result.firmware_revision == "2"
     assert result.firmware_revision_before == "1", "read from Device Information before entering DFU"
     assert result.bytes == len(package.images[0].firmware)
@@ -108,7 +101,7 @@ async def test_softdevice_bootloader_application_update() -> None:
     state = w.state()
     assert state["softdevice"]["fwid"] == S140_NEW
     assert state["bootloader"]["version"] == 2
-    assert _runs(state, package)
+    assert runs(state, package)
     assert [i.skipped for i in result.images] == [False, False]
     assert result.bytes == package.total_firmware_bytes
 
@@ -126,7 +119,7 @@ async def test_link_drop_every_50_kb_resumes_without_resending_more_than_an_obje
     w = world(S140, faults=FaultPlan(drop_every_bytes=50_000))
     package = app_package(size=200 * 1024)
     result = await update(w.backend, S140, package, address=APP_ADDRESS)
-    assert _runs(w.state(), package)
+    assert runs(w.state(), package)
     drops = len(package.images[0].firmware) // 50_000
     assert result.resumes >= drops
     init = len(package.images[0].init_packet)
@@ -138,7 +131,7 @@ async def test_drops_beyond_the_resume_budget_complete_while_each_link_makes_pro
     package = app_package(size=200 * 1024)
     options = UpdateOptions(max_resumes=3)
     result = await update(w.backend, S140, package, address=APP_ADDRESS, options=options)
-    assert _runs(w.state(), package)
+    assert runs(w.state(), package)
     assert result.resumes >= 10 > options.max_resumes
 
 
@@ -148,7 +141,7 @@ async def test_links_that_each_carry_less_than_an_object_still_count_what_the_bo
     )  # the RAM offset survives: an object per ~1.4 links
     package = app_package(size=16 * 1024)
     result = await update(w.backend, S140, package, address=APP_ADDRESS, options=UpdateOptions(max_resumes=3))
-    assert _runs(w.state(), package)
+    assert runs(w.state(), package)
     assert result.resumes > 3
 
 
@@ -166,7 +159,7 @@ async def test_sdk17_saving_progress_in_flash_resumes_from_the_last_executed_obj
     w = world(saved, faults=FaultPlan(drop_every_bytes=50_000))
     package = app_package(size=200 * 1024)
     result = await update(w.backend, saved, package, address=APP_ADDRESS)
-    assert _runs(w.state(), package)
+    assert runs(w.state(), package)
     assert result.retries == 0, "the pacing leaves room for the settings write after each Execute"
     init = len(package.images[0].init_packet)
     assert result.resumes >= 4
@@ -183,7 +176,7 @@ async def test_stock_sdk17_restarts_a_dropped_image_from_its_start() -> None:
             confirmed.append(event.image_bytes_sent)
 
     result = await update(w.backend, SDK17, package, address=APP_ADDRESS, on_progress=on)
-    assert _runs(w.state(), package)
+    assert runs(w.state(), package)
     assert result.resumes == 1
     # the second link found nothing kept: the confirmed offset fell from >= 16 KB back to 0
     fall = next(i for i, (a, b) in enumerate(itertools.pairwise(confirmed)) if b < a)
@@ -202,7 +195,7 @@ async def test_one_percent_corrupted_packets_still_complete() -> None:
     w = world(S140, faults=FaultPlan(corrupt_probability=0.01, seed=3))
     package = app_package(size=100 * 1024)
     result = await update(w.backend, S140, package, address=APP_ADDRESS)
-    assert _runs(w.state(), package)
+    assert runs(w.state(), package)
     assert result.bytes_sent > result.bytes + len(package.images[0].init_packet), "corrupted objects re-sent"
 
 
@@ -210,7 +203,7 @@ async def test_reset_mid_transfer_recovers() -> None:
     w = world(S140, faults=FaultPlan(reset_after_bytes=30_000))
     package = app_package(size=64 * 1024)
     result = await update(w.backend, S140, package, address=APP_ADDRESS)
-    assert _runs(w.state(), package)
+    assert runs(w.state(), package)
     assert result.resumes >= 1
 
 
@@ -227,21 +220,7 @@ async def test_absent_peripheral_is_device_not_found() -> None:
 
 
 async def _cancel_mid_image(updater: Updater, after_bytes: int) -> None:
-    reached = asyncio.Event()
-    listener = updater.on_progress
-
-    def on(event: UpdateProgress) -> None:
-        if listener is not None:
-            listener(event)
-        if event.phase is Phase.TRANSFERRING and event.image_bytes_sent >= after_bytes:
-            reached.set()
-
-    updater.on_progress = on
-    task = asyncio.create_task(updater.run())
-    await reached.wait()
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
+    await cancel_when(updater, lambda e: e.phase is Phase.TRANSFERRING and e.image_bytes_sent >= after_bytes)
 
 
 async def test_cancellation_leaves_the_peripheral_resumable() -> None:
@@ -263,7 +242,7 @@ async def test_restart_mid_image_resumes_rather_than_restarts() -> None:
     package = app_package(size=120 * 1024)
     await _cancel_mid_image(Updater(w.backend, S140, package, address=APP_ADDRESS), 60_000)
     fresh = await Updater(w.backend, S140, package, address=APP_ADDRESS).run()
-    assert _runs(w.state(), package)
+    assert runs(w.state(), package)
     assert fresh.images[0].resumed_from >= 57_344
     assert fresh.bytes_sent <= fresh.bytes - 57_344 + len(package.images[0].init_packet)
 
@@ -284,7 +263,7 @@ async def test_restart_after_first_image_skips_the_installed_bootloader() -> Non
     # A stock BLE bootloader cannot be asked what it runs (reduced protocol, docs/bootloaders.md): the first
     # image's init packet is what tells, refused with FW_VERSION_FAILURE; none of its firmware is sent.
     assert result.bytes_sent == len(first.init_packet) + len(app.firmware) + len(app.init_packet)
-    assert _runs(w.state(), package)
+    assert runs(w.state(), package)
 
 
 async def test_four_peripherals_concurrently() -> None:
@@ -293,7 +272,7 @@ async def test_four_peripherals_concurrently() -> None:
     results = await asyncio.gather(*(update(w.backend, S140, package, address=a) for a in w.addresses))
     assert [r.address for r in results] == w.addresses
     for index in range(4):
-        assert _runs(w.state(index), package)
+        assert runs(w.state(index), package)
 
 
 async def test_neighbour_at_the_bootloader_address_is_never_switched() -> None:

@@ -22,6 +22,7 @@ from tests.agent.support import (
     FakeCloud,
     app_bundle,
     assert_honest_sequence,
+    broker_outage,
     firmware_server,
     job_tuple,
     persistent_broker,
@@ -112,12 +113,7 @@ async def test_agent_survives_broker_restart_mid_job(tmp_path: Path) -> None:
                 await cloud.wait_for(
                     lambda: any(u.status is ExecutionStatus.IN_PROGRESS for u in cloud.updates)
                 )
-                await cloud.disconnect()
-                await asyncio.to_thread(broker.stop)  # mid-transfer (the loop, so the radio, runs on)
-                failures = agent.link.failures
-                while agent.link.failures == failures:
-                    agent.link.failure.clear()
-                    await agent.link.failure.wait()
+                await broker_outage(broker, cloud, agent)  # mid-transfer (the loop, so the radio, runs on)
                 await asyncio.to_thread(broker.start)
                 await cloud.connect()  # same persistent session: whatever was queued for it arrives
                 await cloud.wait_for(lambda: cloud.terminal("job-restart"))

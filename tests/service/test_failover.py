@@ -8,11 +8,8 @@ MQTT messages, REST answers. Timeouts only guard against hangs.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import signal
-import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +17,8 @@ import httpx
 import pytest
 
 from fota_service.model import ExecutionStatus
+from hil.processes import Managed, fota_service, running_process, wait_for
+from hil.service_config import service_config
 from tests.service.conftest import app_zip
 from tests.service.test_mqtt_bridge import GUARD, FakeGateway, Received, gateway, peripheral_ids
 from tests.support.mosquitto import ClientCert, MosquittoBroker, free_port, running_broker
@@ -31,135 +30,37 @@ HANDLED = "execution update"
 """The bridge's debug line for an update it applied (a refused one logs "mqtt message refused")."""
 
 
-class Logs:
-    """The stderr lines of several processes, with one condition to wait on any of them."""
-
-    def __init__(self) -> None:
-        self.changed = asyncio.Condition()
-
-    async def until(self, predicate: Callable[[], bool]) -> None:
-        async with asyncio.timeout(GUARD), self.changed:
-            await self.changed.wait_for(predicate)
-
-
-class ServiceProcess:
-    """`fota-service serve --log-level debug` with its stderr read line by line into `lines`."""
-
-    def __init__(self, name: str, config: Path, logs: Logs) -> None:
-        self.name = name
-        self.config = config
-        self.logs = logs
-        self.lines: list[str] = []
-        self.proc: asyncio.subprocess.Process | None = None
-        self._reader: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        self.proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "fota_service",
-            "serve",
-            "--config",
-            str(self.config),
-            "--log-level",
-            "debug",
-            stdin=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        self._reader = asyncio.create_task(self._read())
-
-    async def _read(self) -> None:
-        assert self.proc is not None
-        assert self.proc.stderr is not None
-        while line := await self.proc.stderr.readline():
-            async with self.logs.changed:
-                self.lines.append(line.decode())
-                self.logs.changed.notify_all()
-
-    def count(self, text: str) -> int:
-        return sum(text in line for line in self.lines)
-
-    async def wait_line(self, text: str, count: int = 1) -> None:
-        def seen() -> bool:
-            if self.proc is not None and self.proc.returncode is not None:
-                raise AssertionError(f"{self.name} exited:\n{''.join(self.lines)}")
-            return self.count(text) >= count
-
-        await self.logs.until(seen)
-
-    async def kill(self) -> None:
-        """SIGKILL: no cleanup at all, as a crash or a pulled plug; returns once the process is gone."""
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        await self.proc.wait()
-        await self.finish_reading()
-
-    async def stop(self) -> None:
-        if self.proc is not None and self.proc.returncode is None:
-            self.proc.send_signal(signal.SIGTERM)
-            async with asyncio.timeout(GUARD):
-                await self.proc.wait()
-        await self.finish_reading()
-
-    async def finish_reading(self) -> None:
-        """Until the process's last line has been read (its stderr is closed)."""
-        if self._reader is not None:
-            async with asyncio.timeout(GUARD):
-                await self._reader
-
-
-def write_config(
-    path: Path,
-    *,
-    client_id: str,
-    db_url: str,
+def service_process(
+    name: str,
+    directory: Path,
     broker: MosquittoBroker,
     cert: ClientCert,
+    *,
+    db_url: str,
     batch_interval: float,
-) -> Path:
-    path.write_text(
-        f"""
-[service]
-tenant = "T"
-token = "{TOKEN}"
-db_url = "{db_url}"
-
-[http]
-host = "127.0.0.1"
-port = {free_port()}
-
-[mqtt]
-host = "{broker.host}"
-port = {broker.port}
-ca_file = "{broker.pki.ca_file}"
-cert_file = "{cert.cert_file}"
-key_file = "{cert.key_file}"
-topic_prefix = "prod/T/"
-client_id = "{client_id}"
-
-[rollout]
-batch_size = 25
-batch_interval = {batch_interval}
-
-[cluster]
-leader_retry = 0.1
-poll_interval = 0.5
-"""
+) -> Managed:
+    """`fota-service serve --log-level debug` (the bridge logs each update it applies) with its own MQTT
+    client id, e.g. `fota-a`."""
+    config = service_config(
+        directory / f"{name}.toml",
+        token=TOKEN,
+        db_url=db_url,
+        port=free_port(),
+        broker=broker,
+        cert=cert,
+        topic_prefix="prod/T/",
+        client_id=f"fota-{name.lower()}",
+        rollout={"batch_size": 25, "batch_interval": batch_interval},
+        cluster={"leader_retry": 0.1, "poll_interval": 0.5},
     )
-    return path
-
-
-def port_of(process: ServiceProcess) -> int:
-    for line in process.lines:
-        if "fota-service ready" in line:
-            return int(line.rsplit("port=", 1)[1])
-    raise AssertionError(f"{process.name} is not ready")
+    return fota_service(config, directory / f"{name}.log", "--log-level", "debug", name=name)
 
 
 @contextlib.asynccontextmanager
-async def rest(process: ServiceProcess) -> AsyncIterator[httpx.AsyncClient]:
+async def rest(process: Managed) -> AsyncIterator[httpx.AsyncClient]:
+    port = (await process.wait_for_log(r"fota-service ready.*\bport=(\d+)")).group(1)
     async with httpx.AsyncClient(
-        base_url=f"http://127.0.0.1:{port_of(process)}",
+        base_url=f"http://127.0.0.1:{port}",
         headers={"Authorization": f"Bearer {TOKEN}"},
         timeout=GUARD,
     ) as client:
@@ -203,40 +104,14 @@ async def test_two_processes_share_the_jobs_and_the_standby_takes_over_the_sched
     A ticked before it was killed."""
     peripherals = peripheral_ids(30)
     db_url = postgres.url(postgres.create_database())
-    logs = Logs()
     with running_broker(tmp_path / "broker") as broker:
         cert = broker.pki.client("fota-service")  # one service, two processes: one identity, two client ids
-        a = ServiceProcess(
-            "A",
-            write_config(
-                tmp_path / "a.toml",
-                client_id="fota-a",
-                db_url=db_url,
-                broker=broker,
-                cert=cert,
-                batch_interval=3600,
-            ),
-            logs,
-        )
-        b = ServiceProcess(
-            "B",
-            write_config(
-                tmp_path / "b.toml",
-                client_id="fota-b",
-                db_url=db_url,
-                broker=broker,
-                cert=cert,
-                batch_interval=1,
-            ),
-            logs,
-        )
-        try:
-            await a.start()
-            await a.wait_line("scheduler leader")
-            await a.wait_line("mqtt connected")
-            await b.start()
-            await b.wait_line("scheduler standby")
-            await b.wait_line("mqtt connected")
+        a = service_process("A", tmp_path, broker, cert, db_url=db_url, batch_interval=3600)
+        b = service_process("B", tmp_path, broker, cert, db_url=db_url, batch_interval=1)
+        async with (
+            running_process(a, "scheduler leader", "mqtt connected", within=GUARD),
+            running_process(b, "scheduler standby", "mqtt connected", within=GUARD),
+        ):
             assert broker.subscriptions("fota-b")[0].startswith("$share/fota-service/prod/T/")
 
             async with gateway(broker, "gw-fo") as gw, rest(a) as api_a, rest(b) as api_b:
@@ -255,7 +130,16 @@ async def test_two_processes_share_the_jobs_and_the_standby_takes_over_the_sched
                 # B's first news of the job, so B acts on executions it has never read
                 for t in first[:24]:  # not the 25th: batch 2 must not follow from acknowledgements
                     await gw.update(t[0], job_id, ExecutionStatus.DOWNLOADING, 10)
-                await logs.until(lambda: a.count(HANDLED) + b.count(HANDLED) >= 24)
+
+                async def all_24_handled() -> bool | None:
+                    return True if a.count(HANDLED) + b.count(HANDLED) >= 24 else None
+
+                await wait_for(
+                    all_24_handled,
+                    within=GUARD,
+                    what="24 updates handled",
+                    diagnose=lambda: a.tail() + b.tail(),
+                )
                 handled_before_kill = {"A": a.count(HANDLED), "B": b.count(HANDLED)}
                 assert sum(handled_before_kill.values()) == 24
                 assert min(handled_before_kill.values()) > 0, handled_before_kill  # shared, not duplicated
@@ -273,10 +157,10 @@ async def test_two_processes_share_the_jobs_and_the_standby_takes_over_the_sched
                 assert aws["state"]["desired"]["desiredConnections"] == sorted(peripherals)
 
                 # -------------------------------------------------- the leader dies; B takes over
-                await a.kill()
-                await b.wait_line("scheduler leader")
+                a.kill()
+                await b.wait_for_log("scheduler leader", within=GUARD)
                 rest_of_job = await gw.receive_tuples(5)  # batch 2, from B's scheduler
-                await b.wait_line("rollout tick")
+                await b.wait_for_log("rollout tick", within=GUARD)
                 notified = [t[0] for t in first + rest_of_job]
                 assert sorted(notified) == sorted(peripherals)  # each peripheral notified exactly once
 
@@ -284,20 +168,16 @@ async def test_two_processes_share_the_jobs_and_the_standby_takes_over_the_sched
                 # reaped, long before B's lease try): from here on every message goes to B
                 for p in notified:
                     await gw.update(p, job_id, ExecutionStatus.SUCCEEDED, "")
-                await b.wait_line(HANDLED, handled_before_kill["B"] + 30)
+                await b.wait_for_log(HANDLED, count=handled_before_kill["B"] + 30, within=GUARD)
                 done = await ok(api_b.get(f"/v1/fota-jobs/{job_id}"))
                 assert done["status"] == "COMPLETED"
                 assert done["executionStats"]["succeeded"] == 30
                 await shadow_get(gw)  # B, the leader now, answers what A answered
 
-                await b.stop()
+                await b.shutdown(GUARD)
                 assert await drain_until_barrier(gw) == []  # nothing more: no late or duplicate notification
-            for process in (a, b):
-                assert process.count("mqtt message refused") == 0, "".join(process.lines)
-            assert a.count(HANDLED) + b.count(HANDLED) == 24 + 30
-            assert a.count("rollout tick") == 0
-            assert b.count("rollout tick") == 1
-        finally:
-            for process in (a, b):
-                if process.proc is not None and process.proc.returncode is None:
-                    await process.kill()
+        for process in (a, b):
+            assert process.count("mqtt message refused") == 0, process.log_text()
+        assert a.count(HANDLED) + b.count(HANDLED) == 24 + 30
+        assert a.count("rollout tick") == 0
+        assert b.count("rollout tick") == 1

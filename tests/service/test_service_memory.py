@@ -12,15 +12,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import select
-import signal
 import socket
-import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from hil.processes import fota_service, running_process
+from hil.service_config import service_config
 from tests.support.mosquitto import free_port
 
 pytestmark = pytest.mark.e2e
@@ -35,35 +35,12 @@ GUARD = 60.0  # seconds; only a hang guard
 @contextlib.asynccontextmanager
 async def rest_service(tmp_path: Path, port: int) -> AsyncIterator[int]:
     """`fota-service serve` (REST only, plain HTTP) until it logs "ready"; yields its pid."""
-    config = tmp_path / "fota.toml"
-    config.write_text(
-        f'[service]\ntenant = "T"\ntoken = "{TOKEN}"\ndb_url = "sqlite:///{tmp_path / "fota.db"}"\n'
-        f'[http]\nhost = "127.0.0.1"\nport = {port}\n'
+    config = service_config(
+        tmp_path / "fota.toml", token=TOKEN, db_url=f"sqlite:///{tmp_path / 'fota.db'}", port=port
     )
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "fota_service", "serve", "--config", str(config), stderr=asyncio.subprocess.PIPE
-    )
-    assert proc.stderr is not None
-    seen: list[str] = []
-    try:
-        async with asyncio.timeout(GUARD):
-            while not any("fota-service ready" in line for line in seen):
-                line = (await proc.stderr.readline()).decode()
-                assert line, f"service exited: {''.join(seen)}"
-                seen.append(line)
-        drain = asyncio.create_task(_drain(proc.stderr))  # a full pipe would block the service's logging
-        yield proc.pid
-        drain.cancel()
-    finally:
-        if proc.returncode is None:
-            proc.send_signal(signal.SIGTERM)
-            async with asyncio.timeout(GUARD):
-                await proc.wait()
-
-
-async def _drain(stream: asyncio.StreamReader) -> None:
-    while await stream.readline():
-        pass
+    service = fota_service(config, tmp_path / "fota-service.log")
+    async with running_process(service, "fota-service ready", within=GUARD):
+        yield service.pid
 
 
 def memory_kb(pid: int) -> dict[str, int]:

@@ -7,13 +7,9 @@ ordering is the barrier that an update was handled (see test_mqtt_bridge.py). Ti
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
-import signal
 import ssl
-import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -23,6 +19,8 @@ from click.testing import CliRunner
 from dfu.package import DfuPackage
 from fota_service.cli import main as cli
 from fota_service.model import ExecutionStatus
+from hil.processes import Managed, fota_service, running_process
+from hil.service_config import service_config
 from tests.service.conftest import app_zip
 from tests.service.test_mqtt_bridge import GUARD, FakeGateway, gateway, peripheral_ids
 from tests.support.mosquitto import MosquittoBroker, free_port, running_broker
@@ -32,69 +30,22 @@ pytestmark = pytest.mark.e2e
 
 
 def write_config(tmp_path: Path, broker: MosquittoBroker, port: int) -> Path:
-    server = broker.pki.ca.issue_cert("localhost", "127.0.0.1")
-    cert, key = tmp_path / "https.pem", tmp_path / "https.key"
-    server.cert_chain_pems[0].write_to_path(str(cert))
-    server.private_key_pem.write_to_path(str(key))
-    client = broker.pki.client("fota-service")
-    config = tmp_path / "fota.toml"
-    config.write_text(
-        f"""
-[service]
-tenant = "T"
-token = "{TOKEN}"
-db_url = "sqlite:///{tmp_path / "fota.db"}"
-
-[http]
-host = "127.0.0.1"
-port = {port}
-tls_cert = "{cert}"
-tls_key = "{key}"
-
-[mqtt]
-host = "{broker.host}"
-port = {broker.port}
-ca_file = "{broker.pki.ca_file}"
-cert_file = "{client.cert_file}"
-key_file = "{client.key_file}"
-topic_prefix = "prod/T/"
-
-[rollout]
-batch_size = 25
-max_gateways = 4
-"""
+    return service_config(
+        tmp_path / "fota.toml",
+        token=TOKEN,
+        db_url=f"sqlite:///{tmp_path / 'fota.db'}",
+        port=port,
+        tls=(broker.pki.server_cert, broker.pki.server_key),  # issued for localhost and 127.0.0.1
+        broker=broker,
+        topic_prefix="prod/T/",
+        rollout={"batch_size": 25, "max_gateways": 4},
     )
-    return config
 
 
-@contextlib.asynccontextmanager
-async def service_process(config: Path) -> AsyncIterator[asyncio.subprocess.Process]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "fota_service", "serve", "--config", str(config), stderr=asyncio.subprocess.PIPE
-    )
-    assert proc.stderr is not None
-    seen: list[str] = []
-    try:
-        async with asyncio.timeout(GUARD):
-            while not any("mqtt connected" in line for line in seen):
-                line = (await proc.stderr.readline()).decode()
-                assert line, f"service exited: {''.join(seen)}"
-                seen.append(line)
-        assert any("fota-service ready" in line for line in seen)
-        drain = asyncio.create_task(_drain(proc.stderr))  # DBG
-        yield proc
-    finally:
-        if proc.returncode is None:
-            proc.send_signal(signal.SIGTERM)
-            async with asyncio.timeout(GUARD):
-                await proc.wait()
-        with contextlib.suppress(NameError):
-            drain.cancel()
-
-
-async def _drain(stream: asyncio.StreamReader) -> None:
-    while line := await stream.readline():
-        sys.stderr.write("SVC " + line.decode())
+def service_process(config: Path, log_file: Path) -> contextlib.AbstractAsyncContextManager[Managed]:
+    """Once it serves REST ("fota-service ready") and its MQTT bridge has subscribed ("mqtt connected")."""
+    service = fota_service(config, log_file)
+    return running_process(service, "fota-service ready", "mqtt connected", within=GUARD)
 
 
 async def shadow_barrier(gw: FakeGateway) -> None:
@@ -132,7 +83,7 @@ async def test_serve_cli_hosting_and_restart_mid_job(tmp_path: Path) -> None:
         (image,) = DfuPackage.from_zip(package.read_bytes()).images
 
         async with gateway(broker, "gw-e2e") as gw:
-            async with service_process(config):
+            async with service_process(config, tmp_path / "first.log"):
                 await gw.report(peripherals)
                 await shadow_barrier(gw)
                 bundle_id = run_cli(env, "bundle", "upload", str(package))
@@ -158,7 +109,7 @@ async def test_serve_cli_hosting_and_restart_mid_job(tmp_path: Path) -> None:
                 await gw.request(str(first[10][0]))
                 assert (await gw.receive_tuples(1))[0] == first[10]  # the 10 updates were handled before
 
-            async with service_process(config):  # a new process on the same database
+            async with service_process(config, tmp_path / "second.log"):  # a new process on the same database
                 listed = json.loads(run_cli(env, "job", "list", "--json"))
                 assert [(j["jobId"], j["status"]) for j in listed] == [(job_id, "IN_PROGRESS")]
                 assert listed[0]["executionStats"]["succeeded"] == 10

@@ -35,16 +35,27 @@ def test_reset_comes_after_the_last_answer() -> None:
     assert d.now > answer_at
 
 
-def test_disconnect_keeps_progress_and_select_reports_the_truth() -> None:
-    d = Driver.fresh()
-    assert d.send_init(signed_init(d.profile, APP)).ok
+def _init_and_first_object(d: Driver, init: bytes) -> None:
+    """The init packet and APP's first 4096-byte data object sent and executed."""
+    assert d.send_init(init).ok
     d.request(OpCode.SELECT, type=ObjectType.DATA)
     assert d.send_object(APP, 0, 4096).ok
+
+
+def _link_lost_mid_second_object(d: Driver) -> None:
+    """After `_init_and_first_object`: the second object created and streamed to 6000, then the link drops
+    for 5 s and comes back."""
     d.request(OpCode.CREATE, type=ObjectType.DATA, size=4096)
     d.stream(APP[4096:6000])
     d.bl.on_disconnect(d.now)
     d.advance(5.0)
     d.bl.on_connect(d.now, 247)
+
+
+def test_disconnect_keeps_progress_and_select_reports_the_truth() -> None:
+    d = Driver.fresh()
+    _init_and_first_object(d, signed_init(d.profile, APP))
+    _link_lost_mid_second_object(d)
     select = d.request(OpCode.SELECT, type=ObjectType.DATA)
     assert select.payload == {"max_size": 4096, "offset": 6000, "crc": zlib.crc32(APP[:6000])}
     d.stream(APP[6000:8192])  # continue the current object, no create
@@ -63,9 +74,7 @@ def _restart(d: Driver, *, via_json: bool = False) -> Driver:
 def test_reset_loses_data_progress_but_keeps_the_executed_init_packet() -> None:
     d = Driver.fresh()
     init = signed_init(d.profile, APP)
-    assert d.send_init(init).ok
-    d.request(OpCode.SELECT, type=ObjectType.DATA)
-    assert d.send_object(APP, 0, 4096).ok
+    _init_and_first_object(d, init)
     d = _restart(d)
     assert d.request(OpCode.SELECT, type=ObjectType.COMMAND).payload == {
         "max_size": 512,
@@ -79,9 +88,7 @@ def test_reset_loses_data_progress_but_keeps_the_executed_init_packet() -> None:
 
 def test_save_progress_in_flash_keeps_executed_objects_across_a_reset() -> None:
     d = Driver.fresh(profile(save_progress_in_flash=True))
-    assert d.send_init(signed_init(d.profile, APP)).ok
-    d.request(OpCode.SELECT, type=ObjectType.DATA)
-    assert d.send_object(APP, 0, 4096).ok
+    _init_and_first_object(d, signed_init(d.profile, APP))
     assert d.send_object(APP, 4096, 4096).ok
     d.request(OpCode.CREATE, type=ObjectType.DATA, size=4096)
     d.stream(APP[8192:9000])  # not executed: lost
@@ -266,14 +273,8 @@ def test_sdk17_disconnect_reloads_the_settings_page(saved_in_flash: bool, resume
     executed init packet (and executed objects saved to flash) remain."""
     d = Driver.fresh(profile(progress_survives_disconnect=False, save_progress_in_flash=saved_in_flash))
     init = signed_init(d.profile, APP)
-    assert d.send_init(init).ok
-    d.request(OpCode.SELECT, type=ObjectType.DATA)
-    assert d.send_object(APP, 0, 4096).ok
-    d.request(OpCode.CREATE, type=ObjectType.DATA, size=4096)
-    d.stream(APP[4096:6000])
-    d.bl.on_disconnect(d.now)
-    d.advance(5.0)
-    d.bl.on_connect(d.now, 247)
+    _init_and_first_object(d, init)
+    _link_lost_mid_second_object(d)
     command = d.request(OpCode.SELECT, type=ObjectType.COMMAND)
     assert command.payload == {"max_size": 512, "offset": len(init), "crc": zlib.crc32(init)}
     assert d.request(OpCode.EXECUTE).ok  # already valid: no effect

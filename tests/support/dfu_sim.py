@@ -7,15 +7,20 @@ the real bleak API (`backend_for(air)`): nothing above bleak is mocked.
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from dfu.package import DfuPackage, FirmwareFile, build_package
+from dfu.package import DfuPackage, FirmwareFile, ImageKind, build_package
 from dfu.signing import generate_private_key
 from dfu.transport.backend import BleBackend
+from dfu.updater import UpdateProgress, Updater
 from profiles.model import PeripheralProfile, load_profile
 from simulator.air import Air
 from simulator.bleak_backend import backend_for
@@ -125,3 +130,31 @@ def world(profile: PeripheralProfile | str = "nrf52840-s140", count: int = 1, **
 def in_bootloader(profile: PeripheralProfile) -> PeripheralProfile:
     """The same profile, but devices start in bootloader mode (a restart after the switch, or a DK)."""
     return profile.model_copy(update={"initial": profile.initial.model_copy(update={"in_bootloader": True})})
+
+
+def runs(state: dict[str, Any], package: DfuPackage, kind: ImageKind = ImageKind.APPLICATION) -> bool:
+    """Whether a peripheral's `device_state` shows it running `package`'s image of `kind` (by its hash)."""
+    image = package.image(kind)
+    assert image is not None
+    app = state["app"]
+    return app is not None and bool(app["sha256"] == hashlib.sha256(image.firmware).hexdigest())
+
+
+async def cancel_when(updater: Updater, reached: Callable[[UpdateProgress], bool]) -> None:
+    """Run `updater` and cancel it at the first progress event for which `reached` holds, as a gateway that
+    stops mid-update; a listener it already had still sees every event."""
+    seen = asyncio.Event()
+    listener = updater.on_progress
+
+    def on(event: UpdateProgress) -> None:
+        if listener is not None:
+            listener(event)
+        if reached(event):
+            seen.set()
+
+    updater.on_progress = on
+    task = asyncio.create_task(updater.run())
+    await seen.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
