@@ -31,7 +31,6 @@ from pathlib import Path
 import aiomqtt
 import httpx
 
-from dfu.package import FirmwareFile, build_package
 from gateway_agent.cloud.wire import (
     BleJob,
     ExecutionStatus,
@@ -44,11 +43,11 @@ from gateway_agent.cloud.wire import (
     parse_ble_job,
     reported_state,
 )
+from hil.postgres import running_postgres
 from hil.processes import fota_service, running_process
 from hil.service_config import service_config
-from simulator.firmware import make_application
+from simulator.demo_packages import app_zip
 from tests.support.mosquitto import MosquittoBroker, free_port, running_broker
-from tests.support.postgres import running_postgres
 
 PREFIX = "prod/bench/"
 TOKEN = secrets.token_hex(32)
@@ -166,12 +165,7 @@ async def bench(gateways: int, per_gateway: int, postgres: bool = False) -> dict
             for gw in gws:
                 report = reported_state(dict.fromkeys(gw.peripherals, LinkState.CONNECTED))
                 await gw.client.publish(gw.shadow.update, report, qos=1)
-            zip_bytes = build_package(
-                hw_version=52,
-                sd_req=[0x100],
-                application=FirmwareFile("app.bin", make_application(0x20000, 2)),
-                application_version=2,
-            )
+            zip_bytes = app_zip(2, 0x20000)
             r = await http.post("/firmwares", content=zip_bytes, headers={"content-type": "application/zip"})
             r.raise_for_status()
             bundle_id = r.json()["uris"][0].split("/")[1]  # UploadFirmware answers {uris}, as nRF Cloud
