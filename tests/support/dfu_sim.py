@@ -26,7 +26,8 @@ from simulator.air import Air
 from simulator.bleak_backend import backend_for
 from simulator.demo_packages import S140, demo_key
 from simulator.demo_packages import app_zip as demo_app_zip
-from simulator.firmware import make_application, make_bootloader, make_softdevice
+from simulator.demo_packages import full_zip as demo_full_zip
+from simulator.firmware import make_application, make_bootloader
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO_KEY = demo_key()
@@ -81,17 +82,7 @@ def full_package(
 def full_zip(
     *, app_version: int = 2, bl_version: int = 2, sd_fwid: int = S140_NEW, sd_size: int = 0x27000
 ) -> bytes:
-    return build_package(
-        hw_version=52,
-        sd_req=[S140],
-        softdevice=FirmwareFile("sd.bin", make_softdevice(sd_fwid, sd_size)),
-        sd_id=[sd_fwid],
-        bootloader=FirmwareFile("bl.bin", make_bootloader(0x6000, bl_version)),
-        bootloader_version=bl_version,
-        application=FirmwareFile("app.bin", make_application(0x5000, app_version)),
-        application_version=app_version,
-        key=DEMO_KEY,
-    )
+    return demo_full_zip(sd_fwid=sd_fwid, sd_size=sd_size, bl_version=bl_version, app_version=app_version)
 
 
 def mismatched_hash_package(version: int = 2, size: int = 0x3000) -> DfuPackage:
