@@ -47,6 +47,9 @@ class DfuResponseError(DfuError):
     def description(self) -> str:
         return describe_result(self.result, self.ext_error)
 
+    def __reduce__(self) -> tuple[type[DfuResponseError], tuple[OpCode, ResultCode, ExtError | None]]:
+        return (type(self), (self.request, self.result, self.ext_error))
+
 
 class DfuRejected(DfuResponseError):
     """The bootloader refused the firmware itself (version, hardware, signature, hash, size)."""
@@ -89,11 +92,18 @@ class ObjectRetriesError(ChecksumMismatchError):
             f"data object {index} (offset {offset}) arrived damaged {attempts} times: " + "; ".join(seen)
         )
 
+    def __reduce__(self) -> tuple[type[ObjectRetriesError], tuple[int, int, int, list[str]]]:
+        # benchmarks run updates in worker processes: the error must cross a pickle
+        return (type(self), (self.index, self.offset, self.attempts, self.seen))
+
 
 class ButtonlessError(DfuError):
     def __init__(self, result: ButtonlessResult) -> None:
         self.result = result
         super().__init__(f"buttonless DFU refused: {BUTTONLESS_RESULT_TEXT[result]} ({result.name})")
+
+    def __reduce__(self) -> tuple[type[ButtonlessError], tuple[ButtonlessResult]]:
+        return (type(self), (self.result,))
 
 
 # Results that mean "this firmware will never be accepted by this device" rather than a transfer problem.

@@ -2,8 +2,10 @@
 
 The n-th wait (n from 0) is `min(max_s, initial_s * 2**n + uniform(0, jitter_s))`, the formula `stamina` uses,
 so a bounded operation retried with `stamina` (a download, a BLE connection) and a link that must come back
-forever (the MQTT link, the job service's bridge, `Backoff`) back off the same way. A success resets the
-count. docs/architecture.md ("Retries") lists every site with its numbers.
+forever (the MQTT link, the job service's bridge, `Backoff`) back off the same way. A link also takes a random
+fraction up to `spread` off each wait: stamina's jitter vanishes at the cap, and gateways that lost their
+broker together would otherwise come back in step every `max_s`. A success resets the count.
+docs/architecture.md ("Retries") lists every site with its numbers.
 """
 
 from __future__ import annotations
@@ -22,10 +24,14 @@ class RetryPolicy:
     jitter_s: float = 0.0
     attempts: int | None = None
     """tries in all for a bounded operation (None: until it succeeds)"""
+    spread: float = 0.0
+    """a link's waits: each loses a random fraction of itself up to this (0.5: between half and all of it)"""
 
     def __post_init__(self) -> None:
-        if not 0 < self.initial_s <= self.max_s or self.jitter_s < 0:
-            raise ValueError(f"retry policy needs 0 < initial_s <= max_s and jitter_s >= 0: {self}")
+        if not 0 < self.initial_s <= self.max_s or self.jitter_s < 0 or not 0 <= self.spread < 1:
+            raise ValueError(
+                f"retry policy needs 0 < initial_s <= max_s, jitter_s >= 0, 0 <= spread < 1: {self}"
+            )
 
     def delay(self, attempt: int, rng: random.Random | None = None) -> float:
         """The wait after failure number `attempt` (0-based)."""
@@ -58,6 +64,8 @@ class Backoff:
 
     def next_delay(self) -> float:
         delay = self.policy.delay(self.attempt, self.rng)
+        if self.policy.spread:
+            delay *= 1.0 - self.rng.uniform(0.0, self.policy.spread)
         self.attempt += 1
         return delay
 

@@ -148,6 +148,7 @@ class UpdateResult:
 
 
 UPDATE_RETRY = RetryPolicy(0.25, 4.0)
+_REPLACES_BOOTLOADER = frozenset({ImageKind.BOOTLOADER, ImageKind.SOFTDEVICE_BOOTLOADER})
 
 
 @dataclass(frozen=True, slots=True)
@@ -472,6 +473,9 @@ class Updater:
                 await asyncio.sleep(delay)
                 continue
             self._image_sent = len(image.firmware)
+            if image.kind in _REPLACES_BOOTLOADER and self._pace is not None:
+                # the flash is the same chip, but whether the new build saves progress is its own business
+                self._pace = dataclasses.replace(self._pace, saves_progress=None)
             self._run.reports.append(
                 ImageReport(
                     image.kind,

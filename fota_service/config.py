@@ -29,7 +29,7 @@ batch_interval = 60.0
 max_gateways = 50
 
 [cluster]                   # only with a PostgreSQL db_url: several processes on one database
-share_group = "fota-service"  # MQTT shared subscriptions $share/<group>/...; "" to subscribe plainly
+share_group = "fota-service"  # MQTT shared subscriptions $share/<group>/...; "" only for one process
 leader_retry = 2.0          # seconds between a standby's tries to become the scheduler
 poll_interval = 1.0         # seconds between the scheduler's looks at other processes' writes
 ```

@@ -57,7 +57,7 @@ class Outgoing:
     payload: bytes
 
 
-BRIDGE_RETRY = RetryPolicy(0.5, 10.0, jitter_s=0.5)
+BRIDGE_RETRY = RetryPolicy(0.5, 10.0, spread=0.5)
 
 
 @dataclass(frozen=True)

@@ -88,7 +88,9 @@ class BrokerSection(_Section):
         description="wait this long for CONNACK (a refused TLS 1.3 client certificate shows as none)",
     )
     reconnect_min_s: float = Field(1.0, gt=0, description="first reconnect delay; doubles up to the cap")
-    reconnect_max_s: float = Field(60.0, gt=0, description="reconnect delay cap (jitter is added)")
+    reconnect_max_s: float = Field(
+        60.0, gt=0, description="reconnect delay cap; each wait is 0.5-1x of its value, at the cap too"
+    )
 
     @model_validator(mode="after")
     def _delays(self) -> BrokerSection:

@@ -1,5 +1,5 @@
-"""Hardware-in-the-loop kit, the fleet and the demo: part of the bench kit (`ble-fota-gateway[bench]`)."""
+"""Hardware-in-the-loop kit, the fleet and the demo: part of the bench kit (`ble-fota-gateway[bench]`).
 
-from dfu.plugins import require_extra
-
-require_extra("hil", "bench", ("looptime", "trustme"))
+The package itself imports nothing, so that pytest can load its entry point (`hil.pytest_plugin`) wherever the
+wheel is installed; the modules that need the simulator fail without the bench kit with its one-line hint.
+"""

@@ -67,13 +67,16 @@ def _server_user() -> dict[str, Any]:
     return {"user": pw.pw_uid, "group": pw.pw_gid, "extra_groups": []}
 
 
+_LIBC = ctypes.CDLL(None, use_errno=True)
+"""loaded in the parent: a dlopen in a forked child of a threaded process can deadlock"""
+
+
 def _die_with_parent() -> None:
     """In the server's child, after it became `postgres` (a change of user would clear it) and before exec:
     SIGQUIT (immediate shutdown) when the test worker dies, so not even a killed worker leaves a server
     behind."""
-    libc = ctypes.CDLL(None, use_errno=True)
     pr_set_pdeathsig = 1
-    libc.prctl(pr_set_pdeathsig, signal.SIGQUIT)
+    _LIBC.prctl(pr_set_pdeathsig, signal.SIGQUIT)
 
 
 class PostgresServer:
@@ -177,8 +180,14 @@ class PostgresServer:
             self._scratch = self.create_database()
         with self.connect(self._scratch) as conn:
             # a session left by a failed test (a lease, a transaction) must not leak into the next one
+            # the wait-for-exit argument exists from PostgreSQL 14 (bullseye ships 13)
+            terminate = (
+                "pg_terminate_backend(pid, 10000)"
+                if conn.info.server_version >= 140000
+                else ("pg_terminate_backend(pid)")
+            )
             conn.execute(
-                "SELECT pg_terminate_backend(pid, 10000) FROM pg_stat_activity"
+                f"SELECT {terminate} FROM pg_stat_activity"
                 " WHERE datname = current_database() AND pid <> pg_backend_pid()"
             )
             conn.execute("DROP SCHEMA public CASCADE")

@@ -117,9 +117,9 @@ class CloudLink:
         self._on_connected = on_connected
         self._peripherals = peripherals
         # a fleet that lost its broker together must not come back together: the jitter spreads the tries
-        self._backoff = RetryPolicy(
-            settings.reconnect_min_s, settings.reconnect_max_s, jitter_s=settings.reconnect_min_s
-        ).backoff(rng)
+        self._backoff = RetryPolicy(settings.reconnect_min_s, settings.reconnect_max_s, spread=0.5).backoff(
+            rng
+        )
         self.outbox_wake = asyncio.Event()
         self.connected = asyncio.Event()
         self._client: aiomqtt.Client | None = None

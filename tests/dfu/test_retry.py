@@ -9,7 +9,7 @@ import pytest
 from dfu.retry import RetryPolicy
 
 
-def test_waits_double_up_to_the_cap_and_jitter_stays_within_its_bound() -> None:
+def test_waits_double_up_to_the_cap_with_stamina_s_additive_jitter() -> None:
     policy = RetryPolicy(1.0, 60.0, jitter_s=1.0)
     rng = random.Random(7)
     waits = [policy.delay(n, rng) for n in range(10)]
@@ -26,16 +26,25 @@ def test_a_link_backoff_grows_and_starts_over_after_a_success() -> None:
     assert backoff.next_delay() == 0.5
 
 
-def test_jitter_spreads_a_fleet_that_lost_its_broker_together() -> None:
-    policy = RetryPolicy(1.0, 60.0, jitter_s=1.0)
-    firsts = {round(policy.backoff(random.Random(seed)).next_delay(), 3) for seed in range(50)}
-    assert len(firsts) > 40
+def test_a_fleet_that_lost_its_broker_together_stays_spread_at_the_cap() -> None:
+    """Stamina's additive jitter vanishes under the cap: fifty gateways would retry in step every 60 s. The
+    link's spread keeps every wait between half and all of itself, the capped ones too."""
+    policy = RetryPolicy(1.0, 60.0, spread=0.5)
+    fleet = [policy.backoff(random.Random(seed)) for seed in range(50)]
+    for attempt in range(12):
+        waits = [b.next_delay() for b in fleet]
+        nominal = min(60.0, 2.0**attempt)
+        assert all(nominal / 2 <= w <= nominal for w in waits)
+        assert max(waits) - min(waits) > nominal / 4  # not in step
 
 
-@pytest.mark.parametrize(("initial", "cap", "jitter"), [(0.0, 1.0, 0.0), (2.0, 1.0, 0.0), (1.0, 2.0, -1.0)])
-def test_nonsense_bounds_are_refused(initial: float, cap: float, jitter: float) -> None:
+@pytest.mark.parametrize(
+    ("initial", "cap", "jitter", "spread"),
+    [(0.0, 1.0, 0.0, 0.0), (2.0, 1.0, 0.0, 0.0), (1.0, 2.0, -1.0, 0.0), (1.0, 2.0, 0.0, 1.0)],
+)
+def test_nonsense_bounds_are_refused(initial: float, cap: float, jitter: float, spread: float) -> None:
     with pytest.raises(ValueError, match="retry policy"):
-        RetryPolicy(initial, cap, jitter_s=jitter)
+        RetryPolicy(initial, cap, jitter_s=jitter, spread=spread)
 
 
 async def test_a_bounded_operation_gives_up_after_its_attempts() -> None:

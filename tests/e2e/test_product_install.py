@@ -64,12 +64,16 @@ def test_the_product_installs_alone_and_keeps_the_bench_kit_out(product_venv: Pa
     demo = _run(product_venv / "bin" / "gateway-agent", "demo", "--keep", "x")
     assert demo.returncode != 0
     assert "pip install 'ble-fota-gateway[bench]'" in demo.stderr
-    for module, extra in (("simulator", "bench"), ("hil", "bench"), ("fota_service", "service")):
+    for module, extra in (("simulator", "bench"), ("hil.fleet", "bench"), ("fota_service", "service")):
         imported = _run(python, "-c", f"import {module}")
         assert imported.returncode == 1, (module, imported.stdout)
         assert f"pip install 'ble-fota-gateway[{extra}]'" in imported.stderr.splitlines()[-1], imported.stderr
     for library in ("looptime", "trustme", "fastapi", "uvicorn", "sqlalchemy", "pytest"):
         assert _run(python, "-c", f"import {library}").returncode == 1, library
+    # pytest loads the HIL plugin's entry point wherever the wheel is installed: without the bench kit it must
+    # load and add nothing, not stop pytest at start
+    plugin = _run(python, "-c", "import hil.pytest_plugin as p; assert not hasattr(p, 'dfu_target')")
+    assert plugin.returncode == 0, plugin.stderr
 
 
 @pytest.mark.timeout(900)
