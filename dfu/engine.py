@@ -149,7 +149,7 @@ MAX_PRN = 0xFFFF
 WORD = 4
 """nRF52 flash is programmed in 32-bit words."""
 PACING_SLACK = 0
-"""Queue slots the pacing keeps free. None: the learned pace is an upper bound of the board's, and the
+"""Queue slots the pacing keeps free: none, since the learned pace is an upper bound of the board's, and the
 idle-span lag of flash beside the radio is charged in time (`FlashPacer.margin`); a slot kept free costs a
 write's worth of backlog when the next object's Create arrives."""
 _RESPONSE = OpCode.RESPONSE.value
@@ -275,20 +275,18 @@ class _Stream:
     """The packets of the object being streamed, and what the bootloader must report after each."""
 
     end: int  # absolute firmware offset where the object ends
-    chunks: list[bytes]
-    points: list[tuple[int, int]]  # (offset, crc) after each chunk, or after the last only (see `point`)
-    next_chunk: int = 0
+    packets: int  # packets of the stream, all written as one batch of actions
+    points: list[tuple[int, int]]  # (offset, crc) after each packet, or after the last only (see `point`)
     counter_base: int = 0  # packets written since the PRN counter restarted, before this stream
     next_prn: int = 0  # counter value at which the next PRN is due
     checksum_sent: bool = False
-    last_send: float = 0.0
 
     def point(self, packets: int) -> tuple[int, int] | None:
         """(offset, CRC) after this stream's first `packets` packets; None where not computed (without PRNs
         inside the object only its end is)."""
-        if len(self.points) == len(self.chunks):
+        if len(self.points) == self.packets:
             return self.points[packets - 1]
-        return self.points[-1] if packets == len(self.chunks) else None
+        return self.points[-1] if packets == self.packets else None
 
 
 def crc32(data: bytes | memoryview, crc: int = 0) -> int:
@@ -346,7 +344,8 @@ class ImageTransfer:
         self.firmware = bytes(firmware)
         self._fw = memoryview(self.firmware)
         # Whole words per packet: a bootloader writes flash in words and keeps no partial one between
-        # packets (the SDK's BLE transport rounds a smaller MTU's payload down to a multiple of 4 itself).
+        # packets (the SDK's BLE transport rounds a smaller MTU's payload down to a multiple of 4 itself:
+        # docs/bootloaders.md, "What holds in every release").
         self.packet_size = packet_size - packet_size % WORD if packet_size > WORD else packet_size
         self.requested_prn = prn or None
         self.flash_known = flash is not None
@@ -868,18 +867,16 @@ class ImageTransfer:
             points.append((end, zlib.crc32(fw[start:end], crc)))  # only the object's end is ever reported
         base = self._counter
         next_prn = (base // self.prn + 1) * self.prn if self.prn else 0
-        self._stream = _Stream(end=end, chunks=chunks, points=points, counter_base=base, next_prn=next_prn)
+        self._stream = stream = _Stream(end, len(chunks), points, counter_base=base, next_prn=next_prn)
         self._phase = Phase.DATA_STREAM
-        return self._emit_packets(now)
+        return self._emit_packets(now, stream, chunks)
 
-    def _emit_packets(self, now: float) -> list[Action]:
-        s = self._stream
-        assert s is not None
+    def _emit_packets(self, now: float, s: _Stream, chunks: list[bytes]) -> list[Action]:
+        """All of the stream's packets in one go, each paced (`FlashPacer.packets`), then what closes it."""
         assert self._pacer is not None
-        chunks = s.chunks[s.next_chunk :]
         sizes = [len(chunk) for chunk in chunks]
         sent = sum(sizes)
-        times = self._pacer.packets(max(now, s.last_send), sizes)
+        times = self._pacer.packets(now, sizes)
         # A packet held back by a full queue leaves with the later ones due within `batch_s` of it: the queue
         # stays busy meanwhile (that is why it was held), so the flash loses nothing and the I/O layer wakes
         # once per batch. The last packet (its PRN closes the object) is never held back.
@@ -896,9 +893,8 @@ class ImageTransfer:
         self.stats.bytes_sent += sent
         if self._object_retries:
             self.stats.bytes_resent += sent
-        self._counter += len(s.chunks) - s.next_chunk
-        s.next_chunk = len(s.chunks)
-        s.last_send = at = times[-1]
+        self._counter += len(chunks)
+        at = times[-1]
         if self.prn and self._counter % self.prn == 0:
             # The closing PRN will report the object's end: no checksum request needed.
             self.stats.round_trips += 1
@@ -922,11 +918,10 @@ class ImageTransfer:
         if not r.ok or r.payload is None:
             return self._damaged(now, f"a packet write failed: {r.describe()}", lost=True)
         offset, crc = r.payload["offset"], r.payload["crc"]
-        written = self._counter - s.counter_base  # chunks of this stream written so far
-        if written == len(s.chunks):
-            # The closing PRN left the bootloader within one connection event of the last packet's arrival.
-            assert self._pacer is not None
-            self._pacer.arrived_no_earlier(now - self._drain_window())
+        # A PRN leaves the bootloader within one connection event of its packet's arrival, and the stream's
+        # last packet (all are written by now) arrived no earlier than that one.
+        assert self._pacer is not None
+        self._pacer.arrived_no_earlier(now - self._drain_window())
         if offset == s.end:
             if crc == s.points[-1][1]:
                 return self._verified(now)
@@ -934,7 +929,7 @@ class ImageTransfer:
             return self._damaged(now, f"object CRC {crc:#010x} expected {s.points[-1][1]:#010x}", lost=False)
         # An intermediate PRN: it must report exactly the point after the packet that triggered it.
         due = s.next_prn - s.counter_base  # 1-based index in this stream of the packet owing the next PRN
-        if self.prn and 1 <= due <= written and s.point(due) == (offset, crc):
+        if self.prn and 1 <= due <= s.packets and s.point(due) == (offset, crc):
             s.next_prn += self.prn
             self._confirmed = offset
             return [self._progress()]

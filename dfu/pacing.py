@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from profiles.model import SETTINGS_WRITE_BYTES, FlashTiming
@@ -101,32 +101,32 @@ def scale_at_least(ops: Sequence[_Op], start: float, after: float, at_least: flo
     drain no scale explains says nothing)."""
     if drain_time(ops, start, after, SCALE_MAX) < at_least:
         return SCALE_MIN
-    lo, hi = math.log(SCALE_MIN), math.log(SCALE_MAX)
     if drain_time(ops, start, after, SCALE_MIN) >= at_least:
         return SCALE_MIN
-    for _ in range(_BISECT_STEPS):
-        mid = (lo + hi) / 2
-        if drain_time(ops, start, after, math.exp(mid)) >= at_least:
-            hi = mid
-        else:
-            lo = mid
-    return math.exp(hi)
+    return _first_scale(lambda scale: drain_time(ops, start, after, scale) >= at_least)
 
 
 def scale_at_most(ops: Sequence[_Op], start: float, after: float, at_most: float) -> float:
     """The largest scale whose `drain_time` is <= `at_most` (SCALE_MAX when every one is, or when none is)."""
     if drain_time(ops, start, after, SCALE_MIN) > at_most:
         return SCALE_MAX
-    lo, hi = math.log(SCALE_MIN), math.log(SCALE_MAX)
     if drain_time(ops, start, after, SCALE_MAX) <= at_most:
         return SCALE_MAX
+    # rounded up: an upper bound paced at must never undercut the board
+    return _first_scale(lambda scale: drain_time(ops, start, after, scale) > at_most)
+
+
+def _first_scale(holds: Callable[[float], bool]) -> float:
+    """Bisection over log(scale) for where `holds` (false at SCALE_MIN, true at SCALE_MAX, monotone) turns
+    true: the scale just at or above that point."""
+    lo, hi = math.log(SCALE_MIN), math.log(SCALE_MAX)
     for _ in range(_BISECT_STEPS):
         mid = (lo + hi) / 2
-        if drain_time(ops, start, after, math.exp(mid)) <= at_most:
-            lo = mid
-        else:
+        if holds(math.exp(mid)):
             hi = mid
-    return math.exp(hi)  # rounded up: an upper bound paced at must never undercut the board
+        else:
+            lo = mid
+    return math.exp(hi)
 
 
 class FlashEstimator:

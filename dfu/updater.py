@@ -41,8 +41,8 @@ import enum
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
+from bleak import BleakClient
 from bleak.exc import BleakError
 
 from dfu.buttonless import buttonless_characteristic, enter_bootloader, find_bootloader
@@ -343,7 +343,10 @@ class Updater:
             if buttonless_characteristic(client) is None:
                 await disconnect_quietly(client)
                 raise DfuProtocolError(f"{seen.address}: neither a bootloader nor a buttonless application")
-            revision = await _read_revision(client)
+            try:
+                revision = await _read_revision(client)
+            except (BleakError, TimeoutError):
+                revision = None  # best effort: it informs, it decides nothing
             if self._run.revision_before is None:
                 self._run.revision_before = revision
             log.info(
@@ -511,13 +514,12 @@ class Updater:
         try:
             if has_control_point(client):
                 raise UpdateVerificationError(f"{address}: still in bootloader mode after the update")
-            if client.services.get_characteristic(FIRMWARE_REVISION) is None:
-                return None
             try:
-                raw = await client.read_gatt_char(FIRMWARE_REVISION)
+                revision = await _read_revision(client)
             except BleakError as exc:
                 raise DfuLinkError(f"{address}: cannot read the firmware revision: {exc}") from exc
-            revision = bytes(raw).decode("utf-8", "replace").strip("\0 ")
+            if revision is None:
+                return None
             app = self.package.image(ImageKind.APPLICATION)
             expected = app.init.fw_version if app is not None else None
             # Device Information carries free text; a decimal one is the application's fw_version.
@@ -564,15 +566,11 @@ def flash_duty(profile: PeripheralProfile) -> float:
     return max(0.05, (link.conn_interval_ms - link.event_length_ms) / link.conn_interval_ms)
 
 
-async def _read_revision(client: Any) -> str | None:
-    """The application's Device Information firmware revision, or None when it has none or the read fails
-    (best effort: it informs, it decides nothing)."""
+async def _read_revision(client: BleakClient) -> str | None:
+    """The application's Device Information firmware revision (free text), or None when it has none."""
     if client.services.get_characteristic(FIRMWARE_REVISION) is None:
         return None
-    try:
-        raw = await client.read_gatt_char(FIRMWARE_REVISION)
-    except (BleakError, TimeoutError):
-        return None
+    raw = await client.read_gatt_char(FIRMWARE_REVISION)
     return bytes(raw).decode("utf-8", "replace").strip("\0 ")
 
 

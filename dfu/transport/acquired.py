@@ -52,10 +52,6 @@ class AcquiredWrite:
     def max_write(self) -> int:
         return min(self.mtu - 3, BLUEZ_SOCKET_READ)
 
-    async def send(self, data: bytes) -> None:
-        """One Write Command; waits only if the socket's buffer is full (bluetoothd not reading)."""
-        await asyncio.get_running_loop().sock_sendall(self.sock, data)
-
     async def send_all(self, packets: Sequence[bytes]) -> None:
         """Write Commands in order, one `send()` each and no wake-up of the event loop in between; waits only
         once the socket is full (bluetoothd reading behind), for the rest in order."""

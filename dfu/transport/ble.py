@@ -22,7 +22,7 @@ import asyncio
 import contextlib
 import logging
 import sys
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -403,28 +403,30 @@ class DfuLink:
 
     # --- I/O primitives ----------------------------------------------------------------------------------
 
-    async def _write(self, char: BleakGATTCharacteristic, data: bytes, *, response: bool) -> None:
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """Around a write: none on a dropped link, and a failed one is the link's (DisconnectedError)."""
         if self._events.disconnected:
             raise DisconnectedError(f"{self.address}: link dropped")
-        acquired = self._acquired
         try:
-            if acquired is not None and char is self._pkt and not response:
-                await acquired.send(data)
-                return
-            if acquired is not None and not await acquired.drained(self._response_timeout_s):
-                raise DfuTimeoutError(f"{self.address}: bluetoothd did not take the queued packets")
-            await self.client.write_gatt_char(char, data, response=response)
+            yield
         except (BleakError, EOFError, BrokenPipeError, OSError) as exc:
             raise DisconnectedError(f"{self.address}: write failed: {exc}") from exc
+
+    async def _write_control(self, data: bytes) -> None:
+        """A control-point write with response, behind every packet written before it (`AcquiredWrite`)."""
+        with self._writing():
+            acquired = self._acquired
+            if acquired is not None and not await acquired.drained(self._response_timeout_s):
+                raise DfuTimeoutError(f"{self.address}: bluetoothd did not take the queued packets")
+            await self.client.write_gatt_char(self._cp, data, response=True)
 
     async def _send_packets(self, packets: list[bytes]) -> None:
         """Writes without response to the packet characteristic, in order: on an acquired socket without a
         wake-up each (`AcquiredWrite.send_all`), else one bleak write each."""
-        if self._events.disconnected:
-            raise DisconnectedError(f"{self.address}: link dropped")
         # Counted when handed to the radio: a write failing with the link may still have arrived.
-        acquired = self._acquired
-        try:
+        with self._writing():
+            acquired = self._acquired
             if acquired is not None:
                 self.packet_bytes += sum(map(len, packets))
                 await acquired.send_all(packets)
@@ -432,8 +434,6 @@ class DfuLink:
             for data in packets:
                 self.packet_bytes += len(data)
                 await self.client.write_gatt_char(self._pkt, data, response=False)
-        except (BleakError, EOFError, BrokenPipeError, OSError) as exc:
-            raise DisconnectedError(f"{self.address}: write failed: {exc}") from exc
 
     async def _next_event(self, deadline: float | None) -> tuple[float, bytes] | None:
         """The next notification and when it arrived; None at the deadline; DisconnectedError when the link
@@ -463,12 +463,12 @@ class DfuLink:
 
     async def send(self, opcode: OpCode, **params: Any) -> None:
         """A control-point request whose response does not matter (abort: the device resets)."""
-        await self._write(self._cp, encode_request(opcode, **params), response=True)
+        await self._write_control(encode_request(opcode, **params))
 
     async def request(self, opcode: OpCode, **params: Any) -> Response:
         """One control-point request outside a transfer (e.g. firmware version) and its response."""
         loop = asyncio.get_running_loop()
-        await self._write(self._cp, encode_request(opcode, **params), response=True)
+        await self._write_control(encode_request(opcode, **params))
         self.control_writes += 1
         deadline = loop.time() + self._response_timeout_s
         while True:
@@ -509,7 +509,7 @@ class DfuLink:
                         index += 1
                     await self._send_packets(batch)
                 elif isinstance(action, WriteControl):
-                    await self._write(self._cp, action.data, response=True)
+                    await self._write_control(action.data)
                     self.control_writes += 1
                 elif isinstance(action, Progress):
                     if on_progress is not None:
