@@ -87,11 +87,9 @@ async def _bluetooth_problem(cfg: AgentConfig) -> Exception | None:
     return await bluetooth_problem(make_backend(cfg))
 
 
-async def _run(cfg: object) -> None:
+async def _run(cfg: AgentConfig) -> None:
     from gateway_agent.app import Agent
-    from gateway_agent.config import AgentConfig
 
-    assert isinstance(cfg, AgentConfig)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -35,12 +35,7 @@ import enum
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
-from dfu.errors import (
-    DfuError,
-    DfuRejected,
-    PackageError,
-    PreflightError,
-)
+from dfu.errors import DfuRejected, PackageError, PreflightError
 from gateway_agent.cloud.wire import (
     BleJob,
     Details,
@@ -129,14 +124,12 @@ class DfuOutcome(enum.Enum):
 
 
 def classify_dfu_error(exc: BaseException) -> tuple[DfuOutcome, str]:
-    """The peripheral's refusals are REJECTED (final), the rest FAILED with the typed error as the cause."""
+    """The peripheral's refusals are REJECTED (final), the rest FAILED with the typed error as the cause (any
+    package problem named `PackageError`, as the download path names it)."""
     if isinstance(exc, DfuRejected | PreflightError):
         return DfuOutcome.REJECTED, f"{type(exc).__name__}: {exc}"
-    if isinstance(exc, PackageError):
-        return DfuOutcome.FAILED, details(Details.APPLY_ERROR, f"PackageError: {exc}")
-    if isinstance(exc, DfuError):
-        return DfuOutcome.FAILED, details(Details.APPLY_ERROR, f"{type(exc).__name__}: {exc}")
-    return DfuOutcome.FAILED, details(Details.APPLY_ERROR, f"{type(exc).__name__}: {exc}")
+    name = "PackageError" if isinstance(exc, PackageError) else type(exc).__name__
+    return DfuOutcome.FAILED, details(Details.APPLY_ERROR, f"{name}: {exc}")
 
 
 @dataclass
@@ -315,8 +308,7 @@ class Jobs:
         exe = self._active.get(key)
         if exe is None:
             return []
-        base = Details.DOWNLOAD_ERROR if exe.phase is Phase.DOWNLOADING else Details.APPLY_ERROR
-        return self._finish(exe, ExecutionStatus.FAILED, details(base, f"internal error: {cause}"), now)
+        return self._fail(exe, f"internal error: {cause}", now)
 
     def on_tick(self, now: float) -> list[Effect]:
         """Deadlines: an execution this run has worked on for longer than `deadline_s` ends FAILED and its
@@ -325,10 +317,9 @@ class Jobs:
         for exe in list(self._active.values()):
             if exe.started_at is None or now - exe.started_at < self.policy.deadline_s:
                 continue
-            base = Details.DOWNLOAD_ERROR if exe.phase is Phase.DOWNLOADING else Details.APPLY_ERROR
             cause = f"not finished within {self.policy.deadline_s:.0f} s (dfu.job_deadline_s)"
             effects.append(Abandon(exe.key))
-            effects += self._finish(exe, ExecutionStatus.FAILED, details(base, cause), now)
+            effects += self._fail(exe, cause, now)
         return effects
 
     def on_download_interrupted(self, key: ExecKey) -> list[Effect]:
@@ -385,6 +376,11 @@ class Jobs:
         text = "" if percent <= 0 else f"transfer {percent}%"
         return Report(JobUpdate(peripheral, job, status, details=text))
 
+    def _fail(self, exe: Execution, cause: str, now: float) -> list[Effect]:
+        """FAILED with the standard details of the phase it failed in (download, else apply)."""
+        base = Details.DOWNLOAD_ERROR if exe.phase is Phase.DOWNLOADING else Details.APPLY_ERROR
+        return self._finish(exe, ExecutionStatus.FAILED, details(base, cause), now)
+
     def _finish(self, exe: Execution, status: ExecutionStatus, text: str, now: float) -> list[Effect]:
         assert status.terminal
         exe.advance(PhaseEvent.FINISH)
@@ -405,24 +401,25 @@ class Jobs:
         decided = plan(slots, self.policy.concurrency, accepting=self.accepting)
         effects: list[Effect] = []
         for key in decided.start_downloads:
-            exe = self._active[key]
-            exe.advance(PhaseEvent.START_DOWNLOAD)
-            if exe.started_at is None:
-                exe.started_at = now
-            self._dirty[key] = exe
+            exe = self._start(key, PhaseEvent.START_DOWNLOAD, now)
             if exe.status is None:
                 effects.append(self._report(exe, ExecutionStatus.DOWNLOADING, 0, now))
             effects.append(StartDownload(exe))
         for key in decided.start_dfus:
-            exe = self._active[key]
-            exe.advance(PhaseEvent.START_DFU)
-            if exe.started_at is None:
-                exe.started_at = now
-            self._dirty[key] = exe
+            exe = self._start(key, PhaseEvent.START_DFU, now)
             if exe.status is not ExecutionStatus.IN_PROGRESS:
                 effects.append(self._report(exe, ExecutionStatus.IN_PROGRESS, 0, now))
             effects.append(StartDfu(exe))
         return effects
+
+    def _start(self, key: ExecKey, event: PhaseEvent, now: float) -> Execution:
+        """Move an execution into work; its deadline counts from the first start in this run."""
+        exe = self._active[key]
+        exe.advance(event)
+        if exe.started_at is None:
+            exe.started_at = now
+        self._dirty[key] = exe
+        return exe
 
     def resume(self, now: float) -> list[Effect]:
         """Start whatever the restored journal allows (call once after `restore`)."""

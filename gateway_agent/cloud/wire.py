@@ -18,7 +18,7 @@ import json
 import re
 import urllib.parse
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError, field_validator
@@ -94,10 +94,12 @@ class Details(enum.StrEnum):
 
 
 MAX_DETAILS = 200
+"""The agent's own cap on a details string: no published source states a limit for nRF Cloud's field, so a
+cause (often a server's or a library's message) is kept short rather than sent whole."""
 
 
 def details(base: Details, cause: str | None = None) -> str:
-    """A standard details string with the cause appended, capped so the cloud's field never overflows."""
+    """A standard details string with the cause appended, capped at `MAX_DETAILS`."""
     text = base.value if not cause else f"{base.value}: {cause}"
     return text if len(text) <= MAX_DETAILS else text[: MAX_DETAILS - 1] + "…"
 
@@ -152,18 +154,8 @@ def job_subscriptions(prefix: str) -> tuple[str, ...]:
 
 
 class ShadowConvention(enum.StrEnum):
-    """Which shadow topics a device uses. Three exist in Nordic's code (docs/nrf-cloud.md, "Topics"):
-
-    - `aws`: sdk-nrf's original transport (NCS ≈ 1.5-1.7 `nrf_cloud_transport.c`, and docs.nrfcloud.com's MQTT
-      topic table): get on `$aws/things/<id>/shadow/get`, nRF Cloud answers with a trimmed copy on
-      `<id>/shadow/get/accepted` (no `$aws`), refusals on `$aws/…/get/rejected`, deltas on
-      `$aws/…/update/delta`, reports to `$aws/…/update`;
-    - `trim`: sdk-nrf's current transport (`NCT_SHDW_TPC_*`): get on `<id>/shadow/get/trim`, answers on
-      `<id>/shadow/get/accepted/trim`, refusals on `<id>/shadow/get/rejected`, deltas on
-      `<id>/shadow/update/delta/full`, reports to `<id>/shadow/update`;
-    - `prefixed`: gateway-common (`gateway.ts`): `<prefix><id>/shadow/{get, get/accepted, update,
-      update/delta}`; it subscribes to no get/rejected.
-    """
+    """Which shadow topics a device uses: three exist in Nordic's code (docs/nrf-cloud.md, "Topics");
+    `_SHADOW_TOPICS` spells out each one's topics beside its source."""
 
     AWS = "aws"
     TRIM = "trim"
@@ -177,71 +169,65 @@ class ShadowAction(enum.StrEnum):
     """the device reports"""
 
 
+_SHADOW_TOPICS: dict[ShadowConvention, dict[str, str | None]] = {
+    # sdk-nrf's original transport (NCS ≈ 1.5-1.7 `nrf_cloud_transport.c`, and docs.nrfcloud.com's MQTT topic
+    # table): nRF Cloud answers a `$aws` get with a trimmed copy on `<id>/shadow/get/accepted` (no `$aws`)
+    ShadowConvention.AWS: {
+        "get": "$aws/things/{id}/shadow/get",
+        "get_accepted": "{id}/shadow/get/accepted",
+        "aws_get_accepted": "$aws/things/{id}/shadow/get/accepted",
+        "get_rejected": "$aws/things/{id}/shadow/get/rejected",
+        "update": "$aws/things/{id}/shadow/update",
+        "delta": "$aws/things/{id}/shadow/update/delta",
+    },
+    # sdk-nrf's current transport (`NCT_SHDW_TPC_*`)
+    ShadowConvention.TRIM: {
+        "get": "{id}/shadow/get/trim",
+        "get_accepted": "{id}/shadow/get/accepted/trim",
+        "aws_get_accepted": None,
+        "get_rejected": "{id}/shadow/get/rejected",
+        "update": "{id}/shadow/update",
+        "delta": "{id}/shadow/update/delta/full",
+    },
+    # gateway-common (`gateway.ts`): under the topic prefix; it subscribes to no get/rejected
+    ShadowConvention.PREFIXED: {
+        "get": "{prefix}{id}/shadow/get",
+        "get_accepted": "{prefix}{id}/shadow/get/accepted",
+        "aws_get_accepted": None,
+        "get_rejected": None,
+        "update": "{prefix}{id}/shadow/update",
+        "delta": "{prefix}{id}/shadow/update/delta",
+    },
+}
+
+
 @dataclass(frozen=True, slots=True)
 class ShadowTopics:
-    """One device's shadow topics in one convention. A device subscribes to `subscriptions()` only: AWS IoT
-    disconnects a client that subscribes where its policy forbids (sdk-nrf's transport notes this for the
-    original `+/r` message topic), so an extra subscription can become a reconnect loop."""
+    """One device's shadow topics in one convention, built once (a connection compares every incoming topic
+    with them). A device subscribes to `subscriptions()` only: AWS IoT disconnects a client that subscribes
+    where its policy forbids (sdk-nrf's transport notes this for the original `+/r` message topic), so an
+    extra subscription can become a reconnect loop."""
 
     device_id: str
     convention: ShadowConvention
     prefix: str | None = None
+    get: str = field(init=False, repr=False, compare=False)
+    """Publish an empty message here to ask for the shadow."""
+    get_accepted: str = field(init=False, repr=False, compare=False)
+    aws_get_accepted: str | None = field(init=False, repr=False, compare=False)
+    """AWS IoT's own answer to a `$aws` get (the full document): the cloud side publishes it too; no Nordic
+    device subscribes to it."""
+    get_rejected: str | None = field(init=False, repr=False, compare=False)
+    update: str = field(init=False, repr=False, compare=False)
+    """Publish `{"state":{"reported":…}}` here."""
+    delta: str = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.convention is ShadowConvention.PREFIXED and self.prefix is None:
             raise ValueError("prefixed shadow topics need the topic prefix")
-
-    @property
-    def _aws(self) -> str:
-        return f"$aws/things/{self.device_id}/shadow"
-
-    @property
-    def get(self) -> str:
-        """Publish an empty message here to ask for the shadow."""
-        if self.convention is ShadowConvention.AWS:
-            return f"{self._aws}/get"
-        if self.convention is ShadowConvention.TRIM:
-            return f"{self.device_id}/shadow/get/trim"
-        return f"{self.prefix}{self.device_id}/shadow/get"
-
-    @property
-    def get_accepted(self) -> str:
-        if self.convention is ShadowConvention.AWS:
-            return f"{self.device_id}/shadow/get/accepted"
-        if self.convention is ShadowConvention.TRIM:
-            return f"{self.device_id}/shadow/get/accepted/trim"
-        return f"{self.prefix}{self.device_id}/shadow/get/accepted"
-
-    @property
-    def aws_get_accepted(self) -> str | None:
-        """AWS IoT's own answer to a `$aws` get (the full document): the cloud side publishes it too; no
-        Nordic device subscribes to it."""
-        return f"{self._aws}/get/accepted" if self.convention is ShadowConvention.AWS else None
-
-    @property
-    def get_rejected(self) -> str | None:
-        if self.convention is ShadowConvention.AWS:
-            return f"{self._aws}/get/rejected"
-        if self.convention is ShadowConvention.TRIM:
-            return f"{self.device_id}/shadow/get/rejected"
-        return None
-
-    @property
-    def update(self) -> str:
-        """Publish `{"state":{"reported":…}}` here."""
-        if self.convention is ShadowConvention.AWS:
-            return f"{self._aws}/update"
-        if self.convention is ShadowConvention.TRIM:
-            return f"{self.device_id}/shadow/update"
-        return f"{self.prefix}{self.device_id}/shadow/update"
-
-    @property
-    def delta(self) -> str:
-        if self.convention is ShadowConvention.AWS:
-            return f"{self._aws}/update/delta"
-        if self.convention is ShadowConvention.TRIM:
-            return f"{self.device_id}/shadow/update/delta/full"
-        return f"{self.prefix}{self.device_id}/shadow/update/delta"
+        for name, template in _SHADOW_TOPICS[self.convention].items():
+            topic = None if template is None else template.format(id=self.device_id, prefix=self.prefix)
+            object.__setattr__(self, name, topic)
 
     def subscriptions(self) -> tuple[str, ...]:
         topics = [self.get_accepted, self.delta]

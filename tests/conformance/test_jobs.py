@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
@@ -33,6 +34,11 @@ class Case:
     redirects: dict[str, str] | None = None
     """path -> Location the host answers 302 with"""
 
+    @classmethod
+    def listed(cls, name: str, dat_path: str, bin_path: str, **kw: Any) -> Case:
+        """The two files served where FILE_PATH lists them, the init packet first."""
+        return cls(name, _pair(dat_path, bin_path), [dat_path, bin_path], **kw)
+
 
 def _pair(dat_path: str, bin_path: str) -> Callable[[bytes, bytes], dict[str, bytes]]:
     return lambda dat, image: {dat_path: dat, bin_path: image}
@@ -42,10 +48,10 @@ T = TENANT
 CASES = [
     # The issue's job: lte-gateway `src/ble/cli.c` examples: bundle ids `APP*<8 hex>*<version>`, the init
     # packet `…dat.bin`, the two files under different bundle ids, the init packet first.
-    Case(
+    Case.listed(
         "real-cloud-paths",
-        _pair(f"{T}/APP*56693cf8*2.0.0/appdat.bin", f"{T}/APP*f1078fc9*2.0.0/app.bin"),
-        [f"{T}/APP*56693cf8*2.0.0/appdat.bin", f"{T}/APP*f1078fc9*2.0.0/app.bin"],
+        f"{T}/APP*56693cf8*2.0.0/appdat.bin",
+        f"{T}/APP*f1078fc9*2.0.0/app.bin",
     ),
     # The image first: nothing publishes the order nRF Cloud uses, and the REST job document lists `uris`
     # without saying (docs/nrf-cloud.md); the bytes decide.
@@ -64,30 +70,22 @@ CASES = [
     ),
     # Bundle ids may now be plain UUIDs (nRF Cloud REST spec: bundleId is the pattern or a UUID; a DevZone log
     # shows `bundles.nrfcloud.com/<uuid>/<file>`): no `*` at all
-    Case(
+    Case.listed(
         "uuid-bundle-id",
-        _pair(
-            "64c49359-9733-4f53-b5ed-8a92b8d20fc6/appdat.bin", "64c49359-9733-4f53-b5ed-8a92b8d20fc6/app.bin"
-        ),
-        ["64c49359-9733-4f53-b5ed-8a92b8d20fc6/appdat.bin", "64c49359-9733-4f53-b5ed-8a92b8d20fc6/app.bin"],
+        "64c49359-9733-4f53-b5ed-8a92b8d20fc6/appdat.bin",
+        "64c49359-9733-4f53-b5ed-8a92b8d20fc6/app.bin",
     ),
     # Percent-encoding and sub-delimiters are legitimate URL path characters (RFC 3986 pchar)
-    Case(
+    Case.listed(
         "percent-encoded",
-        _pair(
-            f"{T}/APP*0038b655*v1.1.1-debug/app%2Bdebugdat.bin",
-            f"{T}/APP*0038b655*v1.1.1-debug/app%2Bdebug.bin",
-        ),
-        [
-            f"{T}/APP*0038b655*v1.1.1-debug/app%2Bdebugdat.bin",
-            f"{T}/APP*0038b655*v1.1.1-debug/app%2Bdebug.bin",
-        ],
+        f"{T}/APP*0038b655*v1.1.1-debug/app%2Bdebugdat.bin",
+        f"{T}/APP*0038b655*v1.1.1-debug/app%2Bdebug.bin",
     ),
     # FILE_SIZE is nRF Cloud's number for progress; lte-gateway takes the real size from the server
-    Case(
+    Case.listed(
         "file-size-differs",
-        _pair(f"{T}/APP*cd5412d9*v2.0.2/appdat.bin", f"{T}/APP*cd5412d9*v2.0.2/app.bin"),
-        [f"{T}/APP*cd5412d9*v2.0.2/appdat.bin", f"{T}/APP*cd5412d9*v2.0.2/app.bin"],
+        f"{T}/APP*cd5412d9*v2.0.2/appdat.bin",
+        f"{T}/APP*cd5412d9*v2.0.2/app.bin",
         size=lambda real: real + 4096,
     ),
     # The host redirects (an S3/CDN-style move): followed, but only to an HTTPS host on the allow-list
@@ -98,38 +96,38 @@ CASES = [
         redirects={f"{T}/APP*9c9c9c9c*2.0.0/app.bin": f"/cdn/{T}/APP*9c9c9c9c*2.0.0/app.bin"},
     ),
     # FILE_HOST with a scheme: sdk-nrf's download client takes `https://host` as well as `host`
-    Case(
+    Case.listed(
         "host-with-scheme",
-        _pair(f"{T}/APP*439ddbc7*v2.0.0/appdat.bin", f"{T}/APP*439ddbc7*v2.0.0/app.bin"),
-        [f"{T}/APP*439ddbc7*v2.0.0/appdat.bin", f"{T}/APP*439ddbc7*v2.0.0/app.bin"],
+        f"{T}/APP*439ddbc7*v2.0.0/appdat.bin",
+        f"{T}/APP*439ddbc7*v2.0.0/app.bin",
         host=lambda host: f"https://{host}",
     ),
     # A type the SDK does not know: sdk-nrf `parse_job_info()` fails, `handle_mqtt_evt_publish()` answers
     # REJECTED "Job info is invalid"
-    Case(
+    Case.listed(
         "unknown-type",
-        _pair(f"{T}/APP*2c3cf63b*v2.0.1/appdat.bin", f"{T}/APP*2c3cf63b*v2.0.1/app.bin"),
-        [f"{T}/APP*2c3cf63b*v2.0.1/appdat.bin", f"{T}/APP*2c3cf63b*v2.0.1/app.bin"],
+        f"{T}/APP*2c3cf63b*v2.0.1/appdat.bin",
+        f"{T}/APP*2c3cf63b*v2.0.1/app.bin",
         fw_type=9,
         outcome="REJECTED",
         details="Job info is invalid",
     ),
     # A modem update for a BLE peripheral: sdk-nrf `start_job()` answers an unhandled type REJECTED
     # "FOTA type not supported"
-    Case(
+    Case.listed(
         "modem-type",
-        _pair(f"{T}/MODEM*aa11bb22*1.3.5/appdat.bin", f"{T}/MODEM*aa11bb22*1.3.5/app.bin"),
-        [f"{T}/MODEM*aa11bb22*1.3.5/appdat.bin", f"{T}/MODEM*aa11bb22*1.3.5/app.bin"],
+        f"{T}/MODEM*aa11bb22*1.3.5/appdat.bin",
+        f"{T}/MODEM*aa11bb22*1.3.5/app.bin",
         fw_type=1,
         outcome="REJECTED",
         details="FOTA type not supported",
     ),
     # BLE bootloader (3, sdk-nrf's `NRF_CLOUD_FOTA_BLE_BOOT` comment) but the files hold an application:
     # sdk-nrf's `http_fota_handler()` reports a type mismatch FAILED, not REJECTED
-    Case(
+    Case.listed(
         "type-mismatch",
-        _pair(f"{T}/BOOTLOADER*bb22cc33*2/bldat.bin", f"{T}/BOOTLOADER*bb22cc33*2/bl.bin"),
-        [f"{T}/BOOTLOADER*bb22cc33*2/bldat.bin", f"{T}/BOOTLOADER*bb22cc33*2/bl.bin"],
+        f"{T}/BOOTLOADER*bb22cc33*2/bldat.bin",
+        f"{T}/BOOTLOADER*bb22cc33*2/bl.bin",
         fw_type=3,
         outcome="FAILED",
         details="FW file does not match specified FOTA type",
