@@ -76,9 +76,9 @@ class PlainTransfer:
 
     def on_notification(self, data: bytes, now: float) -> Sequence[object]:
         r = decode_response(bytes(data))
-        if self._awaiting is None or (r.request is OpCode.CALC_CHECKSUM and self._pending):
-            if r.request is OpCode.CALC_CHECKSUM and self._pending:
-                return self._more_packets(now)  # a PRN: the next batch may go
+        if r.request is OpCode.CALC_CHECKSUM and self._pending:
+            return self._more_packets(now)  # a PRN: the next batch may go
+        if self._awaiting is None:
             return []
         if r.request is not self._awaiting:
             return []  # a PRN from a batch already finished

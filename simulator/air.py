@@ -429,13 +429,13 @@ class Air:
     ) -> LinkInfo:
         peripheral = node.peripheral
         model = LinkModel.negotiate(peripheral.profile.link, cen.settings)
-        if cen.settings.encrypt_bonded and getattr(peripheral, "bond_held", False):
+        if cen.settings.encrypt_bonded and peripheral.bond_held:
             model = dataclasses.replace(model, encrypted=True)  # the stored keys encrypt the link at once
-        mtu_for = getattr(peripheral, "att_mtu_for", None)
-        if mtu_for is not None:  # the peripheral's own answer to the central's MTU exchange request
-            model = dataclasses.replace(model, att_mtu=min(model.att_mtu, mtu_for(cen.settings.att_mtu)))
-        accepts = getattr(peripheral, "accepts_connection", None)
-        if not node.faults.on_connect_attempt() or (accepts is not None and not accepts()):
+        # the peripheral's own answer to the central's MTU exchange request
+        model = dataclasses.replace(
+            model, att_mtu=min(model.att_mtu, peripheral.att_mtu_for(cen.settings.att_mtu))
+        )
+        if not node.faults.on_connect_attempt() or not peripheral.accepts_connection():
             # A lost CONNECT_IND, or a whitelist that ignores this central: the link never comes up.
             await self.sleep_until(when + TRANSMIT_WINDOW_S + CONNECT_FAIL_EVENTS * model.interval)
             raise ConnectFailedError(f"{peripheral.address}: connection failed to be established (0x3E)")
@@ -444,7 +444,7 @@ class Air:
         link_id = self._next_id("link")
         anchor = when + TRANSMIT_WINDOW_S
         slot = cen.open(link_id, model, now=anchor)
-        slot.radio_blocked = getattr(peripheral, "radio_blocked", None)
+        slot.radio_blocked = peripheral.radio_blocked
         link = _Link(link_id, node, cen, slot, model, events, owner)
         node.link = link
         self._links[link_id] = link

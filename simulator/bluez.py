@@ -118,6 +118,15 @@ def _link_error(exc: AirError) -> DBusError:
     return DBusError(_ERR + "Failed", str(exc) or "Not connected")
 
 
+def _close_watched(sock: socket.socket | None) -> None:
+    """Close our end of an acquired socket, and stop watching it (the loop may be closing already)."""
+    if sock is None:
+        return
+    with contextlib.suppress(ValueError, OSError, RuntimeError):
+        asyncio.get_running_loop().remove_reader(sock.fileno())
+    sock.close()
+
+
 class Adapter(ServiceInterface):
     """org.bluez.Adapter1 of the one simulated controller."""
 
@@ -491,10 +500,7 @@ class Characteristic(ServiceInterface):
 
     def release_write(self) -> None:
         sock, self._acquired = self._acquired, None
-        if sock is not None:
-            with contextlib.suppress(ValueError, OSError, RuntimeError):
-                asyncio.get_running_loop().remove_reader(sock.fileno())
-            sock.close()
+        _close_watched(sock)
         if self._theirs is not None:
             self._close_theirs(self._theirs)
         if self.write_acquired:
@@ -543,10 +549,7 @@ class Characteristic(ServiceInterface):
 
     def release_notify(self) -> None:
         sock, self._notify_sock = self._notify_sock, None
-        if sock is not None:
-            with contextlib.suppress(ValueError, OSError, RuntimeError):
-                asyncio.get_running_loop().remove_reader(sock.fileno())
-            sock.close()
+        _close_watched(sock)
         if self.notify_acquired:
             self.notify_acquired = False
             self.emit_properties_changed({"NotifyAcquired": False})
@@ -689,16 +692,16 @@ class FakeBluetoothd:
         self.dbus_writes: Counter[str] = Counter()
         """WriteValue calls per characteristic UUID (all links; for tests and benchmarks)"""
         self.acquired_writes: Counter[str] = Counter()
+        """datagrams read from acquired sockets, per characteristic UUID"""
         self.acquired_notifications: Counter[str] = Counter()
         """notifications written to an AcquireNotify socket, per characteristic UUID"""
-        """datagrams read from acquired sockets, per characteristic UUID"""
         self.acquired_read_delay_s = 0.0
         """seconds between two datagrams read from an acquired socket (a busy bluetoothd main loop): D-Bus
         calls then overtake unread datagrams, as they can in bluetoothd"""
         self.refuse_acquire = False
+        """answer AcquireWrite with NotPermitted (as where it is not offered: clients use WriteValue)"""
         self.powered = True
         """the adapter's Powered property (False: as after `bluetoothctl power off` or an rfkill block)"""
-        """answer AcquireWrite with NotPermitted (as where it is not offered: clients use WriteValue)"""
         self._discovery_sessions = 0
         self._scan_id: str | None = None
         self._tasks: set[asyncio.Task[None]] = set()

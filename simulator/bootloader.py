@@ -21,8 +21,9 @@ Two kinds of memory, as on the chip:
 Rules (every request; checks in the SDK's order; "ext X" = result 0x0B + extended code X):
 
 - Any request: empty write -> ignored (refused at ATT level); unknown opcode or 0x60 -> OP_CODE_NOT_SUPPORTED
-  echoing the byte; write object (0x08) is serial-only -> OP_CODE_NOT_SUPPORTED; parameters shorter than the
-  opcode needs -> INVALID_PARAMETER; trailing bytes ignored.
+  echoing the byte (`nrf_dfu_req_handler_req_process`, nrf_dfu_req_handler.c); trailing bytes ignored. Ours,
+  not the SDK's (docs/bootloaders.md "Where the simulator departs"): write object (0x08) on the control point
+  -> OP_CODE_NOT_SUPPORTED, and parameters shorter than the opcode needs -> INVALID_PARAMETER.
 - Protocol version, MTU get, ping, hardware version, firmware version: with the reduced protocol
   (NRF_DFU_PROTOCOL_REDUCED, 15.3+ stock BLE builds) -> OP_CODE_NOT_SUPPORTED. Without it (15.0, or a
   15.3+ build with the option off) the request handler answers them, but `ble_dfu_req_handler_callback`
@@ -141,15 +142,18 @@ from simulator.radio import RadioSchedule
 
 PROTOCOL_VERSION = 1
 SD_REQ_APP_OVERWRITES_SD = 0x00
-"""sd_req[0] == 0: "no SoftDevice needed" (an app replacing the SoftDevice)."""
+"""sd_req[0] == 0: "no SoftDevice needed" (an app replacing the SoftDevice; `sd_req_ok()`,
+nrf_dfu_ver_validation.c)."""
 SD_MAJOR_VERSION_MULTIPLIER = 1_000_000
 """nrf_bootloader_info.h: the info structure's version is major * 1000000 + minor * 1000 + bugfix."""
 ECDSA_VERIFY_S = 0.1
-"""CPU time of one ECDSA P-256 verification on an nRF52 with micro-ecc (about 100-200 ms)."""
+"""CPU time of one ECDSA P-256 verification on an nRF52 with micro-ecc: our estimate, no public source gives
+it (docs/bootloaders.md "Other modelled numbers")."""
 HASH_BYTES_PER_S = 2_000_000.0
-"""Software SHA-256 throughput over the received image at post-validation."""
+"""Software SHA-256 throughput over the received image at post-validation: our estimate, like
+`ECDSA_VERIFY_S`."""
 SIGNATURE_BYTES = 64
-"""ECDSA P-256 r||s."""
+"""ECDSA P-256 r||s; a signature of another length is refused before verifying (nrf_dfu_validation.c)."""
 FULL_PROTOCOL_ONLY = frozenset(
     {OpCode.PROTOCOL_VERSION, OpCode.MTU_GET, OpCode.PING, OpCode.HARDWARE_VERSION, OpCode.FIRMWARE_VERSION}
 )
@@ -305,10 +309,9 @@ class Bootloader:
             return []
         self.flash.advance(now)
         out: list[Emission] = []
-        if self._pending_executes and not self.flash.busy(now):
-            while self._pending_executes and not self.flash.busy(now):
-                self._pending_executes.pop(0)
-                out += self._execute_data_when_idle(now)
+        while self._pending_executes and not self.flash.busy(now):
+            self._pending_executes.pop(0)
+            out += self._execute_data_when_idle(now)
         if self._reset_after_flash is not None and not self.flash.busy(now):
             reason, boot_work_s = self._reset_after_flash
             self._reset_after_flash = None
@@ -332,6 +335,7 @@ class Bootloader:
             # the SDK echoes whatever byte came in
             return [self._notify(encode_response(data[0], ResultCode.OP_CODE_NOT_SUPPORTED), now)]
         if opcode in (OpCode.RESPONSE, OpCode.WRITE):
+            # 0x60: the handler's default case. 0x08 is ours: the SDK would take it as an empty object write.
             return [self._respond(opcode, ResultCode.OP_CODE_NOT_SUPPORTED, now)]
         if opcode in FULL_PROTOCOL_ONLY:
             return [self._full_protocol_only(opcode, now)]
@@ -340,6 +344,7 @@ class Bootloader:
         fmt = REQUEST_PARAMS[opcode]
         need = fmt.sizeof()
         if len(data) - 1 < need:
+            # Ours: nrf_dfu_ble.c `on_ctrl_pt_write` checks no length and would read stale bytes.
             return [self._respond(opcode, ResultCode.INVALID_PARAMETER, now)]
         params = decode_request(data[: 1 + need]).params
         return self._HANDLERS[opcode](self, params, now)
@@ -380,11 +385,15 @@ class Bootloader:
         return [self._respond(OpCode.SET_PRN, ResultCode.SUCCESS, now)]
 
     def _on_abort(self, params: dict[str, Any], now: float) -> list[Emission]:
+        """`on_abort_request` (nrf_dfu_req_handler.c): NRF_DFU_EVT_DFU_ABORTED, on which nrf_bootloader.c's
+        `dfu_observer` resets the device (15.0-17.1)."""
         answer = self._respond(OpCode.ABORT, ResultCode.SUCCESS, now)
         self._schedule_reset(answer.ready_at, ResetReason.ABORT)
         return [answer]
 
     def _on_select(self, params: dict[str, Any], now: float) -> list[Emission]:
+        """`on_cmd_obj_select_request` / `on_data_obj_select_request` behind `nrf_dfu_obj_op`
+        (nrf_dfu_req_handler.c, 15.0-17.1)."""
         self._current = self._object_type(params["type"])
         if self._current is ObjectType.COMMAND:
             max_size = self.profile.init_packet_limit
@@ -472,19 +481,22 @@ class Bootloader:
         return [self._settings_written(now)]
 
     def _settings_written(self, now: float) -> Notify:
-        """`on_cmd_obj_execute_request`: a valid init packet is stored to flash before the answer."""
+        """`on_cmd_obj_execute_request` (nrf_dfu_req_handler.c, 15.0-17.1): a valid init packet is stored to
+        flash before the answer; a settings write refused -> OPERATION_FAILED."""
         if not self._write_settings(now):
             return self._respond(OpCode.EXECUTE, ResultCode.OPERATION_FAILED, now)
         return self._respond(OpCode.EXECUTE, ResultCode.SUCCESS, now)
 
     def _signature_required(self, init: InitPacket) -> bool:
-        """`signature_required()`: always, except applications when the build does not demand signed apps."""
+        """`signature_required()` (nrf_dfu_validation.c, 15.0-17.1): always, except applications when the
+        build does not demand signed apps."""
         if init.fw_type is FwType.APPLICATION:
             return self.profile.require_signed_app
         return True
 
     def _validate_init(self, init: InitPacket) -> tuple[int, bool]:
-        """docs/secure-dfu.md "Validation", in order.
+        """`nrf_dfu_validation_init_cmd_execute()` (nrf_dfu_validation.c), in the order docs/secure-dfu.md
+        "Validation" gives with its sources.
 
         Returns (image size, whether the current app must be invalidated).
         """
@@ -547,13 +559,14 @@ class Bootloader:
         return not prevent or fw_type is not FwType.SOFTDEVICE
 
     def _fw_version_ok(self, fw_type: FwType, version: int) -> bool:
-        """`fw_version_ok()`: app/SoftDevice >= the last app version (NRF_DFU_APP_ACCEPT_SAME_VERSION defaults
-        on), bootloaders strictly newer (15.0-17.1)."""
+        """`fw_version_ok()` (nrf_dfu_ver_validation.c, 15.0-17.1): app/SoftDevice >= the last app version
+        (NRF_DFU_APP_ACCEPT_SAME_VERSION defaults on), bootloaders strictly newer."""
         if fw_type in (FwType.BOOTLOADER, FwType.SOFTDEVICE_BOOTLOADER):
             return version > self.state.bootloader.version
         return version >= self.state.settings.app_version or not self.profile.app_downgrade_prevention
 
     def _fw_version_required(self, fw_type: FwType) -> bool:
+        """Whether an init packet without fw_version is refused (docs/secure-dfu.md "Validation")."""
         if fw_type is FwType.SOFTDEVICE:
             return False
         if fw_type is FwType.APPLICATION:
@@ -561,7 +574,8 @@ class Bootloader:
         return True
 
     def _update_size(self, init: InitPacket, fw_type: FwType) -> int:
-        """`update_data_size_get()`: the size for the type; 0 or absent -> init command invalid."""
+        """`update_data_size_get()` (nrf_dfu_validation.c, 15.0-17.1): the size for the type; 0 or absent ->
+        init command invalid."""
         size = 0
         if fw_type is FwType.APPLICATION and init.app_size is not None:
             size = init.app_size
@@ -577,7 +591,8 @@ class Bootloader:
         return size
 
     def _needs_app_space(self, size: int) -> bool:
-        """`nrf_dfu_cache_prepare()`: bank 1 after the app if it fits, else over the app (invalidating it)."""
+        """`nrf_dfu_cache_prepare()` (nrf_dfu_utils.c, 15.0-17.1): bank 1 after the app if it fits, else over
+        the app (invalidating it)."""
         chip = self.board.chip
         region = chip.app_region_end - self._app_start
         app = self.state.app
@@ -591,7 +606,8 @@ class Bootloader:
     # --- data object ---------------------------------------------------------------------------------------
 
     def _create_data(self, size: int, now: float) -> None:
-        """`on_data_obj_create_request` (15.0-17.1): no inactivity restart here."""
+        """`on_data_obj_create_request` (nrf_dfu_req_handler.c, 15.0-17.1), checks in its order; no inactivity
+        restart here."""
         d = self._data
         page = self.board.chip.page_size
         if self._init is None:
@@ -611,8 +627,8 @@ class Bootloader:
             raise _Refused(ResultCode.INVALID_OBJECT)
 
     def _execute_data(self, now: float) -> list[Emission]:
-        """`on_data_obj_execute_request`: the size check answers at once; a complete object is executed and
-        its answer deferred until fstorage is idle (`on_data_obj_execute_request_sched`, 15.0-17.1)."""
+        """`on_data_obj_execute_request` (nrf_dfu_req_handler.c, 15.0-17.1): the size check answers at once; a
+        complete object is executed and its answer deferred until fstorage is idle."""
         d = self._data
         if d.offset - d.executed_offset != d.object_size:
             return [self._respond(OpCode.EXECUTE, ResultCode.OPERATION_NOT_PERMITTED, now)]
@@ -623,7 +639,10 @@ class Bootloader:
         return self.poll(now) if not self.flash.busy(now) else []
 
     def _execute_data_when_idle(self, now: float) -> list[Emission]:
-        """The deferred half of Execute data, run once flash is idle."""
+        """The deferred half of Execute data, run once flash is idle (`on_data_obj_execute_request_sched`,
+        nrf_dfu_req_handler.c, 15.0-17.1): the last object is post-validated, answered, then the settings are
+        written with `on_dfu_complete` as their callback; another object is answered SUCCESS, then saved
+        only with NRF_DFU_SAVE_PROGRESS_IN_FLASH."""
         d = self._data
         if self._init is None or d.offset != self._firmware_size:
             answer = self._respond(OpCode.EXECUTE, ResultCode.SUCCESS, now)
@@ -649,14 +668,16 @@ class Bootloader:
         return [answer]
 
     def _copy_seconds(self, size: int) -> float:
-        """`nrf_bootloader_fw_activate()` on the next boot: erase the destination pages, copy every word
-        (no radio then: the SoftDevice is not running yet)."""
+        """`nrf_bootloader_fw_activate()` (nrf_bootloader_fw_activation.c, 15.0-17.1) on the next boot: erase
+        the destination pages, copy every word (no radio then: the SoftDevice is not running yet), at the
+        profile's flash timing (docs/bootloaders.md "Other modelled numbers")."""
         timing = self.board.flash
         pages = -(-size // self.board.chip.page_size)
         return pages * timing.erase_seconds + timing.write_seconds(size)
 
     def _activate(self, image: bytes) -> None:
-        """Post-validate bank 1 as flash holds it, then install it (the device state is the new flash)."""
+        """Post-validate bank 1 as flash holds it (nrf_dfu_validation.c: hash, then `softdevice_info_ok()` and
+        `is_major_softdevice_update()`), then install it (the device state is the new flash)."""
         init = self._init
         assert init is not None, "a data object exists only after a valid init packet"
         assert init.fw_type is not None
@@ -701,7 +722,8 @@ class Bootloader:
             st.bootloader = InstalledBootloader(version=version, size=init.bl_size or 0)
 
     def _write(self, data: bytes, now: float) -> tuple[ResultCode, bool]:
-        """One packet, as `on_*_obj_write_request` handles it; failures are silent drops over BLE.
+        """One packet, as `on_cmd_obj_write_request` / `on_data_obj_write_request` (nrf_dfu_req_handler.c,
+        15.0-17.1) handle it; failures are silent drops over BLE.
 
         Returns the write's result and whether the write response's offset/CRC were filled in (False only when
         the fstorage queue refused the data: the result stays SUCCESS, the offset/CRC stay zero)."""
@@ -726,7 +748,8 @@ class Bootloader:
             self.drops.queue_full += 1
             return ResultCode.SUCCESS, False
         if d.offset % 4:
-            # The SoftDevice refuses a write to an address that is not word-aligned: the data never lands.
+            # The SoftDevice refuses a write to an address that is not word-aligned (nrf_soc.h
+            # `sd_flash_write`: NRF_ERROR_INVALID_ADDRESS): the data never lands.
             d.image += b"\xff" * len(data)
         else:
             d.image += written_bytes(data, self.board.flash.write_chunk_bytes)
@@ -742,6 +765,7 @@ class Bootloader:
 
     @staticmethod
     def _object_type(value: int) -> ObjectType:
+        """`nrf_dfu_obj_op` (nrf_dfu_req_handler.c): any other type becomes NRF_DFU_OBJ_TYPE_INVALID."""
         if value in (ObjectType.COMMAND, ObjectType.DATA):
             return ObjectType(value)
         return ObjectType.INVALID
@@ -752,7 +776,8 @@ class Bootloader:
         return len(self._command), self._command_crc
 
     def _restore_init(self, command: bytes) -> None:
-        """`nrf_dfu_validation_init()`: a stored, executed init packet is valid again after a reset."""
+        """`nrf_dfu_req_handler_init()` (nrf_dfu_req_handler.c, 15.0-17.1): a stored, executed init packet is
+        executed again after a reset, and valid again."""
         try:
             init = parse_init_packet(command)
             self._firmware_size = self._update_size(init, init.fw_type) if init.fw_type is not None else 0
@@ -777,7 +802,8 @@ class Bootloader:
         return d.object_size, d.offset, d.crc, d.executed_offset
 
     def _wipe_progress(self) -> None:
-        """`nrf_dfu_settings_progress_reset()` in RAM: init packet, its validity and data progress."""
+        """`nrf_dfu_settings_progress_reset()` (nrf_dfu_settings.c) in RAM: init packet, its validity and data
+        progress."""
         self._command = bytearray()
         self._command_size = 0
         self._command_crc = 0

@@ -57,7 +57,8 @@ from simulator.gatt import INDICATE, NOTIFY, READ, WRITE, WRITE_WITHOUT_RESPONSE
 from simulator.radio import RadioSchedule
 
 DEFAULT_BOOT_DELAY_S = 0.3
-"""From reset to advertising: boot, MBR/bootloader start-up, SoftDevice enable (a few hundred ms)."""
+"""From reset to advertising: boot, MBR/bootloader start-up, SoftDevice enable (a few hundred ms; our
+estimate, docs/bootloaders.md "Other modelled numbers")."""
 SERVICE_CHANGED_ALL = b"\x01\x00\xff\xff"
 """Service Changed value: the whole handle range 0x0001-0xFFFF."""
 

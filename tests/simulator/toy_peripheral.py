@@ -72,6 +72,19 @@ class ToyPeripheral:
             ServiceInfo.of(DEVICE_INFORMATION_SERVICE, (CharInfo.of(FIRMWARE_REVISION, "read"),)),
         ]
 
+    def att_mtu_for(self, requested: int) -> int:
+        return requested
+
+    def accepts_connection(self) -> bool:
+        return True
+
+    @property
+    def bond_held(self) -> bool:
+        return False
+
+    def radio_blocked(self, start_us: int, end_us: int) -> int | None:
+        return None
+
     def on_connect(self, now: float, att_mtu: int, radio: object = None, *, encrypted: bool = False) -> None:
         self.connects.append((now, att_mtu))
 
