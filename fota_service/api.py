@@ -156,6 +156,7 @@ def create_app(service: FotaService, *, token: str, api_docs: bool = False) -> F
         return JobOut.of(model, model.job(jobId))
 
     # apply, cancel, delete and the execution PATCH answer 202 with an empty body, as nRF Cloud's v1 API does
+    # (its OpenAPI spec; docs/nrf-cloud.md "REST API")
     @app.post("/v1/fota-jobs/{jobId}/apply", status_code=202, responses=errors)
     async def apply_job(jobId: str) -> Response:
         effects = run(lambda m, now: m.apply_job(jobId, now))
@@ -222,7 +223,7 @@ def create_app(service: FotaService, *, token: str, api_docs: bool = False) -> F
         return UploadAccepted(uris=_uris(bundle.bundle_id))
 
     def _uris(bundle_id: str) -> list[str]:
-        return [f"{model.tenant}/{bundle_id}/{n}" for n, _ in model.bundles[bundle_id].files]
+        return list(model.bundles[bundle_id].uris(model.tenant))
 
     def _bundle_out(bundle_id: str) -> BundleOut:
         b = model.bundles[bundle_id]

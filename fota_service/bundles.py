@@ -31,7 +31,7 @@ from fota_service.errors import BundleRejected
 from gateway_agent.cloud.wire import FirmwareType
 
 FW_VERSION_RE = re.compile(r"^[a-zA-Z0-9._-]{1,60}$")
-"""nRF Cloud's check of `fwversion` (UploadFirmware)."""
+"""nRF Cloud's check of `fwversion` (UploadFirmware in its REST spec)."""
 FILE_NAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,128}\.bin$")
 MANIFEST = "manifest.json"
 _LIMITS = PackageLimits()
@@ -58,7 +58,8 @@ class BundleUpload:
 
 
 def bundle_id(firmware_type: FirmwareType, token: str, version: str) -> str:
-    """`<TYPE>*<8 hex>*<version>`, nRF Cloud's form (its API's bundle id pattern)."""
+    """`<TYPE>*<8 hex>*<version>`, nRF Cloud's form (the REST spec's bundleId pattern allows 8 alphanumerics;
+    docs/nrf-cloud.md "REST API")."""
     return f"{firmware_type.name}*{token}*{version}"
 
 

@@ -1,9 +1,9 @@
 """Typed refusals of the job service. Each carries the HTTP status and the error code the REST layer answers
 with, so the model decides *what* is wrong and the edge only decides *how* to say it.
 
-Codes keep nRF Cloud's meanings (its REST API's error table): 40000 bad request, 40100 access denied,
-40410 entity not found, 42200 validation failed. 40001 is nRF Cloud's "no valid device certificate", so it is
-never used here."""
+Codes keep nRF Cloud's meanings (the "Error Codes" table of its REST API v1 spec; see docs/nrf-cloud.md
+"REST API"): 40000 bad request, 40100 access denied, 40410 entity not found, 42200 validation failed. 40001
+is nRF Cloud's "no valid device certificate", so it is never used here."""
 
 from __future__ import annotations
 

@@ -166,6 +166,11 @@ class Bundle:
     def file_size(self) -> int:
         return sum(size for _, size in self.files)
 
+    def uris(self, tenant: str) -> tuple[str, ...]:
+        """Where its files are hosted, relative to the file host: `<tenant>/<bundleId>/<file>` (nRF Cloud's
+        shape, docs/nrf-cloud.md "The job tuple", FILE_PATH)."""
+        return tuple(f"{tenant}/{self.bundle_id}/{file}" for file, _ in self.files)
+
 
 @dataclass(frozen=True)
 class JobDocument:
@@ -260,6 +265,9 @@ class Notify:
         return BleJob(self.device_id, self.job_id, fw_type, self.file_size, self.host, self.path)
 
     def ip_tuple(self) -> list[str | int]:
+        """An IP device's `jobs/rcv` `[JOB_ID, FIRMWARE_TYPE, FILE_SIZE, FILE_HOST, FILE_PATH]`: the BLE tuple
+        without PERIPHERAL_ID (sdk-nrf `nrf_cloud_fota.c`, its job format comment and `enum rcv_item_idx`).
+        The wire module has no IP job encoder: the agent only takes BLE jobs."""
         return [self.job_id, int(self.firmware_type), self.file_size, self.host, self.path]
 
 
@@ -533,13 +541,18 @@ class FotaModel:
         if device is None:
             device = Device(gateway_id, DeviceKind.IP, now)
             self.devices[gateway_id] = device
+            self.changes.devices.add(gateway_id)
         if device.kind is not DeviceKind.IP:
             raise InvalidRequest(f"{gateway_id} is a Bluetooth LE peripheral, not a gateway")
+        before = (device.fota_v2_ble, device.fota_v2)
         if fota_v2_ble is not None:
             device.fota_v2_ble = fota_v2_ble
         if fota_v2 is not None:
             device.fota_v2 = frozenset(FirmwareType[t] for t in fota_v2 if t in FirmwareType.__members__)
-        self.changes.devices.add(gateway_id)
+        if (device.fota_v2_ble, device.fota_v2) != before:
+            # only then: most reports repeat the capabilities, and every recorded change is a database write
+            # (and, with several processes, a catch-up for each of the others)
+            self.changes.devices.add(gateway_id)
         effects: list[Effect] = []
         for address in peripherals:
             peripheral = self.devices.get(address)
@@ -575,7 +588,7 @@ class FotaModel:
             version=bundle.version,
             file_size=bundle.file_size,
             host=self.file_host,
-            uris=tuple(f"{self.tenant}/{bundle.bundle_id}/{file}" for file, _ in bundle.files),
+            uris=bundle.uris(self.tenant),
         )
         target = JobTarget(tuple(dict.fromkeys(device_ids)), tuple(dict.fromkeys(tags)))
         self._add_job(job_id, name, description, document, target, now, base_name=name, retry_number=0)
@@ -742,9 +755,11 @@ class FotaModel:
         )
 
     def _batch_acknowledged(self, job: Job) -> bool:
+        # newest first: the current batch was indexed last, so a QUEUED one is found without walking the
+        # job's earlier batches (asked on every update of a job still rolling out)
         return all(
             e.status is not ExecutionStatus.QUEUED
-            for e in self._by_job[job.job_id].values()
+            for e in reversed(self._by_job[job.job_id].values())
             if e.batch == job.batches
         )
 

@@ -90,16 +90,16 @@ class MqttBridge:
         self.connected = asyncio.Event()
         self._backoff = settings.retry.backoff()
         self.handled = 0
+        """Messages handled so far (refused ones included): lets callers wait for the bridge, not a clock."""
         self.sessions = 0
         """Connections made so far (reconnects included)."""
-        """Messages handled so far (refused ones included): lets callers wait for the bridge, not a clock."""
         self._progress = asyncio.Condition()
         service.subscribe(self._on_effect)
 
     # ------------------------------------------------------------------------------- effects → wire
     def _on_effect(self, effect: Effect) -> None:
         if isinstance(effect, Notify):
-            self._queue_notify(effect)
+            self._send_job(effect, effect.gateway_id)
         elif isinstance(effect, DesiredChanged):
             gateway = effect.gateway_id
             desired = {"desiredConnections": self.service.model.peripherals_of(gateway)}
@@ -109,9 +109,11 @@ class MqttBridge:
     def _shadow_topics(self, device_id: str, convention: ShadowConvention) -> ShadowTopics:
         return ShadowTopics(device_id, convention, self.prefix)
 
-    def _queue_notify(self, n: Notify) -> None:
-        if n.gateway_id is not None:
-            self._send(job_topic(self.prefix, n.gateway_id, JobTopic.BLE_RECEIVE), n.ble_job().encode())
+    def _send_job(self, n: Notify, gateway_id: str | None) -> None:
+        """A peripheral's job to `gateway_id`'s `jobs/ble/rcv`; an IP device's (`gateway_id` None) to its own
+        `jobs/rcv`."""
+        if gateway_id is not None:
+            self._send(job_topic(self.prefix, gateway_id, JobTopic.BLE_RECEIVE), n.ble_job().encode())
         else:
             self._send(job_topic(self.prefix, n.device_id, JobTopic.RECEIVE), _json(n.ip_tuple()))
 
@@ -220,15 +222,13 @@ class MqttBridge:
             pending = self._fresh().pending_execution(peripheral_id, job_id)
             if pending is not None and pending.gateway_id is not None:
                 # answered to the asking gateway: it is the one connected to the peripheral now
-                self._send(
-                    job_topic(self.prefix, device_id, JobTopic.BLE_RECEIVE), pending.ble_job().encode()
-                )
+                self._send_job(pending, device_id)
         elif kind is JobTopic.BLE_UPDATE:
             self._update(JobUpdate.decode(payload), reporter=device_id)
         elif kind is JobTopic.REQUEST:
             pending = self._fresh().pending_execution(device_id, parse_ip_job_request(payload))
             if pending is not None and pending.gateway_id is None:
-                self._send(job_topic(self.prefix, device_id, JobTopic.RECEIVE), _json(pending.ip_tuple()))
+                self._send_job(pending, None)
         elif kind is JobTopic.UPDATE:
             self._update(replace(JobUpdate.decode_ip(payload), peripheral_id=device_id), reporter=None)
 

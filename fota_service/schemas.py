@@ -40,8 +40,9 @@ class _In(BaseModel):
 
 
 class CreateJob(_In):
-    """nRF Cloud's CreateJobInput: `autoApply` defaults to true, `name` is optional, `deviceIdentifiers` is
-    the deprecated spelling of `deviceIds` (still sent by hello.nrfcloud.com's backend)."""
+    """nRF Cloud's CreateJobInput (REST spec): `autoApply` defaults to true, `name` is optional,
+    `deviceIdentifiers` is the deprecated spelling of `deviceIds` (still sent by hello.nrfcloud.com's
+    backend)."""
 
     bundleId: str = Field(min_length=1)  # nRF Cloud field names
     name: str = Field(default="", max_length=256)
@@ -119,6 +120,9 @@ class JobPage(BaseModel):
 
 
 class ExecutionOut(BaseModel):
+    """nRF Cloud's FOTAJobExecution without `tenantId`, `executionId` and `jobDocument` (REST spec), plus
+    `gatewayId`, `progress` and `batch`, ours."""
+
     jobId: str
     deviceId: str
     gatewayId: str | None
@@ -157,7 +161,9 @@ class UpdateExecution(_In):
 
 
 class BundleOut(BaseModel):
-    """A ListFirmware item, in nRF Cloud's field names (hello.nrfcloud.com's recorded responses)."""
+    """A ListFirmware item: nRF Cloud's `Firmware` fields (REST spec; hello-nrfcloud's recorded responses)
+    plus `uris` and `createdAt`, ours: nRF Cloud has an optional `lastModified` instead
+    (docs/fota-service.md, "Differences from nRF Cloud")."""
 
     bundleId: str
     name: str

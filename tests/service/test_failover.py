@@ -20,7 +20,7 @@ from fota_service.model import ExecutionStatus
 from hil.processes import Managed, fota_service, running_process, wait_for
 from hil.service_config import service_config
 from tests.service.conftest import app_zip
-from tests.service.test_mqtt_bridge import GUARD, FakeGateway, Received, gateway, peripheral_ids
+from tests.service.test_mqtt_bridge import GUARD, FakeGateway, gateway, peripheral_ids
 from tests.support.mosquitto import ClientCert, MosquittoBroker, free_port, running_broker
 from tests.support.postgres import PostgresServer
 
@@ -71,17 +71,6 @@ async def ok(response: Any) -> Any:
     r: httpx.Response = await response
     assert r.is_success, r.text
     return r.json() if r.content else None
-
-
-async def shadow_get(gw: FakeGateway) -> list[Received]:
-    """An AWS-convention shadow get and its two answers (AWS's document and nRF Cloud's trimmed copy)."""
-    await gw.publish(f"$aws/things/{gw.id}/shadow/get", b"")
-    answers = [await gw.receive(), await gw.receive()]
-    assert {m.topic for m in answers} == {
-        f"$aws/things/{gw.id}/shadow/get/accepted",
-        f"{gw.id}/shadow/get/accepted",
-    }
-    return answers
 
 
 async def drain_until_barrier(gw: FakeGateway) -> list[str]:
@@ -153,7 +142,7 @@ async def test_two_processes_share_the_jobs_and_the_standby_takes_over_the_sched
 
                 # a shadow get is answered once (by the leader: `$aws/...` cannot be shared, see mqtt.py),
                 # from a model that knows every peripheral
-                aws = next(m.payload for m in await shadow_get(gw) if m.topic.startswith("$aws"))
+                aws = next(m.payload for m in await gw.shadow_get() if m.topic.startswith("$aws"))
                 assert aws["state"]["desired"]["desiredConnections"] == sorted(peripherals)
 
                 # -------------------------------------------------- the leader dies; B takes over
@@ -172,7 +161,7 @@ async def test_two_processes_share_the_jobs_and_the_standby_takes_over_the_sched
                 done = await ok(api_b.get(f"/v1/fota-jobs/{job_id}"))
                 assert done["status"] == "COMPLETED"
                 assert done["executionStats"]["succeeded"] == 30
-                await shadow_get(gw)  # B, the leader now, answers what A answered
+                await gw.shadow_get()  # B, the leader now, answers what A answered
 
                 await b.shutdown(GUARD)
                 assert await drain_until_barrier(gw) == []  # nothing more: no late or duplicate notification

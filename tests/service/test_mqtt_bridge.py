@@ -124,6 +124,17 @@ class FakeGateway:
     ) -> None:
         await self.publish(f"{PREFIX}{self.id}/jobs/ble/update", [peripheral, job_id, int(status), fourth])
 
+    async def shadow_get(self) -> list[Received]:
+        """An AWS-convention shadow get and its two answers (AWS's document and nRF Cloud's trimmed copy);
+        also the barrier that everything this gateway sent before has been handled."""
+        await self.publish(f"$aws/things/{self.id}/shadow/get", b"")
+        answers = [await self.receive(), await self.receive()]
+        assert {m.topic for m in answers} == {
+            f"$aws/things/{self.id}/shadow/get/accepted",
+            f"{self.id}/shadow/get/accepted",
+        }
+        return answers
+
     async def receive(self) -> Received:
         async with asyncio.timeout(GUARD):
             return await self.inbox.get()
@@ -332,13 +343,9 @@ async def test_shadow_get_answers_prefix_and_desired_connections(
     service.run(lambda m, now: m.upsert_device("gw-4", DeviceKind.IP, now, fota_v2_ble=True))
     add_peripherals(service, "gw-4", peripheral_ids(2))
     async with bridge_running(service, broker), gateway(broker, "gw-4") as gw:
-        await gw.publish("$aws/things/gw-4/shadow/get", b"")
-        answers = {(await gw.receive()).topic: None for _ in range(2)}
-        assert set(answers) == {"$aws/things/gw-4/shadow/get/accepted", "gw-4/shadow/get/accepted"}
-        await gw.publish("$aws/things/gw-4/shadow/get", b"")
-        first = await gw.receive()
-        second = await gw.receive()
-    by_topic = {first.topic: first.payload, second.topic: second.payload}
+        await gw.shadow_get()
+        answers = await gw.shadow_get()
+    by_topic = {m.topic: m.payload for m in answers}
     desired = {"nrfcloud_mqtt_topic_prefix": PREFIX, "desiredConnections": peripheral_ids(2)}
     assert by_topic["$aws/things/gw-4/shadow/get/accepted"]["state"]["desired"] == desired
     assert by_topic["gw-4/shadow/get/accepted"]["desired"] == desired

@@ -48,13 +48,6 @@ def service_process(config: Path, log_file: Path) -> contextlib.AbstractAsyncCon
     return running_process(service, "fota-service ready", "mqtt connected", within=GUARD)
 
 
-async def shadow_barrier(gw: FakeGateway) -> None:
-    """Ask for the shadow and wait for both answers: everything gw sent before has been handled."""
-    await gw.publish(f"$aws/things/{gw.id}/shadow/get", b"")
-    topics = {(await gw.receive()).topic, (await gw.receive()).topic}
-    assert topics == {f"$aws/things/{gw.id}/shadow/get/accepted", f"{gw.id}/shadow/get/accepted"}
-
-
 def run_cli(env: dict[str, str], *args: str) -> str:
     result = CliRunner().invoke(cli, list(args), env=env, catch_exceptions=False)
     assert result.exit_code == 0, result.output
@@ -85,7 +78,7 @@ async def test_serve_cli_hosting_and_restart_mid_job(tmp_path: Path) -> None:
         async with gateway(broker, "gw-e2e") as gw:
             async with service_process(config, tmp_path / "first.log"):
                 await gw.report(peripherals)
-                await shadow_barrier(gw)
+                await gw.shadow_get()  # the barrier: what gw sent is handled
                 bundle_id = run_cli(env, "bundle", "upload", str(package))
                 # ...no execution yet, so nothing answers; the CLI calls below are ordered after it anyway
                 args = [f"--device={p}" for p in peripherals]
@@ -120,7 +113,7 @@ async def test_serve_cli_hosting_and_restart_mid_job(tmp_path: Path) -> None:
                 rest = await gw.receive_tuples(5)
                 assert sorted(str(t[0]) for t in first + rest) == sorted(peripherals)
                 await acknowledge(gw, job_id, first[10:] + rest, ExecutionStatus.SUCCEEDED)
-                await shadow_barrier(gw)
+                await gw.shadow_get()  # the barrier: what gw sent is handled
                 watch = CliRunner().invoke(cli, ["job", "watch", job_id], env=env, catch_exceptions=False)
                 assert watch.exit_code == 0, watch.output
                 assert "30/30 done" in watch.output
