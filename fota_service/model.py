@@ -264,12 +264,6 @@ class Notify:
         fw_type = int(self.firmware_type)
         return BleJob(self.device_id, self.job_id, fw_type, self.file_size, self.host, self.path)
 
-    def ip_tuple(self) -> list[str | int]:
-        """An IP device's `jobs/rcv` `[JOB_ID, FIRMWARE_TYPE, FILE_SIZE, FILE_HOST, FILE_PATH]`: the BLE tuple
-        without PERIPHERAL_ID (sdk-nrf `nrf_cloud_fota.c`, its job format comment and `enum rcv_item_idx`).
-        The wire module has no IP job encoder: the agent only takes BLE jobs."""
-        return [self.job_id, int(self.firmware_type), self.file_size, self.host, self.path]
-
 
 @dataclass(frozen=True)
 class DesiredChanged:

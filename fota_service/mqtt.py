@@ -18,7 +18,6 @@ them.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import ssl
 from dataclasses import dataclass, replace
@@ -37,6 +36,7 @@ from gateway_agent.cloud.wire import (
     ShadowConvention,
     ShadowTopics,
     delta_document,
+    ip_job,
     job_subscriptions,
     job_topic,
     parse_ip_job_request,
@@ -115,7 +115,10 @@ class MqttBridge:
         if gateway_id is not None:
             self._send(job_topic(self.prefix, gateway_id, JobTopic.BLE_RECEIVE), n.ble_job().encode())
         else:
-            self._send(job_topic(self.prefix, n.device_id, JobTopic.RECEIVE), _json(n.ip_tuple()))
+            self._send(
+                job_topic(self.prefix, n.device_id, JobTopic.RECEIVE),
+                ip_job(n.job_id, int(n.firmware_type), n.file_size, n.host, n.path),
+            )
 
     def _send(self, topic: str, payload: bytes) -> None:
         self._outbox.put_nowait(Outgoing(topic, payload))
@@ -296,7 +299,3 @@ def _shared(topic: str, group: str | None) -> str:
     """A shared subscription: the broker hands each matching message to one member of the group (not for
     `$` topics, which Mosquitto would never deliver to one)."""
     return f"$share/{group}/{topic}" if group and not topic.startswith("$") else topic
-
-
-def _json(value: object) -> bytes:
-    return json.dumps(value, separators=(",", ":")).encode()

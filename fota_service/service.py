@@ -18,6 +18,7 @@ import hashlib
 import logging
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -32,6 +33,9 @@ from fota_service.model import (
 from fota_service.store import LeaderLease, Store
 
 log = logging.getLogger(__name__)
+
+FILE_CACHE_BYTES = 32 * 1024 * 1024
+"""Hosted files kept in memory (four 8 MiB uploads' worth); the rest are read from the store again."""
 
 Listener = Callable[[Effect], None]
 
@@ -63,7 +67,8 @@ class FotaService:
         self.roles: list[str] = []
         """Every role taken, in order: lets callers wait for a change rather than a clock."""
         self._role_changed = asyncio.Event()
-        self._files: dict[tuple[str, str], bytes] = {}
+        self._files: OrderedDict[tuple[str, str], bytes] = OrderedDict()
+        self._files_bytes = 0
 
     @property
     def tenant(self) -> str:
@@ -175,14 +180,23 @@ class FotaService:
         return bundle
 
     def firmware_file(self, bundle_id: str, name: str) -> bytes | None:
-        """A hosted file (cached after the first read: bundles never change)."""
+        """A hosted file, from a cache of the most recently served ones (bundles never change; a rollout asks
+        for the same few files from every gateway), bounded by `FILE_CACHE_BYTES` so a store of many bundles
+        does not end up in memory."""
         key = (bundle_id, name)
-        if key not in self._files:
-            data = self.store.read_file(bundle_id, name)
-            if data is None:
-                return None
-            self._files[key] = data
-        return self._files[key]
+        data = self._files.get(key)
+        if data is not None:
+            self._files.move_to_end(key)
+            return data
+        data = self.store.read_file(bundle_id, name)
+        if data is None:
+            return None
+        self._files[key] = data
+        self._files_bytes += len(data)
+        while self._files_bytes > FILE_CACHE_BYTES and len(self._files) > 1:
+            _, evicted = self._files.popitem(last=False)
+            self._files_bytes -= len(evicted)
+        return data
 
 
 def _add_bundle(model: FotaModel, bundle: Bundle) -> list[Effect]:

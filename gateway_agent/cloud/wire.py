@@ -420,6 +420,12 @@ class UnreadableJob:
 ParsedJob = BleJob | InvalidJob | UnreadableJob
 
 
+def ip_job(job_id: str, firmware_type: int, file_size: int, file_host: str, file_path: str) -> bytes:
+    """An IP device's `jobs/rcv` tuple: the BLE tuple without PERIPHERAL_ID (sdk-nrf `nrf_cloud_fota.c`
+    `enum rcv_item_idx`; docs/nrf-cloud.md, "IP devices' jobs"). Only the job service sends it."""
+    return _dumps([job_id, firmware_type, file_size, file_host, file_path])
+
+
 def _readable_job_id(data: list[Any]) -> str | None:
     if len(data) >= 2 and isinstance(data[1], str) and JOB_ID_RE.match(data[1]):
         return data[1]

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import MetaData, Table, create_engine, inspect
 
+from fota_service import service as service_module
 from fota_service import store
 from fota_service.config import ConfigError, load_config
 from fota_service.model import DeviceKind, Effect, ExecutionStatus, FotaModel, JobStatus, RolloutConfig
@@ -301,3 +302,19 @@ async def test_scheduler_rolls_out_the_next_batch_after_the_interval(db_url: str
     finally:
         scheduler.cancel()
         store.close()
+
+
+def test_hosted_file_cache_stays_within_its_bound(
+    make_service: ServiceFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every bundle's files served once: the cache keeps only what fits, and an evicted file still comes from
+    the store."""
+    monkeypatch.setattr(service_module, "FILE_CACHE_BYTES", 3 * 0x3000)  # three 12 KiB images
+    service = make_service()
+    bundles = [service.upload_bundle(app_zip(version=v, size=0x3000)) for v in range(2, 8)]
+    served = {b.bundle_id: service.firmware_file(b.bundle_id, "app.bin") for b in bundles}
+    assert service._files_bytes <= 3 * 0x3000
+    assert sum(map(len, service._files.values())) == service._files_bytes
+    first = bundles[0].bundle_id
+    assert (first, "app.bin") not in service._files
+    assert service.firmware_file(first, "app.bin") == served[first] is not None
